@@ -1,0 +1,320 @@
+//! Ed25519-signed JWTs (`alg: EdDSA`).
+//!
+//! The auth service signs with [`Signer`]; gateways check with [`KeySet::verify`], which needs only public
+//! keys and makes no call per connection. [`VerifiedClaims`] can be made only by a successful verify, so a
+//! function that takes it knows the token was checked.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+pub use ed25519_dalek::VerifyingKey;
+use ed25519_dalek::{Signature, Signer as _, SigningKey};
+use protocol::UserId;
+use serde::{Deserialize, Serialize};
+
+/// Allowed clock difference between the auth service and a gateway, in seconds.
+pub const CLOCK_SKEW_SECS: u64 = 30;
+
+/// The claims of an access token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Claims {
+    pub sub: String,
+    pub iat: u64,
+    pub exp: u64,
+    pub iss: String,
+    pub kid: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Header {
+    alg: String,
+    typ: String,
+    kid: String,
+}
+
+/// Claims of a token whose signature, issuer and expiry were checked.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims {
+    user: UserId,
+    exp: u64,
+}
+
+impl VerifiedClaims {
+    pub fn user(&self) -> &UserId {
+        &self.user
+    }
+
+    /// Expiry, in seconds since the Unix epoch.
+    pub fn exp(&self) -> u64 {
+        self.exp
+    }
+}
+
+/// Why a token was refused. Every variant is a client fault (HTTP 401).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("token is malformed")]
+    Malformed,
+    #[error("token uses an unsupported algorithm")]
+    Algorithm,
+    #[error("token is signed with an unknown key")]
+    UnknownKey,
+    #[error("token signature is invalid")]
+    Signature,
+    #[error("token was issued by someone else")]
+    Issuer,
+    #[error("token has expired")]
+    Expired,
+    #[error("token subject is not a valid user id")]
+    Subject,
+}
+
+/// A private signing key with its key id.
+#[derive(Clone)]
+pub struct Signer {
+    kid: String,
+    key: SigningKey,
+    issuer: String,
+}
+
+impl std::fmt::Debug for Signer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Signer")
+            .field("kid", &self.kid)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+impl Signer {
+    /// A signer from a 32-byte Ed25519 seed. The key id is derived from the public key, so the same
+    /// seed always gets the same `kid`.
+    pub fn from_seed(seed: &[u8; 32], issuer: impl Into<String>) -> Self {
+        let key = SigningKey::from_bytes(seed);
+        let kid = kid_of(&key.verifying_key());
+        Self {
+            kid,
+            key,
+            issuer: issuer.into(),
+        }
+    }
+
+    /// A signer with a fresh random key.
+    pub fn generate(issuer: impl Into<String>) -> Self {
+        Self::from_seed(&rand::random::<[u8; 32]>(), issuer)
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    pub fn issuer(&self) -> &str {
+        &self.issuer
+    }
+
+    pub fn public_key(&self) -> VerifyingKey {
+        self.key.verifying_key()
+    }
+
+    /// Signs an access token for `user`, valid from `now` for `ttl_secs`.
+    pub fn issue(&self, user: &UserId, now: u64, ttl_secs: u64) -> String {
+        let claims = Claims {
+            sub: user.to_string(),
+            iat: now,
+            exp: now + ttl_secs,
+            iss: self.issuer.clone(),
+            kid: self.kid.clone(),
+        };
+        self.sign(&claims)
+    }
+
+    /// Signs arbitrary claims; tests use it to make expired or foreign tokens.
+    pub fn sign(&self, claims: &Claims) -> String {
+        let header = Header {
+            alg: "EdDSA".into(),
+            typ: "JWT".into(),
+            kid: self.kid.clone(),
+        };
+        let head = B64.encode(serde_json::to_vec(&header).unwrap_or_default());
+        let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let signing_input = format!("{head}.{body}");
+        let sig = self.key.sign(signing_input.as_bytes());
+        format!("{signing_input}.{}", B64.encode(sig.to_bytes()))
+    }
+}
+
+/// The key id of a public key: the first 8 bytes of the key, base64url. Stable and short.
+pub fn kid_of(key: &VerifyingKey) -> String {
+    B64.encode(&key.as_bytes()[..8])
+}
+
+/// The public keys a gateway accepts, by key id. Shared and swappable at run time, so keys can rotate
+/// without a restart.
+#[derive(Clone, Debug)]
+pub struct KeySet {
+    issuer: String,
+    keys: Arc<RwLock<HashMap<String, VerifyingKey>>>,
+}
+
+impl KeySet {
+    pub fn new(issuer: impl Into<String>) -> Self {
+        Self {
+            issuer: issuer.into(),
+            keys: Arc::default(),
+        }
+    }
+
+    /// Replaces the accepted keys.
+    pub fn replace(&self, keys: impl IntoIterator<Item = (String, VerifyingKey)>) {
+        let map: HashMap<_, _> = keys.into_iter().collect();
+        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = map;
+    }
+
+    pub fn insert(&self, kid: String, key: VerifyingKey) {
+        self.keys
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(kid, key);
+    }
+
+    pub fn kids(&self) -> Vec<String> {
+        let mut v: Vec<_> = self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .cloned()
+            .collect();
+        v.sort();
+        v
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_empty()
+    }
+
+    /// Checks the signature, issuer and expiry of `token` at time `now` (seconds since the epoch).
+    pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
+        let mut parts = token.split('.');
+        let (Some(head), Some(body), Some(sig), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
+            return Err(VerifyError::Malformed);
+        };
+        let header: Header = decode_json(head)?;
+        if header.alg != "EdDSA" {
+            return Err(VerifyError::Algorithm);
+        }
+        let key = *self
+            .keys
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&header.kid)
+            .ok_or(VerifyError::UnknownKey)?;
+        let sig_bytes = B64.decode(sig).map_err(|_| VerifyError::Malformed)?;
+        let sig = Signature::from_slice(&sig_bytes).map_err(|_| VerifyError::Malformed)?;
+        let signing_input = &token[..head.len() + 1 + body.len()];
+        key.verify_strict(signing_input.as_bytes(), &sig)
+            .map_err(|_| VerifyError::Signature)?;
+        let claims: Claims = decode_json(body)?;
+        if claims.iss != self.issuer {
+            return Err(VerifyError::Issuer);
+        }
+        if claims.exp + CLOCK_SKEW_SECS <= now {
+            return Err(VerifyError::Expired);
+        }
+        let user = UserId::parse(claims.sub).map_err(|_| VerifyError::Subject)?;
+        Ok(VerifiedClaims {
+            user,
+            exp: claims.exp,
+        })
+    }
+}
+
+fn decode_json<T: serde::de::DeserializeOwned>(part: &str) -> Result<T, VerifyError> {
+    let bytes = B64.decode(part).map_err(|_| VerifyError::Malformed)?;
+    serde_json::from_slice(&bytes).map_err(|_| VerifyError::Malformed)
+}
+
+/// Seconds since the Unix epoch.
+pub fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn setup() -> (Signer, KeySet, UserId) {
+        let signer = Signer::generate("liaotian");
+        let keys = KeySet::new("liaotian");
+        keys.insert(signer.kid().to_owned(), signer.public_key());
+        (signer, keys, UserId::parse("alice").unwrap())
+    }
+
+    #[test]
+    fn issued_tokens_verify() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000, 60);
+        let c = keys.verify(&t, 1010).unwrap();
+        assert_eq!(c.user(), &alice);
+        assert_eq!(c.exp(), 1060);
+    }
+
+    #[test]
+    fn refuses_expired_foreign_and_tampered_tokens() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000, 60);
+        assert_eq!(
+            keys.verify(&t, 1060 + CLOCK_SKEW_SECS).unwrap_err(),
+            VerifyError::Expired
+        );
+        let other = Signer::generate("liaotian");
+        assert_eq!(
+            keys.verify(&other.issue(&alice, 1000, 60), 1000)
+                .unwrap_err(),
+            VerifyError::UnknownKey
+        );
+        let wrong_iss = Signer::from_seed(&[7; 32], "someone-else");
+        keys.insert(wrong_iss.kid().to_owned(), wrong_iss.public_key());
+        assert_eq!(
+            keys.verify(&wrong_iss.issue(&alice, 1000, 60), 1000)
+                .unwrap_err(),
+            VerifyError::Issuer
+        );
+        // Swap the body for another user's, keeping the signature.
+        let bob = signer.issue(&UserId::parse("bob").unwrap(), 1000, 60);
+        let forged: Vec<&str> = t.split('.').collect();
+        let bob_body = bob.split('.').nth(1).unwrap();
+        let forged = format!("{}.{}.{}", forged[0], bob_body, forged[2]);
+        assert_eq!(
+            keys.verify(&forged, 1000).unwrap_err(),
+            VerifyError::Signature
+        );
+        assert_eq!(
+            keys.verify("a.b", 1000).unwrap_err(),
+            VerifyError::Malformed
+        );
+        assert_eq!(keys.verify("", 1000).unwrap_err(), VerifyError::Malformed);
+    }
+
+    #[test]
+    fn kid_is_stable_per_seed() {
+        assert_eq!(
+            Signer::from_seed(&[1; 32], "i").kid(),
+            Signer::from_seed(&[1; 32], "i").kid()
+        );
+        assert_ne!(
+            Signer::from_seed(&[1; 32], "i").kid(),
+            Signer::from_seed(&[2; 32], "i").kid()
+        );
+    }
+}

@@ -1,0 +1,298 @@
+//! Gateway configuration: plain data, read once from the environment in `main`.
+//!
+//! Every limit has a named default here and a row in `docs/operations.md`.
+
+use std::time::Duration;
+
+/// Default address of the WebSocket/HTTP listener.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default NATS URL.
+pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
+/// Largest accepted client frame, in bytes (64 KiB).
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Longest message text, in chars.
+pub const DEFAULT_MAX_TEXT_CHARS: usize = 4000;
+/// Rooms one connection may have joined at once.
+pub const DEFAULT_MAX_ROOMS_PER_CONN: usize = 50;
+/// Token bucket refill rate, client frames per second.
+pub const DEFAULT_RATE_PER_SEC: f64 = 20.0;
+/// Token bucket size.
+pub const DEFAULT_RATE_BURST: f64 = 40.0;
+/// Connections one gateway accepts at once.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Frames queued for one connection before it counts as a slow consumer.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 512;
+/// Interval of server pings and the heartbeat announced to clients.
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
+/// Silence after which a connection is closed with 4000.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Total time a publish is retried (with the same `Nats-Msg-Id`) before `unavailable`.
+/// Covers a JetStream leader election (4–8 s).
+pub const DEFAULT_PUBLISH_BUDGET: Duration = Duration::from_secs(10);
+/// Time given to sessions to close after SIGTERM.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+/// Sends one connection may have waiting for a JetStream ack; further frames wait unread.
+pub const DEFAULT_MAX_INFLIGHT_SENDS: usize = 32;
+/// How often keys are fetched again from the auth service.
+pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(60);
+
+/// Settings of stream `CHAT`, applied by the gateway at start (create or update).
+#[derive(Debug, Clone, PartialEq)]
+pub struct StreamSettings {
+    /// How long JetStream keeps a message (`CHAT_MAX_AGE_SECS`, default 3 days).
+    pub max_age: Duration,
+    /// Upper bound on stored bytes; oldest messages go first (`CHAT_MAX_BYTES`, default 1 GiB).
+    pub max_bytes: i64,
+    /// Window in which a resent `Nats-Msg-Id` is stored once (`CHAT_DUPLICATE_WINDOW_SECS`, default 10 min).
+    pub duplicate_window: Duration,
+    /// Replicas (`CHAT_REPLICAS`, default 1; use 3 on a 3-node cluster).
+    pub replicas: usize,
+}
+
+impl Default for StreamSettings {
+    fn default() -> Self {
+        Self {
+            max_age: Duration::from_secs(3 * 24 * 3600),
+            max_bytes: 1 << 30,
+            duplicate_window: Duration::from_secs(600),
+            replicas: 1,
+        }
+    }
+}
+
+/// Where the gateway gets the public keys that verify tokens.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// Fetched from `<url>/api/keys` at start and every [`Config::keys_refresh`] (`GATEWAY_AUTH_URL`).
+    AuthUrl(String),
+    /// Given by the caller (tests, or embedding).
+    Static,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Listen address used by `main` (`GATEWAY_LISTEN`).
+    pub listen: String,
+    /// NATS server URL(s), comma separated (`NATS_URL`).
+    pub nats_url: String,
+    /// Token key source (`GATEWAY_AUTH_URL`).
+    pub keys: KeySource,
+    /// Expected `iss` of tokens (`GATEWAY_JWT_ISSUER`, default `liaotian`).
+    pub issuer: String,
+    /// Interval between key fetches (`GATEWAY_KEYS_REFRESH_SECS`).
+    pub keys_refresh: Duration,
+    /// Auth URL that the web page calls for login, as a browser sees it (`GATEWAY_PUBLIC_AUTH_URL`).
+    pub public_auth_url: String,
+    /// `GATEWAY_MAX_FRAME_BYTES`.
+    pub max_frame_bytes: usize,
+    /// `GATEWAY_MAX_TEXT_CHARS`.
+    pub max_text_chars: usize,
+    /// `GATEWAY_MAX_ROOMS_PER_CONN`.
+    pub max_rooms_per_conn: usize,
+    /// `GATEWAY_RATE_PER_SEC`.
+    pub rate_per_sec: f64,
+    /// `GATEWAY_RATE_BURST`.
+    pub rate_burst: f64,
+    /// `GATEWAY_MAX_CONNECTIONS`.
+    pub max_connections: usize,
+    /// `GATEWAY_OUTBOUND_QUEUE`.
+    pub outbound_queue: usize,
+    /// `GATEWAY_HEARTBEAT_MS`.
+    pub heartbeat: Duration,
+    /// `GATEWAY_IDLE_TIMEOUT_MS`.
+    pub idle_timeout: Duration,
+    /// `GATEWAY_PUBLISH_BUDGET_MS`.
+    pub publish_budget: Duration,
+    /// `GATEWAY_SHUTDOWN_GRACE_MS`.
+    pub shutdown_grace: Duration,
+    /// `GATEWAY_MAX_INFLIGHT_SENDS`.
+    pub max_inflight_sends: usize,
+    /// PEM certificate chain for TLS (`GATEWAY_TLS_CERT`); with `tls_key`, the gateway serves `wss://`.
+    pub tls_cert: Option<String>,
+    /// PEM private key for TLS (`GATEWAY_TLS_KEY`).
+    pub tls_key: Option<String>,
+    /// Stream `CHAT` settings.
+    pub stream: StreamSettings,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self {
+            listen: DEFAULT_LISTEN.into(),
+            nats_url: DEFAULT_NATS_URL.into(),
+            keys: KeySource::Static,
+            issuer: "liaotian".into(),
+            keys_refresh: DEFAULT_KEYS_REFRESH,
+            public_auth_url: "http://127.0.0.1:8081".into(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_text_chars: DEFAULT_MAX_TEXT_CHARS,
+            max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
+            rate_per_sec: DEFAULT_RATE_PER_SEC,
+            rate_burst: DEFAULT_RATE_BURST,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            heartbeat: DEFAULT_HEARTBEAT,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            publish_budget: DEFAULT_PUBLISH_BUDGET,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            max_inflight_sends: DEFAULT_MAX_INFLIGHT_SENDS,
+            tls_cert: None,
+            tls_key: None,
+            stream: StreamSettings::default(),
+        }
+    }
+}
+
+/// A configuration value that cannot be used; names the variable.
+#[derive(Debug, thiserror::Error)]
+#[error("{var}: {problem}")]
+pub struct ConfigError {
+    pub var: &'static str,
+    pub problem: String,
+}
+
+impl Config {
+    /// Reads the configuration through `get` (`std::env::var` in `main`, a map in tests).
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut c = Config::default();
+        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(var)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| ConfigError {
+                            var,
+                            problem: format!("expected a positive integer, got {v:?}"),
+                        })
+                })
+                .transpose()
+        };
+        let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        if let Some(v) = get("GATEWAY_LISTEN") {
+            c.listen = v;
+        }
+        if let Some(v) = get("NATS_URL") {
+            c.nats_url = v;
+        }
+        if let Some(v) = get("GATEWAY_AUTH_URL") {
+            c.public_auth_url = v.trim_end_matches('/').to_owned();
+            c.keys = KeySource::AuthUrl(v.trim_end_matches('/').to_owned());
+        }
+        if let Some(v) = get("GATEWAY_PUBLIC_AUTH_URL") {
+            c.public_auth_url = v.trim_end_matches('/').to_owned();
+        }
+        if let Some(v) = get("GATEWAY_JWT_ISSUER") {
+            c.issuer = v;
+        }
+        if let Some(n) = num("GATEWAY_KEYS_REFRESH_SECS")? {
+            c.keys_refresh = Duration::from_secs(n);
+        }
+        if let Some(n) = num("GATEWAY_MAX_FRAME_BYTES")? {
+            c.max_frame_bytes = usize_of(n);
+        }
+        if let Some(n) = num("GATEWAY_MAX_TEXT_CHARS")? {
+            c.max_text_chars = usize_of(n);
+        }
+        if let Some(n) = num("GATEWAY_MAX_ROOMS_PER_CONN")? {
+            c.max_rooms_per_conn = usize_of(n);
+        }
+        if let Some(n) = num("GATEWAY_RATE_PER_SEC")? {
+            c.rate_per_sec = n as f64;
+        }
+        if let Some(n) = num("GATEWAY_RATE_BURST")? {
+            c.rate_burst = n as f64;
+        }
+        if let Some(n) = num("GATEWAY_MAX_CONNECTIONS")? {
+            c.max_connections = usize_of(n);
+        }
+        if let Some(n) = num("GATEWAY_OUTBOUND_QUEUE")? {
+            c.outbound_queue = usize_of(n);
+        }
+        if let Some(n) = num("GATEWAY_HEARTBEAT_MS")? {
+            c.heartbeat = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_IDLE_TIMEOUT_MS")? {
+            c.idle_timeout = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_PUBLISH_BUDGET_MS")? {
+            c.publish_budget = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_SHUTDOWN_GRACE_MS")? {
+            c.shutdown_grace = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_MAX_INFLIGHT_SENDS")? {
+            c.max_inflight_sends = usize_of(n);
+        }
+        c.tls_cert = get("GATEWAY_TLS_CERT");
+        c.tls_key = get("GATEWAY_TLS_KEY");
+        if c.tls_cert.is_some() != c.tls_key.is_some() {
+            return Err(ConfigError {
+                var: "GATEWAY_TLS_CERT",
+                problem: "GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must be set together".into(),
+            });
+        }
+        if let Some(n) = num("CHAT_MAX_AGE_SECS")? {
+            c.stream.max_age = Duration::from_secs(n);
+        }
+        if let Some(n) = num("CHAT_MAX_BYTES")? {
+            c.stream.max_bytes = i64::try_from(n).unwrap_or(i64::MAX);
+        }
+        if let Some(n) = num("CHAT_DUPLICATE_WINDOW_SECS")? {
+            c.stream.duplicate_window = Duration::from_secs(n);
+        }
+        if let Some(n) = num("CHAT_REPLICAS")? {
+            c.stream.replicas = usize_of(n);
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(pairs: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let m: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults_match_the_protocol_doc() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!(c.max_frame_bytes, 65536);
+        assert_eq!(c.max_text_chars, 4000);
+        assert_eq!(c.max_rooms_per_conn, 50);
+        assert_eq!(c.heartbeat, Duration::from_millis(25_000));
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+        assert!(c.stream.duplicate_window >= Duration::from_secs(300));
+    }
+
+    #[test]
+    fn bad_values_name_their_variable() {
+        assert_eq!(
+            cfg(&[("GATEWAY_MAX_FRAME_BYTES", "lots")]).unwrap_err().var,
+            "GATEWAY_MAX_FRAME_BYTES"
+        );
+        assert_eq!(
+            cfg(&[("GATEWAY_IDLE_TIMEOUT_MS", "0")]).unwrap_err().var,
+            "GATEWAY_IDLE_TIMEOUT_MS"
+        );
+        assert_eq!(
+            cfg(&[("GATEWAY_TLS_KEY", "k.pem")]).unwrap_err().var,
+            "GATEWAY_TLS_CERT"
+        );
+    }
+
+    #[test]
+    fn auth_url_sets_keys_and_page_login() {
+        let c = cfg(&[("GATEWAY_AUTH_URL", "http://auth:8081/")]).unwrap();
+        assert_eq!(c.keys, KeySource::AuthUrl("http://auth:8081".into()));
+        assert_eq!(c.public_auth_url, "http://auth:8081");
+    }
+}

@@ -1,0 +1,94 @@
+//! Fetching the token verification keys from the auth service, at start and then periodically, so a
+//! key rotation reaches every gateway without a restart.
+
+use std::time::Duration;
+
+use anyhow::Context;
+use auth::jwks::JwkSet;
+use auth::token::{KeySet, VerifyingKey};
+use tokio_util::sync::CancellationToken;
+
+/// Fetches `<auth_url>/api/keys` and returns the usable keys.
+pub async fn fetch(
+    http: &reqwest::Client,
+    auth_url: &str,
+) -> anyhow::Result<Vec<(String, VerifyingKey)>> {
+    #[derive(serde::Deserialize)]
+    struct Envelope {
+        code: i64,
+        data: Option<JwkSet>,
+    }
+    let url = format!("{auth_url}/api/keys");
+    let env: Envelope = http
+        .get(&url)
+        .timeout(Duration::from_secs(5))
+        .send()
+        .await
+        .with_context(|| format!("GET {url}"))?
+        .json()
+        .await
+        .with_context(|| format!("decoding {url}"))?;
+    let set = env
+        .data
+        .filter(|_| env.code == 0)
+        .with_context(|| format!("{url} answered code {}", env.code))?;
+    let keys: Vec<_> = set
+        .keys
+        .iter()
+        .filter_map(|k| Some((k.kid.clone(), k.verifying_key()?)))
+        .collect();
+    anyhow::ensure!(!keys.is_empty(), "{url} served no usable Ed25519 key");
+    Ok(keys)
+}
+
+/// Loads the keys once, retrying for up to `wait`, so a gateway started next to auth can come up.
+pub async fn load(
+    http: &reqwest::Client,
+    auth_url: &str,
+    keys: &KeySet,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match fetch(http, auth_url).await {
+            Ok(k) => {
+                keys.replace(k);
+                tracing::info!(kids = ?keys.kids(), "token keys loaded");
+                return Ok(());
+            }
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %format!("{e:#}"), "auth keys not available yet; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Refreshes the keys every `every` until `stop`. A failed fetch keeps the keys already held.
+pub async fn refresh_loop(
+    http: reqwest::Client,
+    auth_url: String,
+    keys: KeySet,
+    every: Duration,
+    stop: CancellationToken,
+) {
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(every) => {}
+        }
+        match fetch(&http, &auth_url).await {
+            Ok(k) => {
+                let before = keys.kids();
+                keys.replace(k);
+                if keys.kids() != before {
+                    tracing::info!(kids = ?keys.kids(), "token keys changed");
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %format!("{e:#}"), "refreshing token keys failed; keeping the current ones")
+            }
+        }
+    }
+}

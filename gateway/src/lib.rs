@@ -1,0 +1,151 @@
+//! The liaotian gateway: a stateless WebSocket edge over NATS JetStream.
+//!
+//! A gateway holds client connections and nothing else: no database, no state shared with other
+//! gateways. It publishes each client message into stream `CHAT` and acks it once JetStream stored it;
+//! it delivers to its sockets what JetStream republishes on `chat.out.>`, subscribing once per room and
+//! per user that has local connections.
+//!
+//! Map: [`server`] (HTTP routes and the upgrade), [`session`] (one connection), [`hub`] (subscriptions and
+//! fan-out), [`publish`] (JetStream publish and the stream definition), [`conn`] (the per-connection
+//! queue), [`keys`] (token keys from the auth service), [`tls`] (rustls termination).
+
+pub mod config;
+pub mod conn;
+pub mod hub;
+pub mod keys;
+pub mod metrics;
+pub mod publish;
+pub mod ratelimit;
+pub mod server;
+pub mod session;
+pub mod tls;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use auth::token::KeySet;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::Config;
+
+/// How long `run` waits for the auth service's keys at start.
+const KEYS_WAIT: Duration = Duration::from_secs(30);
+/// Longest pause between NATS reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+const INDEX_HTML: &str = include_str!("../web/index.html");
+
+/// Runs a gateway on `listener` until `shutdown` resolves, then closes every session with 1001 and
+/// returns within `config.shutdown_grace`.
+///
+/// `keys` holds the accepted token keys; with [`config::KeySource::AuthUrl`] they are fetched and
+/// refreshed from the auth service.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    keys: KeySet,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    // rustls needs a process-wide crypto provider for both TLS termination and HTTPS key fetches.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let config = Arc::new(config);
+    let stop = CancellationToken::new();
+
+    if let config::KeySource::AuthUrl(url) = &config.keys {
+        let http = reqwest::Client::new();
+        keys::load(&http, url, &keys, KEYS_WAIT)
+            .await
+            .context("loading token keys from the auth service")?;
+        tokio::spawn(keys::refresh_loop(
+            http,
+            url.clone(),
+            keys.clone(),
+            config.keys_refresh,
+            stop.clone(),
+        ));
+    }
+    anyhow::ensure!(!keys.is_empty(), "no token keys: set GATEWAY_AUTH_URL");
+
+    let nats = connect_nats(&config.nats_url).await?;
+    let js = async_nats::jetstream::new(nats.clone());
+    publish::ensure_stream(&js, &config.stream).await?;
+
+    let metrics = Arc::new(metrics::Metrics::new());
+    let state = server::AppState {
+        hub: hub::Hub::new(nats.clone(), metrics.clone()),
+        publisher: publish::Publisher::new(js, config.publish_budget, metrics.clone()),
+        keys,
+        metrics,
+        nats: nats.clone(),
+        shutdown: stop.clone(),
+        conn_limit: Arc::new(Semaphore::new(config.max_connections)),
+        sessions: TaskTracker::new(),
+        index_html: INDEX_HTML
+            .replace("__AUTH_URL__", &config.public_auth_url)
+            .into(),
+        config: config.clone(),
+    };
+    let sessions = state.sessions.clone();
+    let app = server::router(state);
+    let local = listener.local_addr()?;
+    let serving = stop.clone().cancelled_owned();
+    let server = match (&config.tls_cert, &config.tls_key) {
+        (Some(cert), Some(key)) => {
+            let tls = tls::TlsListener::new(listener, tls::server_config(cert, key)?)?;
+            tracing::info!(addr = %local, "gateway listening (wss)");
+            tokio::spawn(async move { axum::serve(tls, app).with_graceful_shutdown(serving).await })
+        }
+        _ => {
+            tracing::info!(addr = %local, "gateway listening (ws)");
+            tokio::spawn(async move {
+                axum::serve(listener, app)
+                    .with_graceful_shutdown(serving)
+                    .await
+            })
+        }
+    };
+
+    shutdown.await;
+    tracing::info!(
+        sessions = sessions.len(),
+        "shutting down: closing sessions with 1001"
+    );
+    stop.cancel();
+    sessions.close();
+    if tokio::time::timeout(config.shutdown_grace, sessions.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            left = sessions.len(),
+            "sessions still open after the grace period"
+        );
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    let _ = nats.flush().await;
+    Ok(())
+}
+
+async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    async_nats::ConnectOptions::new()
+        .name("liaotian-gateway")
+        .reconnect_delay_callback(|attempts| {
+            let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
+            step.min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        })
+        .connect(url)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))
+}

@@ -1,0 +1,156 @@
+//! Prometheus metrics of one gateway. Labels are bounded: never a user or room id.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+use protocol::ErrorCode;
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGauge,
+    pub connections_accepted: IntCounter,
+    pub connections_refused: IntCounterVec,
+    pub closes: IntCounterVec,
+    pub frames_in: IntCounter,
+    pub frames_out: IntCounter,
+    pub published: IntCounter,
+    pub delivered: IntCounter,
+    pub errors: IntCounterVec,
+    pub publish_seconds: Histogram,
+    pub subscriptions: IntGauge,
+    pub undecodable: IntCounter,
+}
+
+fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+    // Names are static and unique; registration cannot fail.
+    let _ = r.register(Box::new(m.clone()));
+    m
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let r = Registry::new();
+        let counter = |name: &str, help: &str| {
+            IntCounter::new(name, help).unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let counter_vec = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+                .unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let gauge = |name: &str, help: &str| {
+            IntGauge::new(name, help).unwrap_or_else(|e| unreachable!("{e}"))
+        };
+        let m = Self {
+            connections: reg(
+                &r,
+                gauge("gateway_connections", "Open WebSocket connections."),
+            ),
+            connections_accepted: reg(
+                &r,
+                counter(
+                    "gateway_connections_accepted_total",
+                    "WebSocket connections accepted.",
+                ),
+            ),
+            connections_refused: reg(
+                &r,
+                counter_vec(
+                    "gateway_connections_refused_total",
+                    "Handshakes refused, by reason.",
+                    &["reason"],
+                ),
+            ),
+            closes: reg(
+                &r,
+                counter_vec(
+                    "gateway_closes_total",
+                    "Connections closed by the server, by close code.",
+                    &["code"],
+                ),
+            ),
+            frames_in: reg(
+                &r,
+                counter("gateway_frames_in_total", "Client frames received."),
+            ),
+            frames_out: reg(
+                &r,
+                counter("gateway_frames_out_total", "Frames written to clients."),
+            ),
+            published: reg(
+                &r,
+                counter(
+                    "gateway_messages_published_total",
+                    "Messages stored in JetStream and acked.",
+                ),
+            ),
+            delivered: reg(
+                &r,
+                counter(
+                    "gateway_messages_delivered_total",
+                    "Messages queued to local sockets.",
+                ),
+            ),
+            errors: reg(
+                &r,
+                counter_vec(
+                    "gateway_errors_total",
+                    "Error frames sent, by code.",
+                    &["code"],
+                ),
+            ),
+            publish_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gateway_publish_seconds",
+                        "JetStream publish latency, send to ack.",
+                    )
+                    .buckets(vec![
+                        0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                        5.0, 10.0,
+                    ]),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            subscriptions: reg(
+                &r,
+                gauge(
+                    "gateway_topics",
+                    "Rooms and users this gateway is subscribed to.",
+                ),
+            ),
+            undecodable: reg(
+                &r,
+                counter(
+                    "gateway_undecodable_total",
+                    "Delivered NATS messages that could not be decoded.",
+                ),
+            ),
+            registry: r,
+        };
+        for code in ErrorCode::ALL {
+            m.errors.with_label_values(&[code.as_str()]);
+        }
+        m
+    }
+
+    pub fn error(&self, code: ErrorCode) {
+        self.errors.with_label_values(&[code.as_str()]).inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "encoding metrics");
+        }
+        buf
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

@@ -1,0 +1,214 @@
+//! Publishing client messages into stream `CHAT`, and the stream's definition.
+//!
+//! A message is acked to its sender only after JetStream acked the publish, that is after it was stored.
+//! Every attempt carries the same `Nats-Msg-Id` (`<sender>:<client_msg_id>`), so a retry after a lost
+//! ack, or a client resend, is stored once and answered with the original sequence.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use bytes::Bytes;
+use protocol::subject::{self, Conversation};
+use protocol::{StoredMessage, UserId};
+
+use crate::config::StreamSettings;
+use crate::metrics::Metrics;
+
+/// First pause between publish attempts; doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest wait for one attempt's ack.
+const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Why a publish did not get stored.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("JetStream did not store the message within {0:?}")]
+    Unavailable(Duration),
+}
+
+/// The stored result of a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stored {
+    pub seq: u64,
+    /// The stored message's timestamp (the original one for a duplicate).
+    pub ts: u64,
+}
+
+/// The configuration of stream `CHAT`.
+pub fn stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: subject::STREAM.to_owned(),
+        description: Some("liaotian chat messages; republished to chat.out.> after storing".into()),
+        subjects: vec![subject::INGEST_WILDCARD.to_owned()],
+        republish: Some(stream::Republish {
+            source: subject::INGEST_WILDCARD.to_owned(),
+            destination: subject::DELIVER_WILDCARD.to_owned(),
+            headers_only: false,
+        }),
+        duplicate_window: s.duplicate_window,
+        max_age: s.max_age,
+        max_bytes: s.max_bytes,
+        num_replicas: s.replicas,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
+    }
+}
+
+/// Creates stream `CHAT`, or updates it to `settings`.
+pub async fn ensure_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> anyhow::Result<stream::Stream> {
+    use anyhow::Context;
+    js.create_or_update_stream(stream_config(settings))
+        .await
+        .context("creating or updating stream CHAT")?;
+    js.get_stream(subject::STREAM)
+        .await
+        .context("reading stream CHAT")
+}
+
+/// Publishes messages with retries and reads back what was stored.
+#[derive(Clone)]
+pub struct Publisher {
+    js: jetstream::Context,
+    stream: Arc<tokio::sync::OnceCell<stream::Stream>>,
+    budget: Duration,
+    metrics: Arc<Metrics>,
+}
+
+impl Publisher {
+    pub fn new(js: jetstream::Context, budget: Duration, metrics: Arc<Metrics>) -> Self {
+        Self {
+            js,
+            stream: Arc::default(),
+            budget,
+            metrics,
+        }
+    }
+
+    /// Stores `msg` in conversation `conv`, retrying within the budget.
+    pub async fn publish(
+        &self,
+        conv: &Conversation,
+        msg: &StoredMessage,
+    ) -> Result<Stored, PublishError> {
+        let started = Instant::now();
+        let payload = Bytes::from(msg.encode());
+        let subject = conv.ingest_subject();
+        let msg_id = subject::msg_id(&msg.from, &msg.client_msg_id);
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let mut pm = PublishMessage::build()
+                .payload(payload.clone())
+                .message_id(&msg_id)
+                .header(subject::HDR_FROM, msg.from.as_str())
+                .header("Content-Type", subject::CONTENT_TYPE_MSGPACK);
+            pm = match conv {
+                Conversation::Room(room) => pm.header(subject::HDR_ROOM, room.as_str()),
+                Conversation::Dm { .. } => match &msg.to {
+                    Some(to) => pm.header(subject::HDR_TO, to.as_str()),
+                    None => pm,
+                },
+            };
+            match self.attempt(subject.clone(), pm).await {
+                Ok(ack) => {
+                    self.metrics
+                        .publish_seconds
+                        .observe(started.elapsed().as_secs_f64());
+                    let ts = if ack.duplicate {
+                        self.stored_ts(ack.sequence).await.unwrap_or(msg.ts)
+                    } else {
+                        msg.ts
+                    };
+                    if !ack.duplicate {
+                        self.metrics.published.inc();
+                    }
+                    return Ok(Stored {
+                        seq: ack.sequence,
+                        ts,
+                    });
+                }
+                Err(e) => {
+                    if started.elapsed() + backoff >= self.budget {
+                        tracing::warn!(error = %e, %subject, "publish failed; giving up");
+                        return Err(PublishError::Unavailable(self.budget));
+                    }
+                    tracing::debug!(error = %e, %subject, "publish failed; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
+                }
+            }
+        }
+    }
+
+    async fn attempt(
+        &self,
+        subject: String,
+        pm: PublishMessage,
+    ) -> anyhow::Result<jetstream::publish::PublishAck> {
+        let fut = self.js.send_publish(subject, pm).await?;
+        Ok(tokio::time::timeout(ATTEMPT_TIMEOUT, fut).await??)
+    }
+
+    /// The timestamp stored with sequence `seq`, for answering a duplicate with the original ack.
+    async fn stored_ts(&self, seq: u64) -> Option<u64> {
+        let stream = self
+            .stream
+            .get_or_try_init(|| self.js.get_stream(subject::STREAM))
+            .await
+            .ok()?;
+        let raw = stream.direct_get(seq).await.ok()?;
+        StoredMessage::decode(&raw.payload).ok().map(|m| m.ts)
+    }
+
+    /// The newest sequence stored in a conversation, 0 if it has none.
+    pub async fn last_seq(&self, conv: &Conversation) -> anyhow::Result<u64> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let stream = self
+            .stream
+            .get_or_try_init(|| self.js.get_stream(subject::STREAM))
+            .await?;
+        match stream
+            .direct_get_last_for_subject(conv.ingest_subject())
+            .await
+        {
+            Ok(m) => Ok(m.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// The message a `send` stores.
+pub fn stored_message(
+    from: UserId,
+    conv_target: &protocol::Target,
+    text: String,
+    cmid: protocol::ClientMsgId,
+) -> StoredMessage {
+    let (room, to) = match conv_target {
+        protocol::Target::Room(r) => (Some(r.clone()), None),
+        protocol::Target::User(u) => (None, Some(u.clone())),
+    };
+    StoredMessage {
+        from,
+        room,
+        to,
+        text,
+        client_msg_id: cmid,
+        ts: now_ms(),
+    }
+}

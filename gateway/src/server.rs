@@ -1,0 +1,185 @@
+//! HTTP routes of the gateway: the WebSocket endpoint, health, metrics and the dev web page.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use auth::envelope::ApiError;
+use auth::token::{KeySet, now_secs};
+use axum::Router;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use serde::Deserialize;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::Config;
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::publish::Publisher;
+
+/// How much larger than our frame limit tungstenite's own limit is. Frames between the two are read
+/// and answered with `too_large` and 1009; tungstenite's limit only guards memory beyond that.
+const TUNGSTENITE_LIMIT_FACTOR: usize = 4;
+/// tungstenite's read buffer per connection. Chat frames are small; the default (128 KiB) is not.
+const READ_BUFFER: usize = 4 * 1024;
+/// Bytes tungstenite buffers before it writes to the socket.
+const WRITE_BUFFER: usize = 8 * 1024;
+
+/// Everything a handler or session needs. Cheap to clone.
+#[derive(Clone)]
+pub struct AppState {
+    pub config: Arc<Config>,
+    pub keys: KeySet,
+    pub hub: Hub,
+    pub publisher: Publisher,
+    pub metrics: Arc<Metrics>,
+    pub nats: async_nats::Client,
+    /// Cancelled on shutdown; sessions then close with 1001.
+    pub shutdown: CancellationToken,
+    /// One permit per open connection: the connection cap.
+    pub conn_limit: Arc<Semaphore>,
+    /// Tracks sessions so shutdown can wait for them.
+    pub sessions: TaskTracker,
+    pub index_html: Arc<str>,
+}
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/", get(index))
+        .route("/ws", get(ws_handler))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .with_state(state)
+}
+
+#[derive(Deserialize)]
+struct TokenQuery {
+    token: Option<String>,
+}
+
+async fn ws_handler(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Query(query): Query<TokenQuery>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    match accept(&state, &headers, query, upgrade) {
+        Ok(resp) => resp,
+        Err((reason, e)) => {
+            state
+                .metrics
+                .connections_refused
+                .with_label_values(&[reason])
+                .inc();
+            e.into_response()
+        }
+    }
+}
+
+fn accept(
+    state: &AppState,
+    headers: &HeaderMap,
+    query: TokenQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, (&'static str, ApiError)> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            v.strip_prefix("Bearer ")
+                .or_else(|| v.strip_prefix("bearer "))
+        })
+        .map(str::trim);
+    let token = bearer.or(query.token.as_deref()).ok_or((
+        "unauthorized",
+        ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing_token",
+            "send the token as `Authorization: Bearer` or `?token=`",
+        ),
+    ))?;
+    let claims = state.keys.verify(token, now_secs()).map_err(|e| {
+        (
+            "unauthorized",
+            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()),
+        )
+    })?;
+    let upgrade = upgrade.map_err(|e| {
+        (
+            "bad_request",
+            ApiError::new(e.status(), "not_websocket", e.body_text()),
+        )
+    })?;
+    if state.shutdown.is_cancelled() {
+        return Err((
+            "shutting_down",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "gateway is shutting down",
+            ),
+        ));
+    }
+    let permit = state.conn_limit.clone().try_acquire_owned().map_err(|_| {
+        (
+            "full",
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                "gateway is at its connection limit",
+            ),
+        )
+    })?;
+    let limit = state
+        .config
+        .max_frame_bytes
+        .saturating_mul(TUNGSTENITE_LIMIT_FACTOR);
+    let user = claims.user().clone();
+    let state = state.clone();
+    Ok(upgrade
+        .protocols([protocol::SUBPROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_message_size(limit)
+        .max_frame_size(limit)
+        .on_upgrade(move |socket| {
+            let sessions = state.sessions.clone();
+            sessions.track_future(async move {
+                crate::session::run(socket, user, state).await;
+                drop(permit);
+            })
+        }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Response {
+    if state.nats.connection_state() != async_nats::connection::State::Connected {
+        return (StatusCode::SERVICE_UNAVAILABLE, "nats disconnected").into_response();
+    }
+    let js = async_nats::jetstream::new(state.nats.clone());
+    match tokio::time::timeout(
+        Duration::from_secs(2),
+        js.get_stream(protocol::subject::STREAM),
+    )
+    .await
+    {
+        Ok(Ok(_)) => (StatusCode::OK, "ready").into_response(),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "stream CHAT unreachable").into_response(),
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        state.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn index(State(state): State<AppState>) -> Html<String> {
+    Html(state.index_html.to_string())
+}

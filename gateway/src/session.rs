@@ -1,0 +1,462 @@
+//! One WebSocket connection: a reader loop that owns the session state, and a writer task that owns
+//! the socket's sink.
+//!
+//! The reader is a single `select!` over a closed set of events: a client frame, a finished publish,
+//! the ping timer, the idle deadline, a close request, and shutdown. Everything the connection sends,
+//! replies and fan-out alike, goes through one bounded queue to the writer. When either half ends, it
+//! cancels the connection's token and the other half stops.
+
+use std::collections::HashSet;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
+use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use protocol::subject::Conversation;
+use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Target, UserId};
+use tokio::sync::mpsc;
+use tracing::Instrument;
+
+use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
+use crate::hub::TopicKey;
+use crate::publish::{PublishError, Stored, now_ms, stored_message};
+use crate::ratelimit::TokenBucket;
+use crate::server::AppState;
+
+/// How long the writer may take to send the Close frame, and the reader to see the client's reply.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Frames written before one flush, when the queue has several waiting.
+const WRITE_BATCH: u64 = 64;
+
+type SendResult = (
+    Option<FrameId>,
+    protocol::ClientMsgId,
+    Result<Stored, PublishError>,
+);
+type Inflight = FuturesUnordered<Pin<Box<dyn Future<Output = SendResult> + Send>>>;
+
+/// Runs a connection from the upgrade until it is closed and cleaned up.
+pub async fn run(socket: WebSocket, user: UserId, state: AppState) {
+    let conn = ConnId::parse(nuid::next().to_string())
+        .unwrap_or_else(|_| unreachable!("a NUID is alphanumeric"));
+    let span = tracing::info_span!("conn", conn_id = %conn, user = %user);
+    run_inner(socket, conn, user, state).instrument(span).await;
+}
+
+async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppState) {
+    let metrics = state.metrics.clone();
+    metrics.connections.inc();
+    metrics.connections_accepted.inc();
+    let shared = Arc::new(ConnShared::new(conn, user.clone()));
+    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
+    let outbox = Outbox::new(tx, shared.clone());
+    let (sink, mut stream) = socket.split();
+    let writer =
+        tokio::spawn(write_loop(sink, rx, shared.clone(), metrics.clone()).in_current_span());
+
+    let user_topic = TopicKey::User(user.clone());
+    if !state.hub.join(user_topic.clone(), outbox.clone()).await {
+        tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
+    }
+    let mut session = Session {
+        bucket: TokenBucket::new(
+            state.config.rate_per_sec,
+            state.config.rate_burst,
+            Instant::now(),
+        ),
+        state,
+        outbox,
+        joined: HashSet::new(),
+        inflight: FuturesUnordered::new(),
+    };
+    session.reply(ServerFrame::Welcome {
+        user: user.clone(),
+        conn: shared.conn.clone(),
+        heartbeat_ms: u64::try_from(session.state.config.heartbeat.as_millis()).unwrap_or(u64::MAX),
+        server_time: now_ms(),
+        protocol: protocol::PROTOCOL_VERSION,
+    });
+    tracing::debug!("session open");
+
+    let end = session.read_loop(&mut stream).await;
+
+    // Make sure the writer stops and sends a Close frame if one was asked for; an ordered close lets it
+    // write what is queued first. Then give the client a moment to answer, so it sees a clean close.
+    if end == Flow::Stop {
+        shared.closing.cancel();
+    }
+    let mut writer = writer;
+    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
+        .await
+        .is_err()
+    {
+        shared.close(close_code::SLOW_CONSUMER, "slow consumer");
+        let _ = writer.await;
+    }
+    if let Some((code, _)) = shared.close_reason() {
+        metrics.closes.with_label_values(&[&code.to_string()]).inc();
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+            while let Some(Ok(msg)) = stream.next().await {
+                if matches!(msg, Message::Close(_)) {
+                    break;
+                }
+            }
+        })
+        .await;
+    }
+    for room in session.joined.drain() {
+        session.state.hub.leave(&TopicKey::Room(room), &shared.conn);
+    }
+    session.state.hub.leave(&user_topic, &shared.conn);
+    metrics.connections.dec();
+    tracing::debug!(close = ?shared.close_reason(), "session closed");
+}
+
+struct Session {
+    state: AppState,
+    outbox: Outbox,
+    joined: HashSet<RoomId>,
+    bucket: TokenBucket,
+    inflight: Inflight,
+}
+
+/// Whether the read loop goes on, and if not, how the connection ends.
+#[derive(Debug, PartialEq, Eq)]
+enum Flow {
+    Continue,
+    /// Stop now: the client is gone, or a close was already requested through the token.
+    Stop,
+    /// An `Outbound::Close` is queued behind frames the client must still get.
+    Ordered,
+}
+
+impl Session {
+    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) -> Flow {
+        let cfg = self.state.config.clone();
+        let shared = self.outbox.shared.clone();
+        let shutdown = self.state.shutdown.clone();
+        let mut last_activity = tokio::time::Instant::now();
+        let mut ping =
+            tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
+        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let end = loop {
+            let idle_deadline = last_activity + cfg.idle_timeout;
+            tokio::select! {
+                biased;
+                () = shared.closing.cancelled() => break Flow::Stop,
+                () = shutdown.cancelled() => {
+                    shared.close(close_code::GOING_AWAY, "server shutting down");
+                    break Flow::Stop;
+                }
+                Some((id, cmid, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    self.finish_send(id, cmid, result);
+                }
+                msg = stream.next(), if self.inflight.len() < cfg.max_inflight_sends => {
+                    last_activity = tokio::time::Instant::now();
+                    let flow = match msg {
+                        Some(Ok(msg)) => self.on_message(msg).await,
+                        Some(Err(e)) if is_capacity_error(&e) => {
+                            self.too_large(None);
+                            Flow::Ordered
+                        }
+                        Some(Err(e)) => {
+                            tracing::debug!(error = %e, "socket error");
+                            Flow::Stop
+                        }
+                        None => Flow::Stop,
+                    };
+                    if flow != Flow::Continue {
+                        break flow;
+                    }
+                }
+                _ = ping.tick() => {
+                    self.outbox.push(Outbound::Ping);
+                }
+                () = tokio::time::sleep_until(idle_deadline) => {
+                    self.outbox.push(Outbound::Close(close_code::IDLE, "idle timeout"));
+                    break Flow::Ordered;
+                }
+            }
+        };
+        // Sends still waiting for their ack are dropped: the client did not get an ack, so it resends
+        // with the same client_msg_id and JetStream stores the message once.
+        end
+    }
+
+    async fn on_message(&mut self, msg: Message) -> Flow {
+        let text = match msg {
+            Message::Text(t) => t,
+            Message::Binary(b) => {
+                self.state.metrics.frames_in.inc();
+                if b.len() > self.state.config.max_frame_bytes {
+                    self.too_large(None);
+                    return Flow::Ordered;
+                }
+                self.error(
+                    None,
+                    ErrorCode::BadRequest,
+                    "binary frames are not supported; send JSON text frames",
+                );
+                return Flow::Continue;
+            }
+            Message::Close(_) => return Flow::Stop,
+            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+        };
+        self.state.metrics.frames_in.inc();
+        if text.len() > self.state.config.max_frame_bytes {
+            self.too_large(None);
+            return Flow::Ordered;
+        }
+        let parsed = ClientFrame::parse(text.as_str());
+        if !self.bucket.try_take(Instant::now()) {
+            let id = parsed.as_ref().ok().and_then(|(id, _)| id.clone());
+            self.error(id, ErrorCode::RateLimited, "too many frames; slow down");
+            return Flow::Continue;
+        }
+        match parsed {
+            Ok((id, frame)) => self.dispatch(id, frame).await,
+            Err(e) => {
+                self.state.metrics.error(e.code);
+                self.reply(e.to_frame());
+            }
+        }
+        Flow::Continue
+    }
+
+    async fn dispatch(&mut self, id: Option<FrameId>, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Ping => self.reply(ServerFrame::Pong {
+                id,
+                server_time: now_ms(),
+            }),
+            ClientFrame::Join { room } => self.join(id, room).await,
+            ClientFrame::Leave { room } => {
+                if self.joined.remove(&room) {
+                    self.state
+                        .hub
+                        .leave(&TopicKey::Room(room.clone()), self.outbox.conn());
+                    self.reply(ServerFrame::Left { id, room });
+                } else {
+                    self.error(id, ErrorCode::NotJoined, format!("not in room {room}"));
+                }
+            }
+            ClientFrame::Send {
+                target,
+                text,
+                client_msg_id,
+            } => self.send(id, target, text, client_msg_id),
+        }
+    }
+
+    async fn join(&mut self, id: Option<FrameId>, room: RoomId) {
+        let fresh = !self.joined.contains(&room);
+        if fresh && self.joined.len() >= self.state.config.max_rooms_per_conn {
+            let max = self.state.config.max_rooms_per_conn;
+            self.error(
+                id,
+                ErrorCode::BadRequest,
+                format!("a connection may join at most {max} rooms"),
+            );
+            return;
+        }
+        let key = TopicKey::Room(room.clone());
+        if fresh {
+            // Subscribe before reading the last sequence, so nothing stored after it is missed.
+            self.state.hub.join(key.clone(), self.outbox.clone()).await;
+            self.joined.insert(room.clone());
+        }
+        match self
+            .state
+            .publisher
+            .last_seq(&Conversation::Room(room.clone()))
+            .await
+        {
+            Ok(last_seq) => self.reply(ServerFrame::Joined { id, room, last_seq }),
+            Err(e) => {
+                tracing::warn!(error = %e, %room, "join: stream unreachable");
+                if fresh {
+                    self.joined.remove(&room);
+                    self.state.hub.leave(&key, self.outbox.conn());
+                }
+                self.error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the message store is unreachable; try again",
+                );
+            }
+        }
+    }
+
+    fn send(
+        &mut self,
+        id: Option<FrameId>,
+        target: Target,
+        text: String,
+        cmid: protocol::ClientMsgId,
+    ) {
+        let cfg = &self.state.config;
+        if text.is_empty() {
+            return self.error(id, ErrorCode::BadRequest, "text must not be empty");
+        }
+        if text.chars().count() > cfg.max_text_chars {
+            let max = cfg.max_text_chars;
+            return self.error(
+                id,
+                ErrorCode::TooLarge,
+                format!("text is longer than {max} characters"),
+            );
+        }
+        let me = self.outbox.shared.user.clone();
+        let conv = match &target {
+            Target::Room(room) if !self.joined.contains(room) => {
+                return self.error(
+                    id,
+                    ErrorCode::NotJoined,
+                    format!("join room {room} before sending to it"),
+                );
+            }
+            Target::Room(room) => Conversation::Room(room.clone()),
+            Target::User(to) => match Conversation::dm(me.clone(), to.clone()) {
+                Some(conv) => conv,
+                None => {
+                    return self.error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "cannot send a direct message to yourself",
+                    );
+                }
+            },
+        };
+        let msg = stored_message(me, &target, text, cmid.clone());
+        let publisher = self.state.publisher.clone();
+        self.inflight.push(Box::pin(async move {
+            let result = publisher.publish(&conv, &msg).await;
+            (id, cmid, result)
+        }));
+    }
+
+    fn finish_send(
+        &mut self,
+        id: Option<FrameId>,
+        client_msg_id: protocol::ClientMsgId,
+        result: Result<Stored, PublishError>,
+    ) {
+        match result {
+            Ok(Stored { seq, ts }) => self.reply(ServerFrame::Ack {
+                id,
+                client_msg_id,
+                seq,
+                ts,
+            }),
+            Err(e) => self.error(
+                id,
+                ErrorCode::Unavailable,
+                format!("message not stored: {e}; resend with the same client_msg_id"),
+            ),
+        }
+    }
+
+    /// Answers an oversize frame: an error frame, then close 1009.
+    fn too_large(&mut self, id: Option<FrameId>) {
+        let max = self.state.config.max_frame_bytes;
+        self.error(
+            id,
+            ErrorCode::TooLarge,
+            format!("frame is larger than {max} bytes"),
+        );
+        self.outbox
+            .push(Outbound::Close(close_code::TOO_BIG, "frame too large"));
+    }
+
+    fn error(&mut self, id: Option<FrameId>, code: ErrorCode, message: impl Into<String>) {
+        self.state.metrics.error(code);
+        self.reply(ServerFrame::Error {
+            id,
+            code,
+            message: message.into(),
+        });
+    }
+
+    fn reply(&mut self, frame: ServerFrame) {
+        if self
+            .outbox
+            .push(Outbound::Text(Utf8Bytes::from(frame.to_json())))
+            == Pushed::Overflow
+        {
+            tracing::info!("outbound queue full; closing as slow consumer");
+        }
+    }
+}
+
+async fn write_loop(
+    mut sink: SplitSink<WebSocket, Message>,
+    mut rx: mpsc::Receiver<Outbound>,
+    shared: Arc<ConnShared>,
+    metrics: Arc<crate::metrics::Metrics>,
+) {
+    'outer: loop {
+        let first = tokio::select! {
+            biased;
+            () = shared.closing.cancelled() => break,
+            m = rx.recv() => m,
+        };
+        let Some(mut next) = first else { break };
+        let mut written: u64 = 0;
+        // Feed what is already queued, then flush once.
+        loop {
+            let msg = match next {
+                Outbound::Text(t) => Message::Text(t),
+                Outbound::Ping => Message::Ping(bytes::Bytes::new()),
+                Outbound::Close(code, reason) => {
+                    shared.close(code, reason);
+                    break 'outer;
+                }
+            };
+            let fed = tokio::select! {
+                r = sink.feed(msg) => r.is_ok(),
+                () = shared.closing.cancelled() => false,
+            };
+            if !fed {
+                break 'outer;
+            }
+            written += 1;
+            if written >= WRITE_BATCH {
+                break;
+            }
+            match rx.try_recv() {
+                Ok(m) => next = m,
+                Err(_) => break,
+            }
+        }
+        let flushed = tokio::select! {
+            r = sink.flush() => r.is_ok(),
+            () = shared.closing.cancelled() => false,
+        };
+        metrics.frames_out.inc_by(written);
+        if !flushed {
+            break;
+        }
+    }
+    if let Some((code, reason)) = shared.close_reason() {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    }
+    shared.closing.cancel();
+}
+
+/// Whether a read error is tungstenite's own size limit, which we answer with 1009.
+fn is_capacity_error(e: &axum::Error) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(t) = err.downcast_ref::<tungstenite::Error>() {
+            return matches!(t, tungstenite::Error::Capacity(_));
+        }
+        cur = err.source();
+    }
+    false
+}

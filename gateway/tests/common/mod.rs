@@ -1,0 +1,119 @@
+//! Shared setup of the gateway integration tests: a real nats-server, gateways started through
+//! `gateway::run` on 127.0.0.1:0, tokens signed by a real auth `Signer`.
+
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use auth::{KeySet, Signer};
+use protocol::UserId;
+use testkit::{NatsServer, WsClient};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub struct Stack {
+    pub nats: NatsServer,
+    pub signer: Signer,
+}
+
+pub struct Gateway {
+    pub addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<anyhow::Result<()>>,
+}
+
+impl Gateway {
+    /// Triggers graceful shutdown and returns the task to await.
+    pub fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+impl Stack {
+    pub fn start() -> Stack {
+        init_tracing();
+        Stack {
+            nats: NatsServer::start().expect("start nats-server"),
+            signer: Signer::generate("liaotian"),
+        }
+    }
+
+    pub fn config(&self) -> gateway::Config {
+        gateway::Config {
+            nats_url: self.nats.url(),
+            ..gateway::Config::default()
+        }
+    }
+
+    pub async fn gateway(&self) -> Gateway {
+        self.gateway_with(self.config()).await
+    }
+
+    pub async fn gateway_with(&self, config: gateway::Config) -> Gateway {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keys = KeySet::new("liaotian");
+        keys.insert(self.signer.kid().to_owned(), self.signer.public_key());
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(gateway::run(listener, config, keys, async {
+            let _ = rx.await;
+        }));
+        wait_ready(addr).await;
+        Gateway {
+            addr,
+            stop: Some(tx),
+            task,
+        }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.signer
+            .issue(&UserId::parse(user).unwrap(), auth::token::now_secs(), 3600)
+    }
+
+    pub async fn connect(&self, gw: &Gateway, user: &str) -> WsClient {
+        WsClient::connect(gw.addr, &self.token(user))
+            .await
+            .expect("connect")
+            .0
+    }
+}
+
+/// Waits until the gateway answers /healthz.
+async fn wait_ready(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("gateway at {addr} did not come up");
+}
+
+/// Joins a room and returns the `joined` frame.
+pub async fn join(c: &mut WsClient, room: &str) -> serde_json::Value {
+    c.send(serde_json::json!({"type": "join", "room": room, "id": format!("j-{room}")}))
+        .await
+        .unwrap();
+    let v = c.recv_type("joined").await.unwrap();
+    assert_eq!(v["room"], room);
+    v
+}

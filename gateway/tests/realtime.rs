@@ -1,0 +1,576 @@
+//! End-to-end behaviour of protocol v1 through real gateways, a real nats-server and real WebSocket
+//! clients.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Stack, join};
+use serde_json::{Value, json};
+use testkit::ws::Ended;
+
+fn send(room: &str, text: &str, cmid: &str) -> Value {
+    json!({"type": "send", "room": room, "text": text, "client_msg_id": cmid, "id": cmid})
+}
+
+/// Collects `n` message frames, skipping other frames.
+async fn messages(c: &mut testkit::WsClient, n: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = c.recv().await.unwrap();
+        if v["type"] == "message" {
+            out.push(v);
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn two_gateways_deliver_one_room_in_one_order() {
+    // Clients on different gateways see the same messages with the same seqs in the same order.
+    let stack = Stack::start();
+    let (g1, g2) = (stack.gateway().await, stack.gateway().await);
+    let mut alice = stack.connect(&g1, "alice").await;
+    let mut bob = stack.connect(&g2, "bob").await;
+    assert_eq!(join(&mut alice, "lobby").await["last_seq"], 0);
+    join(&mut bob, "lobby").await;
+    for i in 0..10 {
+        alice
+            .send(send("lobby", &format!("a{i}"), &format!("a{i}")))
+            .await
+            .unwrap();
+        bob.send(send("lobby", &format!("b{i}"), &format!("b{i}")))
+            .await
+            .unwrap();
+    }
+    let at_alice = messages(&mut alice, 20).await;
+    let at_bob = messages(&mut bob, 20).await;
+    let key = |v: &Vec<Value>| {
+        v.iter()
+            .map(|m| (m["seq"].as_u64().unwrap(), m["text"].to_string()))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(key(&at_alice), key(&at_bob));
+    let seqs: Vec<u64> = at_alice
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect();
+    assert!(
+        seqs.windows(2).all(|w| w[0] < w[1]),
+        "seqs increase: {seqs:?}"
+    );
+    // Each message names the previous one of the room, so the chain has no hole.
+    for w in at_alice.windows(2) {
+        assert_eq!(w[1]["prev_seq"], w[0]["seq"]);
+    }
+    assert_eq!(at_alice[0]["prev_seq"], 0);
+    let m = &at_bob[0];
+    assert_eq!(m["room"], "lobby");
+    assert!(m["from"] == "alice" || m["from"] == "bob");
+    // A later joiner learns the newest seq.
+    let mut carol = stack.connect(&g2, "carol").await;
+    assert_eq!(
+        join(&mut carol, "lobby").await["last_seq"],
+        *seqs.last().unwrap()
+    );
+}
+
+#[tokio::test]
+async fn direct_message_reaches_recipient_and_senders_other_devices() {
+    // A DM is stored once and delivered to the recipient on another gateway and to the sender's second connection.
+    let stack = Stack::start();
+    let (g1, g2) = (stack.gateway().await, stack.gateway().await);
+    let mut alice_phone = stack.connect(&g1, "alice").await;
+    let mut alice_pc = stack.connect(&g2, "alice").await;
+    let mut bob = stack.connect(&g2, "bob").await;
+    let mut carol = stack.connect(&g2, "carol").await;
+    alice_phone
+        .send(json!({"type":"send","to":"bob","text":"hi bob","client_msg_id":"dm1"}))
+        .await
+        .unwrap();
+    // The sender's own copy may arrive before or after its ack.
+    let (mut ack, mut own) = (None, None);
+    while ack.is_none() || own.is_none() {
+        let v = alice_phone.recv().await.unwrap();
+        match v["type"].as_str() {
+            Some("ack") => ack = Some(v),
+            Some("message") => own = Some(v),
+            _ => {}
+        }
+    }
+    let (ack, own) = (ack.unwrap(), own.unwrap());
+    assert_eq!(own["seq"], ack["seq"]);
+    for c in [&mut bob, &mut alice_pc] {
+        let m = c.recv_type("message").await.unwrap();
+        assert_eq!(
+            (m["from"].as_str(), m["to"].as_str(), m["text"].as_str()),
+            (Some("alice"), Some("bob"), Some("hi bob"))
+        );
+        assert_eq!(m["seq"], ack["seq"]);
+    }
+    // The reply comes back the same way, on the other side of the sorted pair.
+    bob.send(json!({"type":"send","to":"alice","text":"hi alice","client_msg_id":"dm2"}))
+        .await
+        .unwrap();
+    for c in [&mut alice_pc, &mut alice_phone] {
+        let m = c.recv_type("message").await.unwrap();
+        assert_eq!(m["text"], "hi alice");
+        assert_eq!(m["prev_seq"], ack["seq"]);
+    }
+    // Nobody else got it.
+    carol.send(json!({"type":"ping","id":"p"})).await.unwrap();
+    assert_eq!(carol.recv().await.unwrap()["type"], "pong");
+}
+
+#[tokio::test]
+async fn resent_client_msg_id_is_stored_and_delivered_once() {
+    // A resend after a lost ack gets the same ack, and receivers see the message once.
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    let mut alice = stack.connect(&g, "alice").await;
+    let mut bob = stack.connect(&g, "bob").await;
+    join(&mut alice, "r").await;
+    join(&mut bob, "r").await;
+    alice.send(send("r", "once", "same-id")).await.unwrap();
+    let first = alice.recv_type("ack").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    alice.send(send("r", "once", "same-id")).await.unwrap();
+    let second = alice.recv_type("ack").await.unwrap();
+    assert_eq!(first["seq"], second["seq"]);
+    assert_eq!(first["ts"], second["ts"]);
+    alice.send(send("r", "after", "other-id")).await.unwrap();
+    let got = messages(&mut bob, 2).await;
+    assert_eq!(got[0]["text"], "once");
+    assert_eq!(
+        got[1]["text"], "after",
+        "the duplicate must not be delivered"
+    );
+}
+
+#[tokio::test]
+async fn handshakes_without_a_valid_token_get_401() {
+    // Missing, malformed, foreign and expired tokens are refused before the upgrade with a JSON 401.
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    let expired = stack.signer.sign(&auth::token::Claims {
+        sub: "alice".into(),
+        iat: 1,
+        exp: 2,
+        iss: "liaotian".into(),
+        kid: stack.signer.kid().into(),
+    });
+    let foreign = auth::Signer::generate("liaotian").issue(
+        &protocol::UserId::parse("alice").unwrap(),
+        auth::token::now_secs(),
+        60,
+    );
+    for query in [
+        String::new(),
+        "?token=garbage".into(),
+        format!("?token={expired}"),
+        format!("?token={foreign}"),
+    ] {
+        let req = format!("ws://{}/ws{query}", g.addr)
+            .into_client_request()
+            .unwrap();
+        match tokio_tungstenite::connect_async(req).await {
+            Err(Error::Http(resp)) => {
+                assert_eq!(resp.status(), 401, "{query}");
+                let body: Value =
+                    serde_json::from_slice(resp.body().as_deref().unwrap_or_default()).unwrap();
+                assert_eq!(body["code"], 40100);
+                assert!(body["data"]["reason"].is_string());
+            }
+            other => panic!("expected 401 for {query:?}, got {:?}", other.map(|_| ())),
+        }
+    }
+    // The token in the query string works too.
+    let req = format!("ws://{}/ws?token={}", g.addr, stack.token("alice"))
+        .into_client_request()
+        .unwrap();
+    let (_ws, resp) = tokio_tungstenite::connect_async(req).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    assert!(
+        resp.headers().get("sec-websocket-protocol").is_none(),
+        "no subprotocol offered, none echoed"
+    );
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_frames_get_errors_and_the_connection_stays() {
+    // Each bad frame gets its documented error code, echoing the id when it could be read.
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    let mut c = stack.connect(&g, "alice").await;
+    let cases: Vec<(String, &str, Value)> = vec![
+        ("{not json".into(), "bad_request", Value::Null),
+        ("[]".into(), "bad_request", Value::Null),
+        (
+            r#"{"type":"teleport","id":"t1"}"#.into(),
+            "unknown_type",
+            json!("t1"),
+        ),
+        (
+            r#"{"type":"join","id":"t2"}"#.into(),
+            "bad_request",
+            json!("t2"),
+        ),
+        (
+            r#"{"type":"join","id":"t3","room":"no spaces"}"#.into(),
+            "invalid_id",
+            json!("t3"),
+        ),
+        (
+            r#"{"type":"send","id":"t4","to":"a.b","text":"x","client_msg_id":"c"}"#.into(),
+            "invalid_id",
+            json!("t4"),
+        ),
+        (
+            r#"{"type":"send","id":"t5","room":"r","text":"x","client_msg_id":"c"}"#.into(),
+            "not_joined",
+            json!("t5"),
+        ),
+        (
+            r#"{"type":"leave","id":"t6","room":"r"}"#.into(),
+            "not_joined",
+            json!("t6"),
+        ),
+        (
+            r#"{"type":"send","id":"t7","to":"alice","text":"x","client_msg_id":"c"}"#.into(),
+            "bad_request",
+            json!("t7"),
+        ),
+        (
+            format!(
+                r#"{{"type":"send","id":"t8","to":"bob","text":"{}","client_msg_id":"c"}}"#,
+                "x".repeat(4001)
+            ),
+            "too_large",
+            json!("t8"),
+        ),
+        (
+            r#"{"type":"send","id":"t9","to":"bob","text":"","client_msg_id":"c"}"#.into(),
+            "bad_request",
+            json!("t9"),
+        ),
+    ];
+    for (frame, code, id) in cases {
+        c.send_text(frame.clone()).await.unwrap();
+        let e = c.recv().await.unwrap();
+        assert_eq!(e["type"], "error", "{frame}");
+        assert_eq!(e["code"], code, "{frame}");
+        assert_eq!(e["id"], id, "{frame}");
+    }
+    c.inner()
+        .send(tokio_tungstenite::tungstenite::Message::binary(vec![
+            1, 2, 3,
+        ]))
+        .await
+        .unwrap();
+    assert_eq!(c.recv().await.unwrap()["code"], "bad_request");
+    c.send(json!({"type":"ping","id":"still-here"}))
+        .await
+        .unwrap();
+    let pong = c.recv().await.unwrap();
+    assert_eq!(
+        (pong["type"].as_str(), pong["id"].as_str()),
+        (Some("pong"), Some("still-here"))
+    );
+}
+
+use futures_util::SinkExt;
+
+#[tokio::test]
+async fn oversize_frame_gets_too_large_then_1009() {
+    // A frame over 64 KiB is answered with an error frame and a clean close 1009, never a silent drop.
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    for size in [64 * 1024 + 1, 1024 * 1024] {
+        let mut c = stack.connect(&g, "alice").await;
+        c.send_text(format!(r#"{{"type":"ping","pad":"{}"}}"#, "x".repeat(size)))
+            .await
+            .unwrap();
+        let e = c.recv().await.unwrap();
+        assert_eq!(e["code"], "too_large", "size {size}");
+        assert_eq!(
+            c.closed(Duration::from_secs(5)).await.unwrap(),
+            Ended::Closed(Some(1009)),
+            "size {size}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn flood_beyond_the_token_bucket_is_rate_limited() {
+    // Frames beyond the bucket get rate_limited; the connection survives and recovers.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5.0,
+            rate_burst: 5.0,
+            ..stack.config()
+        })
+        .await;
+    let mut c = stack.connect(&g, "alice").await;
+    for i in 0..20 {
+        c.send(json!({"type":"ping","id":i.to_string()}))
+            .await
+            .unwrap();
+    }
+    let mut codes = Vec::new();
+    for _ in 0..20 {
+        let v = c.recv().await.unwrap();
+        codes.push(if v["type"] == "pong" {
+            "pong".to_owned()
+        } else {
+            v["code"].as_str().unwrap().to_owned()
+        });
+    }
+    let limited = codes.iter().filter(|c| *c == "rate_limited").count();
+    assert!((13..=15).contains(&limited), "{codes:?}");
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    c.send(json!({"type":"ping"})).await.unwrap();
+    assert_eq!(c.recv().await.unwrap()["type"], "pong");
+}
+
+#[tokio::test]
+async fn silent_client_is_closed_with_4000() {
+    // A client that sends nothing (not even pongs) for the idle timeout is closed with 4000.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            idle_timeout: Duration::from_millis(800),
+            heartbeat: Duration::from_millis(300),
+            ..stack.config()
+        })
+        .await;
+    let mut c = stack.connect(&g, "alice").await;
+    // Not reading means tungstenite does not answer the server's pings either.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(
+        c.closed(Duration::from_secs(5)).await.unwrap(),
+        Ended::Closed(Some(4000))
+    );
+    // An active client outlives the timeout.
+    let mut active = stack.connect(&g, "bob").await;
+    for _ in 0..6 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        active.send(json!({"type":"ping"})).await.unwrap();
+        assert_eq!(active.recv_type("pong").await.unwrap()["type"], "pong");
+    }
+}
+
+#[tokio::test]
+async fn slow_consumer_is_closed_with_4008_while_others_keep_receiving() {
+    // A client that stops reading overflows its bounded queue and is closed; the room goes on.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            outbound_queue: 16,
+            rate_per_sec: 10_000.0,
+            rate_burst: 10_000.0,
+            ..stack.config()
+        })
+        .await;
+    let token = stack.token("slow");
+    let mut slow = testkit::WsClient::connect_small_buffer(g.addr, &token)
+        .await
+        .unwrap();
+    join(&mut slow, "busy").await;
+    let mut reader = stack.connect(&g, "reader").await;
+    join(&mut reader, "busy").await;
+    let mut sender = stack.connect(&g, "sender").await;
+    join(&mut sender, "busy").await;
+    // More than the kernel's largest socket send buffer (4 MiB) plus the queue must be in flight.
+    let n = 1500;
+    let text = "y".repeat(3900);
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            sender
+                .send(send("busy", &text, &format!("m{i}")))
+                .await
+                .unwrap();
+            // Reading up to each ack keeps the sender's own queue short.
+            sender.recv_type("ack").await.unwrap();
+        }
+        sender
+    });
+    let got = messages(&mut reader, n).await;
+    let texts: Vec<_> = got
+        .iter()
+        .map(|m| m["client_msg_id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(texts, (0..n).map(|i| format!("m{i}")).collect::<Vec<_>>());
+    let _sender = sending.await.unwrap();
+    assert_eq!(
+        slow.closed(Duration::from_secs(10)).await.unwrap(),
+        Ended::Closed(Some(4008))
+    );
+}
+
+#[tokio::test]
+async fn send_is_unavailable_while_nats_is_down_and_recovers() {
+    // With NATS stopped nothing is acked; after a restart the same client_msg_id is stored once and delivery resumes.
+    let mut stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            publish_budget: Duration::from_millis(500),
+            ..stack.config()
+        })
+        .await;
+    let mut alice = stack.connect(&g, "alice").await;
+    let mut bob = stack.connect(&g, "bob").await;
+    join(&mut alice, "r").await;
+    join(&mut bob, "r").await;
+    stack.nats.stop();
+    alice.send(send("r", "during outage", "m1")).await.unwrap();
+    let e = alice.recv_type("error").await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("unavailable"), Some("m1"))
+    );
+    stack.nats.restart().unwrap();
+    // The client resends with the same id until it gets an ack, as a real client does.
+    let ack = loop {
+        alice.send(send("r", "during outage", "m1")).await.unwrap();
+        let v = alice.recv().await.unwrap();
+        if v["type"] == "ack" {
+            break v;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    alice.send(send("r", "after", "m2")).await.unwrap();
+    let ack2 = alice.recv_type("ack").await.unwrap();
+    assert!(ack2["seq"].as_u64() > ack["seq"].as_u64());
+    // Bob's subscription came back by itself; the resent message is stored once.
+    let mut seen = Vec::new();
+    loop {
+        let m = bob.recv_type("message").await.unwrap();
+        seen.push(m["client_msg_id"].as_str().unwrap().to_owned());
+        if m["client_msg_id"] == "m2" {
+            break;
+        }
+    }
+    assert_eq!(seen.iter().filter(|s| *s == "m1").count(), seen.len() - 1);
+    assert!(seen.len() <= 2, "m1 at most once: {seen:?}");
+}
+
+#[tokio::test]
+async fn graceful_shutdown_closes_sockets_with_1001() {
+    // On shutdown every socket gets close 1001 and run() returns within the grace period.
+    let stack = Stack::start();
+    let mut g = stack
+        .gateway_with(gateway::Config {
+            shutdown_grace: Duration::from_secs(2),
+            ..stack.config()
+        })
+        .await;
+    let mut a = stack.connect(&g, "alice").await;
+    let mut b = stack.connect(&g, "bob").await;
+    join(&mut a, "r").await;
+    g.shutdown();
+    assert_eq!(
+        a.closed(Duration::from_secs(5)).await.unwrap(),
+        Ended::Closed(Some(1001))
+    );
+    assert_eq!(
+        b.closed(Duration::from_secs(5)).await.unwrap(),
+        Ended::Closed(Some(1001))
+    );
+    let done = tokio::time::timeout(Duration::from_secs(5), &mut g.task)
+        .await
+        .expect("run returns in time");
+    done.unwrap().unwrap();
+    assert!(
+        tokio::net::TcpStream::connect(g.addr).await.is_err(),
+        "listener is closed"
+    );
+}
+
+#[tokio::test]
+async fn connection_cap_refuses_with_503() {
+    // Beyond the per-gateway connection cap the handshake gets 503; a freed slot is reusable.
+    use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            max_connections: 1,
+            ..stack.config()
+        })
+        .await;
+    let first = stack.connect(&g, "alice").await;
+    let req = format!("ws://{}/ws?token={}", g.addr, stack.token("bob"))
+        .into_client_request()
+        .unwrap();
+    match tokio_tungstenite::connect_async(req).await {
+        Err(Error::Http(resp)) => assert_eq!(resp.status(), 503),
+        other => panic!("expected 503, got {:?}", other.map(|_| ())),
+    }
+    drop(first);
+    let mut ok = None;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        if let Ok((c, _)) = testkit::WsClient::connect(g.addr, &stack.token("bob")).await {
+            ok = Some(c);
+            break;
+        }
+    }
+    assert!(ok.is_some(), "slot freed after the first connection closed");
+}
+
+#[tokio::test]
+async fn health_ready_and_metrics_endpoints() {
+    // /healthz, /readyz and /metrics answer, and metrics count what happened.
+    let mut stack = Stack::start();
+    let g = stack.gateway().await;
+    let mut a = stack.connect(&g, "alice").await;
+    join(&mut a, "r").await;
+    a.send(send("r", "hello", "m1")).await.unwrap();
+    a.recv_type("ack").await.unwrap();
+    let get = |path: &str| {
+        let url = format!("http://{}{path}", g.addr);
+        async move {
+            let resp = http_get(&url).await;
+            (resp.0, resp.1)
+        }
+    };
+    assert_eq!(get("/healthz").await.0, 200);
+    assert_eq!(get("/readyz").await.0, 200);
+    let (status, body) = get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(body.contains("gateway_connections 1"), "{body}");
+    assert!(
+        body.contains("gateway_messages_published_total 1"),
+        "{body}"
+    );
+    assert!(body.contains("# HELP gateway_publish_seconds"), "{body}");
+    stack.nats.stop();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(get("/readyz").await.0, 503);
+    assert_eq!(get("/healthz").await.0, 200);
+}
+
+/// A minimal HTTP/1.1 GET over a raw TCP stream, returning status and body.
+async fn http_get(url: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let rest = url.strip_prefix("http://").unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap();
+    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await.unwrap();
+    let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
+    let body = buf
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -1,0 +1,385 @@
+//! JSON frames of protocol v1 (`chat.v1`).
+//!
+//! A client frame is parsed in two steps: first its envelope (`type`, `id`), then the body for that type.
+//! This gives every failure a precise code: invalid JSON is `bad_request`, an unknown `type` is
+//! `unknown_type`, a missing field is `bad_request`, and a malformed room or user id is `invalid_id`, each
+//! echoing the frame's `id` whenever it could be read.
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientMsgId, ConnId, FrameId, IdError, RoomId, UserId};
+
+/// The error codes of `error` frames. The set is closed; clients can switch on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    BadRequest,
+    UnknownType,
+    NotJoined,
+    InvalidId,
+    TooLarge,
+    RateLimited,
+    Unavailable,
+    Internal,
+    Forbidden,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 9] = [
+        Self::BadRequest,
+        Self::UnknownType,
+        Self::NotJoined,
+        Self::InvalidId,
+        Self::TooLarge,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+        Self::Forbidden,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::BadRequest => "bad_request",
+            Self::UnknownType => "unknown_type",
+            Self::NotJoined => "not_joined",
+            Self::InvalidId => "invalid_id",
+            Self::TooLarge => "too_large",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+            Self::Forbidden => "forbidden",
+        }
+    }
+}
+
+/// Where a `send` goes: a room, or one user as a direct message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Room(RoomId),
+    User(UserId),
+}
+
+/// A parsed, validated client frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClientFrame {
+    Join {
+        room: RoomId,
+    },
+    Leave {
+        room: RoomId,
+    },
+    Send {
+        target: Target,
+        text: String,
+        client_msg_id: ClientMsgId,
+    },
+    Ping,
+}
+
+/// A client frame that could not be accepted, with the reply it deserves.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct FrameError {
+    pub id: Option<FrameId>,
+    pub code: ErrorCode,
+    pub message: String,
+}
+
+impl FrameError {
+    pub fn new(id: Option<FrameId>, code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            id,
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// The `error` frame that answers this failure.
+    pub fn to_frame(&self) -> ServerFrame {
+        ServerFrame::Error {
+            id: self.id.clone(),
+            code: self.code,
+            message: self.message.clone(),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct Envelope {
+    #[serde(rename = "type")]
+    kind: Option<serde_json::Value>,
+    id: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct RoomBody {
+    room: String,
+}
+
+#[derive(Deserialize)]
+struct SendBody {
+    room: Option<String>,
+    to: Option<String>,
+    text: String,
+    client_msg_id: String,
+}
+
+impl ClientFrame {
+    /// Parses one text frame. Unknown fields are ignored, so clients may add their own.
+    pub fn parse(text: &str) -> Result<(Option<FrameId>, ClientFrame), FrameError> {
+        let env: Envelope = serde_json::from_str(text).map_err(|e| {
+            FrameError::new(
+                None,
+                ErrorCode::BadRequest,
+                format!("frame is not a JSON object: {e}"),
+            )
+        })?;
+        let id = match env.id {
+            None | Some(serde_json::Value::Null) => None,
+            Some(serde_json::Value::String(s)) => Some(
+                FrameId::parse(s)
+                    .map_err(|e| FrameError::new(None, ErrorCode::BadRequest, e.to_string()))?,
+            ),
+            Some(_) => {
+                return Err(FrameError::new(
+                    None,
+                    ErrorCode::BadRequest,
+                    "id must be a string",
+                ));
+            }
+        };
+        let bad = |code, msg: String| FrameError::new(id.clone(), code, msg);
+        let kind = match env.kind {
+            Some(serde_json::Value::String(s)) => s,
+            Some(_) => return Err(bad(ErrorCode::BadRequest, "type must be a string".into())),
+            None => return Err(bad(ErrorCode::BadRequest, "missing field `type`".into())),
+        };
+        let body =
+            |e: serde_json::Error| bad(ErrorCode::BadRequest, format!("bad `{kind}` frame: {e}"));
+        let invalid = |e: IdError| bad(ErrorCode::InvalidId, e.to_string());
+        let frame = match kind.as_str() {
+            "join" => {
+                let b: RoomBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::Join {
+                    room: RoomId::parse(b.room).map_err(invalid)?,
+                }
+            }
+            "leave" => {
+                let b: RoomBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::Leave {
+                    room: RoomId::parse(b.room).map_err(invalid)?,
+                }
+            }
+            "send" => {
+                let b: SendBody = serde_json::from_str(text).map_err(body)?;
+                let target = match (b.room, b.to) {
+                    (Some(room), None) => Target::Room(RoomId::parse(room).map_err(invalid)?),
+                    (None, Some(to)) => Target::User(UserId::parse(to).map_err(invalid)?),
+                    _ => {
+                        return Err(bad(
+                            ErrorCode::BadRequest,
+                            "send needs exactly one of `room` and `to`".into(),
+                        ));
+                    }
+                };
+                let client_msg_id = ClientMsgId::parse(b.client_msg_id).map_err(invalid)?;
+                ClientFrame::Send {
+                    target,
+                    text: b.text,
+                    client_msg_id,
+                }
+            }
+            "ping" => ClientFrame::Ping,
+            _ => {
+                return Err(bad(
+                    ErrorCode::UnknownType,
+                    format!("unknown frame type `{kind}`"),
+                ));
+            }
+        };
+        Ok((id, frame))
+    }
+}
+
+/// Frames the server sends. Serialized as JSON objects tagged by `type`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        user: UserId,
+        conn: ConnId,
+        heartbeat_ms: u64,
+        server_time: u64,
+        protocol: u32,
+    },
+    Joined {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        room: RoomId,
+        /// The room's newest sequence when the join took effect (0 for an empty room).
+        last_seq: u64,
+    },
+    Left {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        room: RoomId,
+    },
+    Ack {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        client_msg_id: ClientMsgId,
+        seq: u64,
+        ts: u64,
+    },
+    Pong {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        server_time: u64,
+    },
+    Message(MessageFrame),
+    Error {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        code: ErrorCode,
+        message: String,
+    },
+}
+
+/// A delivered chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageFrame {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<UserId>,
+    pub from: UserId,
+    pub text: String,
+    /// Stream sequence of this message: one order per room, shared by every receiver.
+    pub seq: u64,
+    /// Sequence of the previous stored message of the same conversation (0 for the first).
+    pub prev_seq: u64,
+    pub ts: u64,
+    pub client_msg_id: ClientMsgId,
+}
+
+impl MessageFrame {
+    pub fn from_stored(m: crate::StoredMessage, seq: u64, prev_seq: u64) -> Self {
+        Self {
+            room: m.room,
+            to: m.to,
+            from: m.from,
+            text: m.text,
+            seq,
+            prev_seq,
+            ts: m.ts,
+            client_msg_id: m.client_msg_id,
+        }
+    }
+}
+
+impl ServerFrame {
+    /// The JSON text of this frame.
+    pub fn to_json(&self) -> String {
+        // Every field is a string, integer or enum; serialization into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn code_of(text: &str) -> (Option<String>, ErrorCode) {
+        let e = ClientFrame::parse(text).unwrap_err();
+        (e.id.map(|i| i.as_str().to_owned()), e.code)
+    }
+
+    #[test]
+    fn parses_every_client_frame() {
+        let (id, f) = ClientFrame::parse(r#"{"type":"join","id":"1","room":"general"}"#).unwrap();
+        assert_eq!(id.unwrap().as_str(), "1");
+        assert_eq!(
+            f,
+            ClientFrame::Join {
+                room: RoomId::parse("general").unwrap()
+            }
+        );
+        let (_, f) =
+            ClientFrame::parse(r#"{"type":"send","to":"bob","text":"hi","client_msg_id":"m1"}"#)
+                .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Send {
+                target: Target::User(_),
+                ..
+            }
+        ));
+        assert_eq!(
+            ClientFrame::parse(r#"{"type":"ping"}"#).unwrap(),
+            (None, ClientFrame::Ping)
+        );
+        let (_, f) = ClientFrame::parse(r#"{"type":"leave","room":"r","extra":[1]}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Leave { .. }));
+    }
+
+    #[test]
+    fn classifies_bad_frames() {
+        assert_eq!(code_of("{nope"), (None, ErrorCode::BadRequest));
+        assert_eq!(code_of("[1,2]"), (None, ErrorCode::BadRequest));
+        assert_eq!(
+            code_of(r#"{"id":"7"}"#),
+            (Some("7".into()), ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"dance","id":"7"}"#),
+            (Some("7".into()), ErrorCode::UnknownType)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","id":"7"}"#),
+            (Some("7".into()), ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"join","id":"7","room":"a.b"}"#),
+            (Some("7".into()), ErrorCode::InvalidId)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"send","room":"a","to":"b","text":"x","client_msg_id":"c"}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"send","room":"a","text":"x","client_msg_id":"c c"}"#),
+            (None, ErrorCode::InvalidId)
+        );
+        assert_eq!(code_of(r#"{"type":1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(
+            code_of(&format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65))),
+            (None, ErrorCode::BadRequest)
+        );
+    }
+
+    #[test]
+    fn server_frames_have_the_documented_shape() {
+        let f = ServerFrame::Ack {
+            id: Some(FrameId::parse("9").unwrap()),
+            client_msg_id: ClientMsgId::parse("m1").unwrap(),
+            seq: 3,
+            ts: 4,
+        };
+        assert_eq!(
+            f.to_json(),
+            r#"{"type":"ack","id":"9","client_msg_id":"m1","seq":3,"ts":4}"#
+        );
+        let e = ServerFrame::Error {
+            id: None,
+            code: ErrorCode::NotJoined,
+            message: "m".into(),
+        };
+        assert_eq!(
+            e.to_json(),
+            r#"{"type":"error","code":"not_joined","message":"m"}"#
+        );
+        for code in ErrorCode::ALL {
+            assert_eq!(serde_json::to_value(code).unwrap(), code.as_str());
+        }
+    }
+}

@@ -1,0 +1,21 @@
+//! The one serialization boundary of liaotian.
+//!
+//! Everything that crosses a process boundary is defined here: the JSON frames a client exchanges with a
+//! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), the MessagePack payload stored in
+//! JetStream ([`stored`]), and the id newtypes that carry their own validation ([`ids`]).
+//! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
+
+pub mod frame;
+pub mod ids;
+pub mod stored;
+pub mod subject;
+
+pub use frame::{ClientFrame, ErrorCode, FrameError, ServerFrame, Target};
+pub use ids::{ClientMsgId, ConnId, FrameId, IdError, RoomId, UserId};
+pub use stored::StoredMessage;
+
+/// The protocol version announced in `welcome`.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The WebSocket subprotocol name of protocol v1 (JSON text frames).
+pub const SUBPROTOCOL: &str = "chat.v1";

@@ -1,0 +1,71 @@
+//! The payload stored in JetStream for each chat message (MessagePack with field names).
+//!
+//! The stream sequence is not part of the payload: JetStream assigns it, and it reaches readers through
+//! the `Nats-Sequence` header (republish) or the message metadata (consumers).
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{ClientMsgId, RoomId, UserId};
+
+/// One chat message as stored in stream `CHAT`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredMessage {
+    pub from: UserId,
+    /// Set for room messages.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub room: Option<RoomId>,
+    /// Set for direct messages: the recipient.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<UserId>,
+    pub text: String,
+    pub client_msg_id: ClientMsgId,
+    /// Milliseconds since the Unix epoch, taken by the gateway that accepted the message.
+    pub ts: u64,
+}
+
+/// Why a stored payload could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum DecodeError {
+    #[error("payload is not a stored message: {0}")]
+    MsgPack(#[from] rmp_serde::decode::Error),
+}
+
+impl StoredMessage {
+    /// MessagePack with field names, so `nats` tooling and other languages can read it.
+    pub fn encode(&self) -> Vec<u8> {
+        // Serializing plain strings and integers into a Vec cannot fail.
+        rmp_serde::to_vec_named(self).unwrap_or_default()
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, DecodeError> {
+        Ok(rmp_serde::from_slice(bytes)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_rejects_garbage() {
+        let m = StoredMessage {
+            from: UserId::parse("alice").unwrap(),
+            room: Some(RoomId::parse("general").unwrap()),
+            to: None,
+            text: "你好".into(),
+            client_msg_id: ClientMsgId::parse("c1").unwrap(),
+            ts: 1_700_000_000_000,
+        };
+        assert_eq!(StoredMessage::decode(&m.encode()).unwrap(), m);
+        assert!(StoredMessage::decode(b"not msgpack").is_err());
+    }
+
+    #[test]
+    fn decode_validates_ids() {
+        let bad = rmp_serde::to_vec_named(&serde_json::json!({
+            "from": "a.b", "text": "x", "client_msg_id": "c", "ts": 1
+        }))
+        .unwrap();
+        assert!(StoredMessage::decode(&bad).is_err());
+    }
+}

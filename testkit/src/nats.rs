@@ -1,0 +1,119 @@
+//! A real `nats-server` with JetStream, for tests.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+
+use crate::TempDir;
+
+/// The binary to run: `$NATS_SERVER_BIN`, or `nats-server` on `PATH`.
+pub fn nats_server_bin() -> String {
+    std::env::var("NATS_SERVER_BIN").unwrap_or_else(|_| "nats-server".to_owned())
+}
+
+/// A running nats-server. Killed, and its store removed, on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: TempDir,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a random loopback port and a fresh store directory.
+    pub fn start() -> anyhow::Result<Self> {
+        let store = TempDir::new("liaotian-nats")?;
+        let (child, port) = spawn(store.path(), None)?;
+        Ok(Self {
+            child: Some(child),
+            port,
+            store,
+        })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server abruptly (SIGKILL), keeping its store, as a crash would.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) -> anyhow::Result<()> {
+        self.stop();
+        // The port was ours a moment ago; retry briefly in case the kernel has not released it yet.
+        let mut last = None;
+        for _ in 0..50 {
+            match spawn(self.store.path(), Some(self.port)) {
+                Ok((child, _)) => {
+                    self.child = Some(child);
+                    return Ok(());
+                }
+                Err(e) => last = Some(e),
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not restart")))
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn spawn(store: &std::path::Path, port: Option<u16>) -> anyhow::Result<(Child, u16)> {
+    let bin = nats_server_bin();
+    let port_arg = port.map_or_else(|| "-1".to_owned(), |p| p.to_string());
+    let mut child = Command::new(&bin)
+        .args(["-js", "-a", "127.0.0.1", "-p", &port_arg, "-sd"])
+        .arg(store)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("starting `{bin}` (install nats-server >= 2.11 or set NATS_SERVER_BIN)")
+        })?;
+    let stderr = child.stderr.take().context("nats-server stderr")?;
+    let (tx, rx) = mpsc::channel();
+    // Drain the log for the life of the process so the pipe never fills; report the port once known.
+    std::thread::spawn(move || {
+        let mut port = None;
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("Listening for client connections on ").nth(1) {
+                port = rest
+                    .rsplit(':')
+                    .next()
+                    .and_then(|p| p.trim().parse::<u16>().ok());
+            }
+            if line.contains("Server is ready") {
+                let _ = tx.send(port);
+            }
+            if line.contains("[FTL]") || line.contains("[ERR]") {
+                let _ = tx.send(None);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(Some(port)) => Ok((child, port)),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("nats-server did not become ready")
+        }
+    }
+}
