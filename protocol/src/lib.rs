@@ -6,6 +6,7 @@
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
 pub mod frame;
+pub mod history;
 pub mod ids;
 pub mod stored;
 pub mod subject;
