@@ -132,6 +132,11 @@ pub async fn run(
 }
 
 async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("NATS_URL={url} is not a comma-separated list of URLs"))?;
     async_nats::ConnectOptions::new()
         .name("liaotian-gateway")
         .reconnect_delay_callback(|attempts| {
@@ -145,7 +150,7 @@ async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))
 }

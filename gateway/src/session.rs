@@ -57,9 +57,6 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         tokio::spawn(write_loop(sink, rx, shared.clone(), metrics.clone()).in_current_span());
 
     let user_topic = TopicKey::User(user.clone());
-    if !state.hub.join(user_topic.clone(), outbox.clone()).await {
-        tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
-    }
     let mut session = Session {
         bucket: TokenBucket::new(
             state.config.rate_per_sec,
@@ -67,10 +64,11 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
             Instant::now(),
         ),
         state,
-        outbox,
+        outbox: outbox.clone(),
         joined: HashSet::new(),
         inflight: FuturesUnordered::new(),
     };
+    // Welcome first, so it is the first frame the client sees; then the user's direct messages.
     session.reply(ServerFrame::Welcome {
         user: user.clone(),
         conn: shared.conn.clone(),
@@ -78,6 +76,9 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         server_time: now_ms(),
         protocol: protocol::PROTOCOL_VERSION,
     });
+    if !session.state.hub.join(user_topic.clone(), outbox).await {
+        tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
+    }
     tracing::debug!("session open");
 
     let end = session.read_loop(&mut stream).await;

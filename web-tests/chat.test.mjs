@@ -1,0 +1,113 @@
+// Two headless-Chromium pages log in through the dev page, join one room, chat and send a direct
+// message, against the real dev stack started by `cargo xtask dev` (nats-server, auth, gateway).
+import { test, before, after } from "node:test";
+import assert from "node:assert/strict";
+import { spawn } from "node:child_process";
+import { mkdtempSync, rmSync } from "node:fs";
+import { tmpdir } from "node:os";
+import net from "node:net";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(import.meta.dirname, "..");
+let stack, browser, dataDir, gatewayUrl;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+    srv.on("error", reject);
+  });
+}
+
+async function waitFor(url, ms) {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    try {
+      if ((await fetch(url)).ok) return;
+    } catch {}
+    await new Promise((r) => setTimeout(r, 200));
+  }
+  throw new Error(`${url} not up within ${ms} ms`);
+}
+
+before(async () => {
+  const [gw, auth, nats, monitor] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  dataDir = mkdtempSync(path.join(tmpdir(), "liaotian-web-"));
+  gatewayUrl = `http://127.0.0.1:${gw}`;
+  stack = spawn(path.join(root, "target/debug/xtask"), ["dev"], {
+    cwd: root,
+    env: {
+      ...process.env,
+      LIAOTIAN_GATEWAY_ADDR: `127.0.0.1:${gw}`,
+      LIAOTIAN_AUTH_ADDR: `127.0.0.1:${auth}`,
+      LIAOTIAN_NATS_PORT: String(nats),
+      LIAOTIAN_NATS_MONITOR_PORT: String(monitor),
+      LIAOTIAN_DATA_DIR: dataDir,
+    },
+    stdio: ["ignore", "inherit", "inherit"],
+  });
+  await waitFor(`${gatewayUrl}/readyz`, 120_000);
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
+    args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+      "--disable-component-update", "--no-first-run", "--disable-quic", "--disable-sync"],
+  });
+});
+
+after(async () => {
+  await browser?.close();
+  if (stack && stack.exitCode === null) {
+    const exited = new Promise((r) => stack.once("exit", r));
+    stack.kill("SIGTERM");
+    await exited;
+  }
+  if (dataDir) rmSync(dataDir, { recursive: true, force: true });
+});
+
+async function openAs(name) {
+  const context = await browser.newContext();
+  const page = await context.newPage();
+  page.on("pageerror", (e) => { throw e; });
+  await page.goto(gatewayUrl);
+  await page.fill("#name", name);
+  await page.click("#login");
+  await page.waitForSelector("#status:has-text('online')");
+  return page;
+}
+
+async function joinRoom(page, room) {
+  await page.fill("#room", room);
+  await page.click("#join");
+  await page.waitForSelector(`#log li:has-text('joined #${room}')`);
+}
+
+test("two pages chat in a room and exchange a direct message", async () => {
+  const alice = await openAs("alice");
+  const bob = await openAs("bob");
+  await joinRoom(alice, "lobby");
+  await joinRoom(bob, "lobby");
+
+  await alice.fill("#text", "hello from alice");
+  await alice.click("#send");
+  await bob.waitForSelector("li.msg:has-text('hello from alice')");
+  await bob.fill("#text", "hi alice, bob here");
+  await bob.click("#send");
+  await alice.waitForSelector("li.msg:has-text('hi alice, bob here')");
+
+  // Both pages show the room in the same order with the same sequence numbers.
+  const seqs = (p) => p.$$eval("li.msg", (els) => els.map((e) => `${e.dataset.seq}:${e.querySelector(".text").textContent}`));
+  assert.deepEqual(await seqs(alice), await seqs(bob));
+  assert.equal((await seqs(alice)).length, 2);
+
+  await bob.fill("#dm-to", "alice");
+  await bob.fill("#dm-text", "a secret for alice");
+  await bob.click("#dm-send");
+  const dm = await alice.waitForSelector("li.msg:has-text('a secret for alice')");
+  assert.match(await dm.textContent(), /bob → alice/);
+  // The sender's page shows its own direct message too.
+  await bob.waitForSelector("li.msg:has-text('a secret for alice')");
+});
