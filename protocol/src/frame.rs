@@ -22,10 +22,12 @@ pub enum ErrorCode {
     Unavailable,
     Internal,
     Forbidden,
+    ContentRejected,
+    ContentHeld,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 9] = [
+    pub const ALL: [ErrorCode; 11] = [
         Self::BadRequest,
         Self::UnknownType,
         Self::NotJoined,
@@ -35,6 +37,8 @@ impl ErrorCode {
         Self::Unavailable,
         Self::Internal,
         Self::Forbidden,
+        Self::ContentRejected,
+        Self::ContentHeld,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -48,6 +52,8 @@ impl ErrorCode {
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",
             Self::Forbidden => "forbidden",
+            Self::ContentRejected => "content_rejected",
+            Self::ContentHeld => "content_held",
         }
     }
 }

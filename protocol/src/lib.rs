@@ -5,6 +5,7 @@
 //! JetStream ([`stored`]), and the id newtypes that carry their own validation ([`ids`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
+pub mod control;
 pub mod frame;
 pub mod history;
 pub mod ids;
