@@ -33,6 +33,8 @@ pub const DEFAULT_PUBLISH_BUDGET: Duration = Duration::from_secs(10);
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// Sends one connection may have waiting for a JetStream ack; further frames wait unread.
 pub const DEFAULT_MAX_INFLIGHT_SENDS: usize = 32;
+/// Longest wait for the content-check service's answer.
+pub const DEFAULT_CONTENT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// How often keys are fetched again from the auth service.
 pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -111,6 +113,14 @@ pub struct Config {
     pub tls_cert: Option<String>,
     /// PEM private key for TLS (`GATEWAY_TLS_KEY`).
     pub tls_key: Option<String>,
+    /// Ask the content-check service (served by auth) about every text before publishing it
+    /// (`GATEWAY_CONTENT_CHECK`, default off).
+    pub content_check: bool,
+    /// `GATEWAY_CONTENT_CHECK_TIMEOUT_MS`.
+    pub content_check_timeout: Duration,
+    /// When the content-check service does not answer: publish anyway (`true`) or answer
+    /// `unavailable` (`false`, the default) (`GATEWAY_CONTENT_CHECK_FAIL_OPEN`).
+    pub content_check_fail_open: bool,
     /// Stream `CHAT` settings.
     pub stream: StreamSettings,
 }
@@ -138,6 +148,9 @@ impl Default for Config {
             max_inflight_sends: DEFAULT_MAX_INFLIGHT_SENDS,
             tls_cert: None,
             tls_key: None,
+            content_check: false,
+            content_check_timeout: DEFAULT_CONTENT_CHECK_TIMEOUT,
+            content_check_fail_open: false,
             stream: StreamSettings::default(),
         }
     }
@@ -224,6 +237,27 @@ impl Config {
         }
         if let Some(n) = num("GATEWAY_MAX_INFLIGHT_SENDS")? {
             c.max_inflight_sends = usize_of(n);
+        }
+        let flag = |var: &'static str| -> Result<Option<bool>, ConfigError> {
+            get(var)
+                .map(|v| match v.trim().to_ascii_lowercase().as_str() {
+                    "1" | "true" | "yes" | "on" => Ok(true),
+                    "0" | "false" | "no" | "off" | "" => Ok(false),
+                    _ => Err(ConfigError {
+                        var,
+                        problem: format!("expected true or false, got {v:?}"),
+                    }),
+                })
+                .transpose()
+        };
+        if let Some(b) = flag("GATEWAY_CONTENT_CHECK")? {
+            c.content_check = b;
+        }
+        if let Some(b) = flag("GATEWAY_CONTENT_CHECK_FAIL_OPEN")? {
+            c.content_check_fail_open = b;
+        }
+        if let Some(n) = num("GATEWAY_CONTENT_CHECK_TIMEOUT_MS")? {
+            c.content_check_timeout = Duration::from_millis(n);
         }
         c.tls_cert = get("GATEWAY_TLS_CERT");
         c.tls_key = get("GATEWAY_TLS_KEY");

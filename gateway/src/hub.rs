@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use crate::conn::{Outbound, Outbox, Pushed};
+use crate::conn::{Outbound, Outbox, Pushed, close_code};
 use crate::metrics::Metrics;
+use protocol::control::UserControl;
 
 /// How long a join waits for its subscription to be registered at the server.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
@@ -41,7 +42,10 @@ impl TopicKey {
             TopicKey::Room(room) => {
                 vec![protocol::subject::Conversation::Room(room.clone()).deliver_subject()]
             }
-            TopicKey::User(user) => protocol::subject::user_dm_subjects(user).to_vec(),
+            TopicKey::User(user) => {
+                let [a, b] = protocol::subject::user_dm_subjects(user);
+                vec![a, b, protocol::subject::user_control_subject(user)]
+            }
         }
     }
 }
@@ -185,6 +189,10 @@ async fn run_topic(
     let _ = ready.send(true);
     let mut stream = futures_util::stream::select_all(subs);
     while let Some(msg) = stream.next().await {
+        if msg.subject.starts_with(CONTROL_PREFIX) {
+            control(&msg, &members);
+            continue;
+        }
         let Some(frame) = encode_delivery(&msg) else {
             metrics.undecodable.inc();
             tracing::warn!(subject = %msg.subject, "undecodable delivery skipped");
@@ -198,6 +206,25 @@ async fn run_topic(
             }
         }
         metrics.delivered.inc_by(queued);
+    }
+}
+
+/// Prefix of control subjects, which carry commands rather than chat messages.
+const CONTROL_PREFIX: &str = "chat.ctl.";
+
+/// Applies a control command to every local connection of the topic.
+fn control(msg: &async_nats::Message, members: &Members) {
+    match serde_json::from_slice::<UserControl>(&msg.payload) {
+        Ok(UserControl::Logout) => {
+            let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
+            for m in snapshot.iter() {
+                m.shared.close(close_code::LOGGED_OUT, "logged out");
+            }
+        }
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored")
+        }
     }
 }
 

@@ -11,6 +11,7 @@
 
 pub mod config;
 pub mod conn;
+pub mod content;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
@@ -79,6 +80,14 @@ pub async fn run(
     let state = server::AppState {
         hub: hub::Hub::new(nats.clone(), metrics.clone()),
         publisher: publish::Publisher::new(js, config.publish_budget, metrics.clone()),
+        content: config.content_check.then(|| {
+            content::ContentChecker::new(
+                nats.clone(),
+                config.content_check_timeout,
+                config.content_check_fail_open,
+                metrics.clone(),
+            )
+        }),
         keys,
         metrics,
         nats: nats.clone(),

@@ -20,6 +20,8 @@ pub struct Metrics {
     pub publish_seconds: Histogram,
     pub subscriptions: IntGauge,
     pub undecodable: IntCounter,
+    pub content_checks: IntCounterVec,
+    pub content_check_seconds: Histogram,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -126,6 +128,27 @@ impl Metrics {
                     "gateway_undecodable_total",
                     "Delivered NATS messages that could not be decoded.",
                 ),
+            ),
+            content_checks: reg(
+                &r,
+                counter_vec(
+                    "gateway_content_checks_total",
+                    "Content checks by decision (deliver, reject, hold, unavailable).",
+                    &["decision"],
+                ),
+            ),
+            content_check_seconds: reg(
+                &r,
+                Histogram::with_opts(
+                    HistogramOpts::new(
+                        "gateway_content_check_seconds",
+                        "Latency added by the content check.",
+                    )
+                    .buckets(vec![
+                        0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ]),
+                )
+                .unwrap_or_else(|e| unreachable!("{e}")),
             ),
             registry: r,
         };

@@ -36,6 +36,8 @@ pub struct AppState {
     pub keys: KeySet,
     pub hub: Hub,
     pub publisher: Publisher,
+    /// Set when `GATEWAY_CONTENT_CHECK` is on.
+    pub content: Option<crate::content::ContentChecker>,
     pub metrics: Arc<Metrics>,
     pub nats: async_nats::Client,
     /// Cancelled on shutdown; sessions then close with 1001.

@@ -21,20 +21,25 @@ use tracing::Instrument;
 
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
 use crate::hub::TopicKey;
-use crate::publish::{PublishError, Stored, now_ms, stored_message};
+use crate::publish::{Stored, now_ms, stored_message};
 use crate::ratelimit::TokenBucket;
 use crate::server::AppState;
+use protocol::control::ContentDecision;
 
 /// How long the writer may take to send the Close frame, and the reader to see the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written before one flush, when the queue has several waiting.
 const WRITE_BATCH: u64 = 64;
 
-type SendResult = (
-    Option<FrameId>,
-    protocol::ClientMsgId,
-    Result<Stored, PublishError>,
-);
+type SendResult = (Option<FrameId>, protocol::ClientMsgId, SendOutcome);
+
+/// How a `send` ended.
+enum SendOutcome {
+    Stored(Stored),
+    Unavailable(String),
+    Rejected,
+    Held,
+}
 type Inflight = FuturesUnordered<Pin<Box<dyn Future<Output = SendResult> + Send>>>;
 
 /// Runs a connection from the upgrade until it is closed and cleaned up.
@@ -332,9 +337,21 @@ impl Session {
         };
         let msg = stored_message(me, &target, text, cmid.clone());
         let publisher = self.state.publisher.clone();
+        let checker = self.state.content.clone();
         self.inflight.push(Box::pin(async move {
-            let result = publisher.publish(&conv, &msg).await;
-            (id, cmid, result)
+            if let Some(checker) = checker {
+                match checker.check(&msg.from, &msg.text).await {
+                    Ok(ContentDecision::Deliver) => {}
+                    Ok(ContentDecision::Reject) => return (id, cmid, SendOutcome::Rejected),
+                    Ok(ContentDecision::Hold) => return (id, cmid, SendOutcome::Held),
+                    Err(e) => return (id, cmid, SendOutcome::Unavailable(e.to_string())),
+                }
+            }
+            let outcome = match publisher.publish(&conv, &msg).await {
+                Ok(stored) => SendOutcome::Stored(stored),
+                Err(e) => SendOutcome::Unavailable(e.to_string()),
+            };
+            (id, cmid, outcome)
         }));
     }
 
@@ -342,19 +359,29 @@ impl Session {
         &mut self,
         id: Option<FrameId>,
         client_msg_id: protocol::ClientMsgId,
-        result: Result<Stored, PublishError>,
+        outcome: SendOutcome,
     ) {
-        match result {
-            Ok(Stored { seq, ts }) => self.reply(ServerFrame::Ack {
+        match outcome {
+            SendOutcome::Stored(Stored { seq, ts }) => self.reply(ServerFrame::Ack {
                 id,
                 client_msg_id,
                 seq,
                 ts,
             }),
-            Err(e) => self.error(
+            SendOutcome::Unavailable(e) => self.error(
                 id,
                 ErrorCode::Unavailable,
                 format!("message not stored: {e}; resend with the same client_msg_id"),
+            ),
+            SendOutcome::Rejected => self.error(
+                id,
+                ErrorCode::ContentRejected,
+                "the message was rejected by the content check and not stored",
+            ),
+            SendOutcome::Held => self.error(
+                id,
+                ErrorCode::ContentHeld,
+                "the message is held for review and was not delivered",
             ),
         }
     }
