@@ -1,0 +1,144 @@
+//! The persister: copies stream `CHAT` into a durable history store and answers history queries.
+//!
+//! - [`consumer`]: a durable pull consumer that writes batches idempotently and acks after commit.
+//! - [`store`]: the [`Store`](store::Store) trait and its SQLite and ScyllaDB backends.
+//! - [`service`]: the NATS history service, with coalescing of identical concurrent requests.
+//! - [`http`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
+//!
+//! Only the persister knows the store: gateways ask it over NATS and stay database-free.
+
+pub mod config;
+pub mod consumer;
+pub mod http;
+pub mod metrics;
+pub mod service;
+pub mod store;
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{Config, ConfigError, StoreConfig};
+pub use store::{Store, StoreError};
+
+/// Longest pause between NATS reconnect attempts.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
+/// Time given to the consumer and service to finish their current work after shutdown.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why the persister could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening the history store")]
+    Store(#[from] StoreError),
+    #[error("connecting to NATS at {url}")]
+    Nats {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error("subscribing to the history service subject")]
+    Subscribe(#[from] async_nats::SubscribeError),
+    #[error("serving HTTP")]
+    Http(#[from] std::io::Error),
+}
+
+/// Opens the store named by `config`.
+pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
+    Ok(match &config.store {
+        StoreConfig::Sqlite { path } => Arc::new(store::SqliteStore::open(path).await?),
+        StoreConfig::Scylla { hosts, keyspace } => Arc::new(
+            store::ScyllaStore::connect(hosts, keyspace, &config.scylla_replication).await?,
+        ),
+    })
+}
+
+/// Runs the persister until `shutdown` completes: HTTP on `listener`, the consumer, and the history
+/// service. Dropping (aborting) the returned future stops everything it started, as a crash would.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), Error> {
+    let store = open_store(&config).await?;
+    let nats = async_nats::ConnectOptions::new()
+        .name("liaotian-persister")
+        .reconnect_delay_callback(|attempts| {
+            let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
+            step.min(MAX_RECONNECT_DELAY)
+        })
+        .connect(&config.nats_url)
+        .await
+        .map_err(|source| Error::Nats {
+            url: config.nats_url.clone(),
+            source,
+        })?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let metrics = Arc::new(metrics::Metrics::new());
+    let ready = Arc::new(AtomicBool::new(false));
+    let stop = CancellationToken::new();
+
+    let app = http::router(http::HttpState {
+        metrics: metrics.clone(),
+        ready: ready.clone(),
+    });
+    tracing::info!(addr = %listener.local_addr()?, "persister listening");
+    let http = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let consumer = consumer::run(
+        js,
+        store.clone(),
+        metrics.clone(),
+        consumer::ConsumerSettings {
+            name: config.consumer.clone(),
+            batch_max: config.batch_max,
+            batch_wait: config.batch_wait,
+            ack_wait: config.ack_wait,
+        },
+        ready,
+        stop.clone(),
+    );
+    let service = service::serve(nats.clone(), store, metrics, stop.clone());
+
+    // Everything runs inside this future (no detached tasks), so aborting `run` is a clean crash.
+    // Whichever part ends first stops the others.
+    let work = async {
+        tokio::join!(
+            async {
+                let r = http.await;
+                stop.cancel();
+                r
+            },
+            async {
+                consumer.await;
+                stop.cancel();
+            },
+            async {
+                let r = service.await;
+                stop.cancel();
+                r
+            },
+        )
+    };
+    tokio::pin!(work);
+    let (http, (), service) = tokio::select! {
+        out = &mut work => out,
+        () = shutdown => {
+            tracing::info!("shutting down");
+            stop.cancel();
+            match tokio::time::timeout(SHUTDOWN_GRACE, &mut work).await {
+                Ok(out) => out,
+                Err(_) => {
+                    tracing::warn!("shutdown grace period over; stopping now");
+                    (Ok(()), (), Ok(()))
+                }
+            }
+        }
+    };
+    let _ = nats.flush().await;
+    http?;
+    service?;
+    Ok(())
+}

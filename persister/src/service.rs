@@ -1,0 +1,171 @@
+//! The history service: answers [`HistoryRequest`]s on `chat.svc.history` in queue group `history`.
+//!
+//! Every persister instance joins the queue group, so each request is answered once and read capacity
+//! grows with instances. When thousands of clients reconnect to one room at once they ask for the same
+//! page; [`Coalescer`] turns those identical concurrent requests into one store read.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, FutureExt, Shared};
+use protocol::history::{HISTORY_QUEUE, HISTORY_SUBJECT, HistoryReply, HistoryRequest};
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::consumer::ErrorChain;
+use crate::metrics::Metrics;
+use crate::store::{Page, PageQuery, Store, StoreError};
+
+/// Requests handled at once by one instance; further requests wait in the subscription.
+pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Distinct requests that can be in flight for coalescing; beyond this a request reads on its own.
+pub const MAX_COALESCED_KEYS: usize = 1024;
+
+type SharedRead = Shared<BoxFuture<'static, Result<Arc<Page>, Arc<StoreError>>>>;
+
+/// Merges concurrent identical page reads into one.
+pub struct Coalescer {
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    /// Reads in flight, by query. The lock is held only to look up or insert, never across `.await`;
+    /// the entry is removed by the request that created it, when its read ends (or is dropped).
+    inflight: Mutex<HashMap<PageQuery, SharedRead>>,
+}
+
+impl Coalescer {
+    pub fn new(store: Arc<dyn Store>, metrics: Arc<Metrics>) -> Arc<Self> {
+        Arc::new(Self {
+            store,
+            metrics,
+            inflight: Mutex::default(),
+        })
+    }
+
+    /// The page for `q`, shared with any identical request already reading it.
+    pub async fn page(self: &Arc<Self>, q: PageQuery) -> Result<Arc<Page>, Arc<StoreError>> {
+        let (read, _leader) = {
+            let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(read) = inflight.get(&q) {
+                self.metrics.history_coalesced.inc();
+                (read.clone(), None)
+            } else {
+                let store = self.store.clone();
+                let metrics = self.metrics.clone();
+                let key = q.clone();
+                let read = async move {
+                    metrics.store_reads.inc();
+                    store.page(&key).await.map(Arc::new).map_err(Arc::new)
+                }
+                .boxed()
+                .shared();
+                if inflight.len() < MAX_COALESCED_KEYS {
+                    inflight.insert(q.clone(), read.clone());
+                    (read, Some(Leader { owner: self, q }))
+                } else {
+                    (read, None)
+                }
+            }
+        };
+        read.await
+    }
+}
+
+/// Removes its in-flight entry when the leading request ends, however it ends.
+struct Leader<'a> {
+    owner: &'a Coalescer,
+    q: PageQuery,
+}
+
+impl Drop for Leader<'_> {
+    fn drop(&mut self) {
+        let mut inflight = self
+            .owner
+            .inflight
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        inflight.remove(&self.q);
+    }
+}
+
+/// Answers one request body.
+pub async fn answer(coalescer: &Arc<Coalescer>, metrics: &Metrics, body: &[u8]) -> HistoryReply {
+    metrics.history_requests.inc();
+    let req: HistoryRequest = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            metrics.history_bad_requests.inc();
+            return HistoryReply::Error {
+                message: format!("bad_request: {e}"),
+            };
+        }
+    };
+    let q = match PageQuery::from_request(&req) {
+        Ok(q) => q,
+        Err(e) => {
+            metrics.history_bad_requests.inc();
+            return HistoryReply::Error {
+                message: format!("bad_request: {e}"),
+            };
+        }
+    };
+    match coalescer.page(q).await {
+        Ok(page) => HistoryReply::Page {
+            messages: page.messages.clone(),
+            more: page.more,
+        },
+        Err(e) => {
+            metrics.store_read_errors.inc();
+            tracing::error!(error = %ErrorChain(e.as_ref()), "history read failed");
+            HistoryReply::Error {
+                message: "unavailable: history store read failed".into(),
+            }
+        }
+    }
+}
+
+/// Serves history requests until `stop` is cancelled. Dropping this future drops every request task.
+pub async fn serve(
+    nats: async_nats::Client,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    stop: CancellationToken,
+) -> Result<(), async_nats::SubscribeError> {
+    let mut sub = nats
+        .queue_subscribe(HISTORY_SUBJECT, HISTORY_QUEUE.to_owned())
+        .await?;
+    tracing::info!(
+        subject = HISTORY_SUBJECT,
+        queue = HISTORY_QUEUE,
+        "history service ready"
+    );
+    let coalescer = Coalescer::new(store, metrics.clone());
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let mut tasks = JoinSet::new();
+    loop {
+        let msg = tokio::select! {
+            _ = stop.cancelled() => break,
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            m = sub.next() => match m { Some(m) => m, None => break },
+        };
+        let Some(reply) = msg.reply.clone() else {
+            continue;
+        };
+        let Ok(permit) = limit.clone().acquire_owned().await else {
+            break;
+        };
+        let (nats, coalescer, metrics) = (nats.clone(), coalescer.clone(), metrics.clone());
+        tasks.spawn(async move {
+            let answer = answer(&coalescer, &metrics, &msg.payload).await;
+            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            if let Err(e) = nats.publish(reply, body.into()).await {
+                tracing::debug!(error = %e, "history reply not sent");
+            }
+            drop(permit);
+        });
+    }
+    let _ = sub.unsubscribe().await;
+    while tasks.join_next().await.is_some() {}
+    Ok(())
+}

@@ -1,0 +1,600 @@
+//! The ScyllaDB backend, for deployments that outgrow one SQLite file.
+//!
+//! Messages are partitioned by (conversation, bucket) where `bucket = seq / BUCKET_SIZE`, clustered by
+//! `seq` descending, so a busy room's partitions stay bounded. `seq` is the stream-global sequence, so a
+//! quiet room's few messages land in many, mostly empty, buckets. To page without probing empty buckets,
+//! every write also records its bucket in `conv_buckets` (one small partition per conversation, clustered
+//! by bucket descending); a page reads that index first and then only buckets that hold messages.
+//! The cost is one extra small write per (conversation, bucket) per batch, and one extra small read per page.
+//! All writes are upserts, so they are idempotent and safe to retry.
+
+use std::collections::BTreeSet;
+
+use protocol::subject::Conversation;
+use scylla::client::session::Session;
+use scylla::client::session_builder::SessionBuilder;
+use scylla::statement::Consistency;
+use scylla::statement::prepared::PreparedStatement;
+use scylla::value::MaybeUnset;
+
+use super::{
+    DeadLetter, MessageColumns, Order, Record, Store, StoreError, StoreFuture, conv_key,
+    seq_from_i64, seq_to_i64,
+};
+
+/// Stream sequences per bucket. A room that gets every message of the stream fills one partition with
+/// at most this many rows; a quiet room has one index row per bucket it wrote in.
+pub const BUCKET_SIZE: u64 = 10_000;
+/// Consistency of every statement unless configured otherwise.
+pub const DEFAULT_CONSISTENCY: Consistency = Consistency::LocalQuorum;
+/// Bucket index rows read per index query while paging.
+pub const BUCKET_INDEX_PAGE: i32 = 64;
+/// Concurrent statements one batch write keeps in flight.
+pub const WRITE_CONCURRENCY: usize = 64;
+/// Dead letters read at most by one listing.
+pub const MAX_DEAD_LETTER_LISTING: usize = 10_000;
+
+/// The bucket holding `seq`.
+pub fn bucket_of(seq: u64) -> i64 {
+    // u64::MAX / 10_000 fits an i64.
+    i64::try_from(seq / BUCKET_SIZE).unwrap_or(i64::MAX)
+}
+
+/// The DDL run on start, in order; every statement is `IF NOT EXISTS`.
+pub fn schema_cql(keyspace: &str, replication: &str) -> Vec<String> {
+    vec![
+        format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.messages (conv text, bucket bigint, seq bigint, \
+             sender text, room text, recipient text, text text, client_msg_id text, ts bigint, \
+             PRIMARY KEY ((conv, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.conv_buckets (conv text, bucket bigint, \
+             PRIMARY KEY (conv, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)"
+        ),
+        format!(
+            "CREATE TABLE IF NOT EXISTS {keyspace}.dead_letters (seq bigint PRIMARY KEY, \
+             subject text, payload blob, error text, at_ms bigint)"
+        ),
+    ]
+}
+
+/// The text of every prepared statement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatementsCql {
+    pub insert_message: String,
+    pub insert_bucket: String,
+    pub scan_desc: String,
+    pub scan_asc: String,
+    pub buckets_desc: String,
+    pub buckets_asc: String,
+    pub insert_dead_letter: String,
+    pub list_dead_letters: String,
+    pub count_bucket: String,
+}
+
+impl StatementsCql {
+    pub fn new(ks: &str) -> Self {
+        let cols = "seq, sender, room, recipient, text, client_msg_id, ts";
+        let range = "WHERE conv = ? AND bucket = ? AND seq > ? AND seq < ?";
+        let brange = "WHERE conv = ? AND bucket >= ? AND bucket <= ?";
+        Self {
+            insert_message: format!(
+                "INSERT INTO {ks}.messages (conv, bucket, seq, sender, room, recipient, text, \
+                 client_msg_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+            ),
+            insert_bucket: format!("INSERT INTO {ks}.conv_buckets (conv, bucket) VALUES (?, ?)"),
+            scan_desc: format!(
+                "SELECT {cols} FROM {ks}.messages {range} ORDER BY seq DESC LIMIT ?"
+            ),
+            scan_asc: format!("SELECT {cols} FROM {ks}.messages {range} ORDER BY seq ASC LIMIT ?"),
+            buckets_desc: format!(
+                "SELECT bucket FROM {ks}.conv_buckets {brange} ORDER BY bucket DESC LIMIT ?"
+            ),
+            buckets_asc: format!(
+                "SELECT bucket FROM {ks}.conv_buckets {brange} ORDER BY bucket ASC LIMIT ?"
+            ),
+            insert_dead_letter: format!(
+                "INSERT INTO {ks}.dead_letters (seq, subject, payload, error, at_ms) \
+                 VALUES (?, ?, ?, ?, ?)"
+            ),
+            list_dead_letters: format!(
+                "SELECT seq, subject, payload, error FROM {ks}.dead_letters LIMIT ?"
+            ),
+            count_bucket: format!(
+                "SELECT COUNT(*) FROM {ks}.messages WHERE conv = ? AND bucket = ?"
+            ),
+        }
+    }
+}
+
+/// The values of one `insert_message`, in statement order.
+/// Absent optional columns are unset rather than null, so no tombstone is written.
+#[derive(Debug, Clone, scylla::SerializeRow)]
+pub struct MessageRow {
+    pub conv: String,
+    pub bucket: i64,
+    pub seq: i64,
+    pub sender: String,
+    pub room: MaybeUnset<String>,
+    pub recipient: MaybeUnset<String>,
+    pub text: String,
+    pub client_msg_id: String,
+    pub ts: i64,
+}
+
+/// One row read by `scan_desc`/`scan_asc`.
+#[derive(Debug, Clone, PartialEq, Eq, scylla::DeserializeRow)]
+pub struct ReadRow {
+    pub seq: i64,
+    pub sender: String,
+    pub room: Option<String>,
+    pub recipient: Option<String>,
+    pub text: String,
+    pub client_msg_id: String,
+    pub ts: i64,
+}
+
+impl MessageRow {
+    pub fn from_record(r: &Record) -> Result<Self, StoreError> {
+        let c = MessageColumns::from_msg(&r.msg);
+        let unset = |v: Option<String>| v.map_or(MaybeUnset::Unset, MaybeUnset::Set);
+        Ok(Self {
+            conv: conv_key(&r.conv),
+            bucket: bucket_of(r.seq),
+            seq: seq_to_i64(r.seq)?,
+            sender: c.sender,
+            room: unset(c.room),
+            recipient: unset(c.recipient),
+            text: c.text,
+            client_msg_id: c.client_msg_id,
+            ts: c.ts,
+        })
+    }
+}
+
+impl ReadRow {
+    pub fn into_record(self, conv: &Conversation) -> Result<Record, StoreError> {
+        Ok(Record {
+            conv: conv.clone(),
+            seq: seq_from_i64(self.seq)?,
+            msg: MessageColumns {
+                sender: self.sender,
+                room: self.room,
+                recipient: self.recipient,
+                text: self.text,
+                client_msg_id: self.client_msg_id,
+                ts: self.ts,
+            }
+            .into_msg()?,
+        })
+    }
+}
+
+/// A history store in a ScyllaDB keyspace.
+pub struct ScyllaStore {
+    session: Session,
+    st: Prepared,
+}
+
+struct Prepared {
+    insert_message: PreparedStatement,
+    insert_bucket: PreparedStatement,
+    scan_desc: PreparedStatement,
+    scan_asc: PreparedStatement,
+    buckets_desc: PreparedStatement,
+    buckets_asc: PreparedStatement,
+    insert_dead_letter: PreparedStatement,
+    list_dead_letters: PreparedStatement,
+    count_bucket: PreparedStatement,
+}
+
+fn scylla_err<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> StoreError {
+    move |e| StoreError::Scylla {
+        what,
+        source: Box::new(e),
+    }
+}
+
+impl ScyllaStore {
+    /// Connects, creates the keyspace and tables if missing, and prepares every statement.
+    pub async fn connect(
+        hosts: &[String],
+        keyspace: &str,
+        replication: &str,
+    ) -> Result<Self, StoreError> {
+        let session = SessionBuilder::new()
+            .known_nodes(hosts)
+            .build()
+            .await
+            .map_err(scylla_err("connecting"))?;
+        for ddl in schema_cql(keyspace, replication) {
+            session
+                .query_unpaged(ddl, ())
+                .await
+                .map_err(scylla_err("creating the schema"))?;
+        }
+        session
+            .await_schema_agreement()
+            .await
+            .map_err(scylla_err("waiting for schema agreement"))?;
+        let cql = StatementsCql::new(keyspace);
+        let prep = |text: String| {
+            let session = &session;
+            async move {
+                let mut ps = session
+                    .prepare(text)
+                    .await
+                    .map_err(scylla_err("preparing a statement"))?;
+                ps.set_consistency(DEFAULT_CONSISTENCY);
+                // Every statement is an upsert or a read, so the driver may retry or speculate.
+                ps.set_is_idempotent(true);
+                Ok::<_, StoreError>(ps)
+            }
+        };
+        let st = Prepared {
+            insert_message: prep(cql.insert_message).await?,
+            insert_bucket: prep(cql.insert_bucket).await?,
+            scan_desc: prep(cql.scan_desc).await?,
+            scan_asc: prep(cql.scan_asc).await?,
+            buckets_desc: prep(cql.buckets_desc).await?,
+            buckets_asc: prep(cql.buckets_asc).await?,
+            insert_dead_letter: prep(cql.insert_dead_letter).await?,
+            list_dead_letters: prep(cql.list_dead_letters).await?,
+            count_bucket: prep(cql.count_bucket).await?,
+        };
+        Ok(Self { session, st })
+    }
+
+    /// Buckets of `conv` between `bottom` and `top` (inclusive) holding messages, up to one index page.
+    async fn buckets(
+        &self,
+        conv: &str,
+        bottom: i64,
+        top: i64,
+        order: Order,
+    ) -> Result<Vec<i64>, StoreError> {
+        let ps = match order {
+            Order::Ascending => &self.st.buckets_asc,
+            Order::Descending => &self.st.buckets_desc,
+        };
+        let res = self
+            .session
+            .execute_unpaged(ps, (conv, bottom, top, BUCKET_INDEX_PAGE))
+            .await
+            .map_err(scylla_err("reading the bucket index"))?
+            .into_rows_result()
+            .map_err(scylla_err("reading the bucket index"))?;
+        res.rows::<(i64,)>()
+            .map_err(scylla_err("reading the bucket index"))?
+            .map(|r| r.map(|(b,)| b).map_err(scylla_err("reading a bucket row")))
+            .collect()
+    }
+}
+
+impl Store for ScyllaStore {
+    fn write_batch<'a>(&'a self, records: &'a [Record]) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let rows: Vec<MessageRow> = records
+                .iter()
+                .map(MessageRow::from_record)
+                .collect::<Result<_, _>>()?;
+            // Messages first, then the index: a page never finds an index entry without its messages
+            // once the batch is acked, and a crash in between is repaired by redelivery.
+            for chunk in rows.chunks(WRITE_CONCURRENCY) {
+                let writes: Vec<_> = chunk
+                    .iter()
+                    .map(|row| self.session.execute_unpaged(&self.st.insert_message, row))
+                    .collect();
+                futures_util::future::try_join_all(writes)
+                    .await
+                    .map_err(scylla_err("writing a message"))?;
+            }
+            let buckets: Vec<(&str, i64)> = rows
+                .iter()
+                .map(|r| (r.conv.as_str(), r.bucket))
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect();
+            for chunk in buckets.chunks(WRITE_CONCURRENCY) {
+                let writes: Vec<_> = chunk
+                    .iter()
+                    .map(|key| self.session.execute_unpaged(&self.st.insert_bucket, key))
+                    .collect();
+                futures_util::future::try_join_all(writes)
+                    .await
+                    .map_err(scylla_err("writing the bucket index"))?;
+            }
+            Ok(())
+        })
+    }
+
+    fn scan<'a>(
+        &'a self,
+        conv: &'a Conversation,
+        lo: u64,
+        hi: u64,
+        order: Order,
+        n: usize,
+    ) -> StoreFuture<'a, Vec<Record>> {
+        Box::pin(async move {
+            let mut out = Vec::new();
+            if n == 0 || hi <= lo.saturating_add(1) {
+                return Ok(out);
+            }
+            let key = conv_key(conv);
+            let (bottom, top) = (bucket_of(lo + 1), bucket_of(hi - 1));
+            let (lo_i, hi_i) = (
+                i64::try_from(lo).unwrap_or(i64::MAX),
+                i64::try_from(hi).unwrap_or(i64::MAX),
+            );
+            let ps = match order {
+                Order::Ascending => &self.st.scan_asc,
+                Order::Descending => &self.st.scan_desc,
+            };
+            let (mut from, mut to) = (bottom, top);
+            while from <= to {
+                let buckets = self.buckets(&key, from, to, order).await?;
+                let full_page = buckets.len() >= BUCKET_INDEX_PAGE as usize;
+                for &b in &buckets {
+                    let want = i32::try_from(n - out.len()).unwrap_or(i32::MAX);
+                    let res = self
+                        .session
+                        .execute_unpaged(ps, (&key, b, lo_i, hi_i, want))
+                        .await
+                        .map_err(scylla_err("reading messages"))?
+                        .into_rows_result()
+                        .map_err(scylla_err("reading messages"))?;
+                    for row in res
+                        .rows::<ReadRow>()
+                        .map_err(scylla_err("reading messages"))?
+                    {
+                        out.push(
+                            row.map_err(scylla_err("reading a message row"))?
+                                .into_record(conv)?,
+                        );
+                    }
+                    if out.len() >= n {
+                        out.truncate(n);
+                        return Ok(out);
+                    }
+                }
+                match (full_page, buckets.last(), order) {
+                    (true, Some(&last), Order::Descending) => to = last - 1,
+                    (true, Some(&last), Order::Ascending) => from = last + 1,
+                    _ => break,
+                }
+            }
+            Ok(out)
+        })
+    }
+
+    fn dead_letter<'a>(&'a self, letter: &'a DeadLetter) -> StoreFuture<'a, ()> {
+        Box::pin(async move {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+                .unwrap_or(0);
+            self.session
+                .execute_unpaged(
+                    &self.st.insert_dead_letter,
+                    (
+                        seq_to_i64(letter.seq)?,
+                        &letter.subject,
+                        &letter.payload,
+                        &letter.error,
+                        now,
+                    ),
+                )
+                .await
+                .map_err(scylla_err("writing a dead letter"))?;
+            Ok(())
+        })
+    }
+
+    fn dead_letters(&self, n: usize) -> StoreFuture<'_, Vec<DeadLetter>> {
+        Box::pin(async move {
+            // dead_letters is partitioned by seq, so this is a full scan: bounded, and sorted here.
+            let limit = i32::try_from(n.min(MAX_DEAD_LETTER_LISTING)).unwrap_or(i32::MAX);
+            let res = self
+                .session
+                .execute_unpaged(&self.st.list_dead_letters, (limit,))
+                .await
+                .map_err(scylla_err("reading dead letters"))?
+                .into_rows_result()
+                .map_err(scylla_err("reading dead letters"))?;
+            let mut out = Vec::new();
+            for row in res
+                .rows::<(i64, String, Vec<u8>, String)>()
+                .map_err(scylla_err("reading dead letters"))?
+            {
+                let (seq, subject, payload, error) =
+                    row.map_err(scylla_err("reading a dead letter row"))?;
+                out.push(DeadLetter {
+                    seq: seq_from_i64(seq)?,
+                    subject,
+                    payload,
+                    error,
+                });
+            }
+            out.sort_by_key(|d| d.seq);
+            Ok(out)
+        })
+    }
+
+    fn count<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64> {
+        Box::pin(async move {
+            let key = conv_key(conv);
+            let mut total = 0u64;
+            let mut to = i64::MAX;
+            loop {
+                let buckets = self.buckets(&key, 0, to, Order::Descending).await?;
+                for &b in &buckets {
+                    let res = self
+                        .session
+                        .execute_unpaged(&self.st.count_bucket, (&key, b))
+                        .await
+                        .map_err(scylla_err("counting messages"))?
+                        .into_rows_result()
+                        .map_err(scylla_err("counting messages"))?;
+                    let (n,): (i64,) = res.first_row().map_err(scylla_err("counting messages"))?;
+                    total += u64::try_from(n).unwrap_or(0);
+                }
+                match buckets.last() {
+                    Some(&last) if buckets.len() >= BUCKET_INDEX_PAGE as usize => to = last - 1,
+                    _ => return Ok(total),
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
+
+    fn record(conv: Conversation, seq: u64, room: Option<&str>, to: Option<&str>) -> Record {
+        Record {
+            conv,
+            seq,
+            msg: StoredMessage {
+                from: UserId::parse("alice").unwrap(),
+                room: room.map(|r| RoomId::parse(r).unwrap()),
+                to: to.map(|t| UserId::parse(t).unwrap()),
+                text: "hi".into(),
+                client_msg_id: ClientMsgId::parse("c1").unwrap(),
+                ts: 42,
+            },
+        }
+    }
+
+    fn set(v: &MaybeUnset<String>) -> Option<&str> {
+        match v {
+            MaybeUnset::Set(s) => Some(s),
+            MaybeUnset::Unset => None,
+        }
+    }
+
+    // Proves sequences map to fixed-size buckets at the documented boundaries.
+    #[test]
+    fn buckets_are_sequence_ranges() {
+        assert_eq!(bucket_of(0), 0);
+        assert_eq!(bucket_of(9_999), 0);
+        assert_eq!(bucket_of(10_000), 1);
+        assert_eq!(bucket_of(123_456_789), 12_345);
+        assert_eq!(bucket_of(u64::MAX), (u64::MAX / BUCKET_SIZE) as i64);
+    }
+
+    // Proves the schema is idempotent DDL with the documented keys and clustering orders.
+    #[test]
+    fn schema_text_is_exact() {
+        let ddl = schema_cql(
+            "chat",
+            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+        );
+        assert_eq!(
+            ddl,
+            [
+                "CREATE KEYSPACE IF NOT EXISTS chat WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+                "CREATE TABLE IF NOT EXISTS chat.messages (conv text, bucket bigint, seq bigint, sender text, room text, recipient text, text text, client_msg_id text, ts bigint, PRIMARY KEY ((conv, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)",
+                "CREATE TABLE IF NOT EXISTS chat.conv_buckets (conv text, bucket bigint, PRIMARY KEY (conv, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)",
+                "CREATE TABLE IF NOT EXISTS chat.dead_letters (seq bigint PRIMARY KEY, subject text, payload blob, error text, at_ms bigint)",
+            ]
+        );
+    }
+
+    // Proves every statement names its keyspace, and reads restrict to one partition (no ALLOW FILTERING).
+    #[test]
+    fn statement_text_is_exact() {
+        let s = StatementsCql::new("chat");
+        assert_eq!(
+            s.insert_message,
+            "INSERT INTO chat.messages (conv, bucket, seq, sender, room, recipient, text, client_msg_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+        );
+        assert_eq!(
+            s.insert_bucket,
+            "INSERT INTO chat.conv_buckets (conv, bucket) VALUES (?, ?)"
+        );
+        assert_eq!(
+            s.scan_desc,
+            "SELECT seq, sender, room, recipient, text, client_msg_id, ts FROM chat.messages WHERE conv = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?"
+        );
+        assert_eq!(
+            s.buckets_asc,
+            "SELECT bucket FROM chat.conv_buckets WHERE conv = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket ASC LIMIT ?"
+        );
+        for text in [&s.scan_asc, &s.buckets_desc, &s.count_bucket] {
+            assert!(text.contains("WHERE conv = ?"), "{text}");
+            assert!(!text.contains("ALLOW FILTERING"), "{text}");
+        }
+    }
+
+    // Proves a record maps to a row (bucketed, absent fields unset) and back without loss.
+    #[test]
+    fn rows_round_trip() {
+        let room = Conversation::Room(RoomId::parse("general").unwrap());
+        let r = record(room.clone(), 20_001, Some("general"), None);
+        let row = MessageRow::from_record(&r).unwrap();
+        assert_eq!(row.conv, "room.general");
+        assert_eq!(row.bucket, 2);
+        assert_eq!(row.seq, 20_001);
+        assert_eq!(set(&row.room), Some("general"));
+        assert_eq!(set(&row.recipient), None);
+        let read = ReadRow {
+            seq: row.seq,
+            sender: row.sender.clone(),
+            room: Some("general".into()),
+            recipient: None,
+            text: row.text.clone(),
+            client_msg_id: row.client_msg_id.clone(),
+            ts: row.ts,
+        };
+        assert_eq!(read.into_record(&room).unwrap(), r);
+
+        let dm = Conversation::dm(
+            UserId::parse("alice").unwrap(),
+            UserId::parse("bob").unwrap(),
+        )
+        .unwrap();
+        let r = record(dm.clone(), 7, None, Some("bob"));
+        let row = MessageRow::from_record(&r).unwrap();
+        assert_eq!((row.conv.as_str(), row.bucket), ("dm.alice.bob", 0));
+        assert_eq!(set(&row.recipient), Some("bob"));
+    }
+
+    // Proves a row with an invalid id or a negative seq is reported as corrupt, not turned into a message.
+    #[test]
+    fn corrupt_rows_are_errors() {
+        let room = Conversation::Room(RoomId::parse("general").unwrap());
+        let bad = ReadRow {
+            seq: 1,
+            sender: "not valid".into(),
+            room: None,
+            recipient: None,
+            text: String::new(),
+            client_msg_id: "c".into(),
+            ts: 0,
+        };
+        assert!(matches!(
+            bad.into_record(&room),
+            Err(StoreError::Corrupt(_))
+        ));
+        let neg = ReadRow {
+            seq: -1,
+            sender: "a".into(),
+            room: None,
+            recipient: None,
+            text: String::new(),
+            client_msg_id: "c".into(),
+            ts: 0,
+        };
+        assert!(matches!(
+            neg.into_record(&room),
+            Err(StoreError::Corrupt(_))
+        ));
+    }
+}

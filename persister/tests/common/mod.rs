@@ -1,0 +1,175 @@
+//! Shared test support: stream CHAT, message fixtures, a persister started through `run`, polling.
+
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use persister::Config;
+use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Longest wait for a condition in a test.
+pub const WAIT: Duration = Duration::from_secs(30);
+
+/// Creates stream CHAT as the gateway defines it (`gateway::publish::stream_config`).
+pub async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
+    js.create_stream(stream::Config {
+        name: "CHAT".into(),
+        subjects: vec!["chat.in.>".into()],
+        republish: Some(stream::Republish {
+            source: "chat.in.>".into(),
+            destination: "chat.out.>".into(),
+            headers_only: false,
+        }),
+        duplicate_window: Duration::from_secs(600),
+        max_age: Duration::from_secs(24 * 3600),
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        ..Default::default()
+    })
+    .await?;
+    Ok(())
+}
+
+/// A room message from `from` with client id `cmid`.
+pub fn room_msg(room: &str, from: &str, cmid: &str) -> StoredMessage {
+    StoredMessage {
+        from: UserId::parse(from).unwrap(),
+        room: Some(RoomId::parse(room).unwrap()),
+        to: None,
+        text: format!("text of {cmid}"),
+        client_msg_id: ClientMsgId::parse(cmid).unwrap(),
+        ts: 1_700_000_000_000,
+    }
+}
+
+/// Publishes raw bytes on `subject` with a `Nats-Msg-Id`, returning the stream sequence.
+pub async fn publish_raw(
+    js: &jetstream::Context,
+    subject: &str,
+    payload: Vec<u8>,
+    msg_id: &str,
+) -> anyhow::Result<u64> {
+    let ack = js
+        .send_publish(
+            subject.to_owned(),
+            PublishMessage::build()
+                .payload(payload.into())
+                .message_id(msg_id),
+        )
+        .await?
+        .await?;
+    Ok(ack.sequence)
+}
+
+/// Publishes a room message as a gateway would.
+pub async fn publish_room(js: &jetstream::Context, room: &str, n: usize) -> anyhow::Result<u64> {
+    let m = room_msg(room, "alice", &format!("m{n}"));
+    publish_raw(
+        js,
+        &format!("chat.in.room.{room}"),
+        m.encode(),
+        &format!("alice:m{n}-{room}"),
+    )
+    .await
+}
+
+/// A persister running through `persister::run` in a task of this test.
+pub struct Running {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<Result<(), persister::Error>>,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+/// A config for tests: SQLite at `db`, short ack wait so a killed instance's messages come back fast.
+pub fn config(nats_url: &str, db: &Path) -> Config {
+    Config {
+        nats_url: nats_url.to_owned(),
+        store: persister::StoreConfig::Sqlite {
+            path: db.to_owned(),
+        },
+        batch_max: 50,
+        ack_wait: Duration::from_secs(1),
+        ..Config::default()
+    }
+}
+
+impl Running {
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(persister::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        let me = Self {
+            addr,
+            task,
+            shutdown: Some(tx),
+        };
+        wait_until(|| async { http_get(addr, "/readyz").await.is_ok_and(|b| b == "ready") })
+            .await?;
+        Ok(me)
+    }
+
+    /// Aborts the persister mid-flight, as a crash would.
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
+
+    /// Asks the persister to shut down and waits for it.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.await??;
+        Ok(())
+    }
+
+    /// The value of one metric line (`name` or `name{labels}`), 0 if absent.
+    pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
+        let text = http_get(self.addr, "/metrics").await?;
+        Ok(text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix(name)
+                    .and_then(|rest| rest.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse().ok())
+            })
+            .unwrap_or(0.0))
+    }
+}
+
+/// The body of `GET path` (HTTP/1.0, so the server closes after replying).
+pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await?;
+    let mut buf = String::new();
+    s.read_to_string(&mut buf).await?;
+    let (_, body) = buf.split_once("\r\n\r\n").unwrap_or(("", ""));
+    Ok(body.to_owned())
+}
+
+/// Polls `cond` until it holds, failing after [`WAIT`].
+pub async fn wait_until<F, Fut>(mut cond: F) -> anyhow::Result<()>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !cond().await {
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "condition not met within {WAIT:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
