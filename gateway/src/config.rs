@@ -35,6 +35,8 @@ pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_INFLIGHT_SENDS: usize = 32;
 /// Longest wait for the content-check service's answer.
 pub const DEFAULT_CONTENT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Most messages a resume replays; past it `recovered` is false and the client pages with `history`.
+pub const DEFAULT_MAX_RESUME: usize = 1000;
 /// How often keys are fetched again from the auth service.
 pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -121,6 +123,8 @@ pub struct Config {
     /// When the content-check service does not answer: publish anyway (`true`) or answer
     /// `unavailable` (`false`, the default) (`GATEWAY_CONTENT_CHECK_FAIL_OPEN`).
     pub content_check_fail_open: bool,
+    /// `GATEWAY_MAX_RESUME`.
+    pub max_resume: usize,
     /// Stream `CHAT` settings.
     pub stream: StreamSettings,
 }
@@ -151,6 +155,7 @@ impl Default for Config {
             content_check: false,
             content_check_timeout: DEFAULT_CONTENT_CHECK_TIMEOUT,
             content_check_fail_open: false,
+            max_resume: DEFAULT_MAX_RESUME,
             stream: StreamSettings::default(),
         }
     }
@@ -234,6 +239,9 @@ impl Config {
         }
         if let Some(n) = num("GATEWAY_SHUTDOWN_GRACE_MS")? {
             c.shutdown_grace = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_MAX_RESUME")? {
+            c.max_resume = usize_of(n);
         }
         if let Some(n) = num("GATEWAY_MAX_INFLIGHT_SENDS")? {
             c.max_inflight_sends = usize_of(n);

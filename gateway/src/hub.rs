@@ -3,9 +3,15 @@
 //! A topic (a room, or a user's direct messages) has one NATS subscription on this gateway, whatever
 //! the number of local connections in it, and a member list. The subscription task decodes each message
 //! once, encodes its JSON frame once, and pushes the same bytes to every member's queue with `try_send`.
-//! The member list is copy-on-write (`Arc<[Outbox]>`): fan-out takes a snapshot under a short lock and
+//! The member list is copy-on-write (`Arc<[Member]>`): fan-out takes a snapshot under a short lock and
 //! never holds a lock across an `.await`. When the last member leaves, the topic is removed and its task
 //! is aborted, which drops the subscription (an UNSUB to the server).
+//!
+//! RePublish is core NATS and at most once, so the topic task also keeps, per subject, the last
+//! sequence it delivered. A message whose `prev_seq` is newer than that reveals a gap (this gateway was
+//! disconnected or fell behind); the task reads the missing range from the stream and delivers it
+//! first. After every NATS reconnect it also checks each subject's newest sequence, so a gap is filled
+//! even when no further message arrives.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -14,20 +20,30 @@ use std::time::Duration;
 use async_nats::HeaderMap;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
+use protocol::control::UserControl;
 use protocol::frame::MessageFrame;
+use protocol::subject::Conversation;
 use protocol::{RoomId, ServerFrame, StoredMessage, UserId};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
+use crate::backlog::{Backlog, Replay};
 use crate::conn::{Outbound, Outbox, Pushed, close_code};
 use crate::metrics::Metrics;
-use protocol::control::UserControl;
 
 /// How long a join waits for its subscription to be registered at the server.
 const SUBSCRIBE_WAIT: Duration = Duration::from_secs(5);
 /// Backoff between attempts to subscribe while NATS is unreachable.
 const SUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
+/// Largest gap filled from the stream; past it, receivers see the gap and page with `history`.
+pub const MAX_GAP_FILL: usize = 1000;
+/// Subjects whose last delivered sequence a topic remembers (a user topic sees one per DM thread).
+const MAX_TRACKED_SUBJECTS: usize = 4096;
+/// Frames a gate buffers while its connection resumes; past it the connection is closed (4008).
+pub const GATE_BUFFER: usize = 4096;
+/// Prefix of control subjects, which carry commands rather than chat messages.
+const CONTROL_PREFIX: &str = "chat.ctl.";
 
 /// What a topic is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -39,9 +55,7 @@ pub enum TopicKey {
 impl TopicKey {
     fn subjects(&self) -> Vec<String> {
         match self {
-            TopicKey::Room(room) => {
-                vec![protocol::subject::Conversation::Room(room.clone()).deliver_subject()]
-            }
+            TopicKey::Room(room) => vec![Conversation::Room(room.clone()).deliver_subject()],
             TopicKey::User(user) => {
                 let [a, b] = protocol::subject::user_dm_subjects(user);
                 vec![a, b, protocol::subject::user_control_subject(user)]
@@ -50,7 +64,72 @@ impl TopicKey {
     }
 }
 
-type Members = Arc<Mutex<Arc<[Outbox]>>>;
+/// Holds back one conversation's live frames for a connection while it replays older ones, so the
+/// seam between replay and live has no gap and no duplicate.
+#[derive(Debug)]
+pub struct Gate {
+    subject: String,
+    state: Mutex<GateState>,
+}
+
+#[derive(Debug)]
+enum GateState {
+    Buffering { frames: Vec<(u64, Utf8Bytes)>, overflow: bool },
+    Open,
+}
+
+impl Gate {
+    /// A gate on the conversation delivered on `deliver_subject`.
+    pub fn new(deliver_subject: String) -> Self {
+        Self {
+            subject: deliver_subject,
+            state: Mutex::new(GateState::Buffering { frames: Vec::new(), overflow: false }),
+        }
+    }
+
+    /// Takes the frame if the gate holds this subject back; `false` means deliver it normally.
+    fn offer(&self, subject: &str, seq: u64, frame: &Utf8Bytes) -> bool {
+        if subject != self.subject {
+            return false;
+        }
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *state {
+            GateState::Buffering { frames, overflow } => {
+                if frames.len() < GATE_BUFFER {
+                    frames.push((seq, frame.clone()));
+                } else {
+                    *overflow = true;
+                }
+                true
+            }
+            GateState::Open => false,
+        }
+    }
+
+    /// Queues the held frames newer than `after` and opens the gate, under the gate's lock so no
+    /// live frame can overtake them. Returns `false` if frames were lost to the buffer limit.
+    pub fn release(&self, outbox: &Outbox, after: u64) -> bool {
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        let GateState::Buffering { frames, overflow } = std::mem::replace(&mut *state, GateState::Open) else {
+            return true;
+        };
+        for (seq, frame) in frames {
+            if seq > after && outbox.push(Outbound::Text(frame)) != Pushed::Queued {
+                return false;
+            }
+        }
+        !overflow
+    }
+}
+
+/// A local connection in a topic.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub outbox: Outbox,
+    pub gate: Option<Arc<Gate>>,
+}
+
+type Members = Arc<Mutex<Arc<[Member]>>>;
 
 struct Topic {
     members: Members,
@@ -63,63 +142,49 @@ struct Topic {
 pub struct Hub {
     topics: Arc<Mutex<HashMap<TopicKey, Topic>>>,
     nats: async_nats::Client,
+    backlog: Backlog,
+    /// Bumped on every NATS (re)connect; topic tasks then look for gaps.
+    reconnects: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
 }
 
 impl Hub {
-    pub fn new(nats: async_nats::Client, metrics: Arc<Metrics>) -> Self {
-        Self {
-            topics: Arc::default(),
-            nats,
-            metrics,
-        }
+    pub fn new(nats: async_nats::Client, backlog: Backlog, reconnects: watch::Receiver<u64>, metrics: Arc<Metrics>) -> Self {
+        Self { topics: Arc::default(), nats, backlog, reconnects, metrics }
     }
 
-    /// Adds `member` to the topic, subscribing if it is the first local member, and waits until the
-    /// subscription is registered at the server so that nothing published afterwards is missed.
+    /// Adds a connection to the topic, subscribing if it is the first local member, and waits until
+    /// the subscription is registered at the server so that nothing published afterwards is missed.
     /// Returns `false` if that could not be confirmed in time (NATS unreachable); the member stays in
     /// the topic and the subscription is restored once NATS is back.
-    pub async fn join(&self, key: TopicKey, member: Outbox) -> bool {
+    pub async fn join(&self, key: TopicKey, outbox: Outbox, gate: Option<Arc<Gate>>) -> bool {
         let mut ready = {
             let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-            let topic = topics
-                .entry(key.clone())
-                .or_insert_with(|| self.spawn_topic(key));
-            let mut members = topic.members.lock().unwrap_or_else(|e| e.into_inner());
-            let mut next: Vec<Outbox> = members
-                .iter()
-                .filter(|m| m.conn() != member.conn())
-                .cloned()
-                .collect();
-            next.push(member);
-            *members = next.into();
-            drop(members);
+            let topic = topics.entry(key.clone()).or_insert_with(|| self.spawn_topic(key));
+            let conn = outbox.conn().clone();
+            update(&topic.members, &conn, Some(Member { outbox, gate }));
             topic.ready.clone()
         };
-        tokio::time::timeout(SUBSCRIBE_WAIT, ready.wait_for(|r| *r))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(SUBSCRIBE_WAIT, ready.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Puts a gate on (or takes it off) a connection already in the topic.
+    pub fn set_gate(&self, key: &TopicKey, outbox: &Outbox, gate: Option<Arc<Gate>>) {
+        let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(topic) = topics.get(key) {
+            update(&topic.members, outbox.conn(), Some(Member { outbox: outbox.clone(), gate }));
+        }
     }
 
     /// Removes a connection from a topic, unsubscribing when it was the last local member.
     pub fn leave(&self, key: &TopicKey, conn: &protocol::ConnId) {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         let Some(topic) = topics.get(key) else { return };
-        let empty = {
-            let mut members = topic.members.lock().unwrap_or_else(|e| e.into_inner());
-            let next: Vec<Outbox> = members
-                .iter()
-                .filter(|m| m.conn() != conn)
-                .cloned()
-                .collect();
-            *members = next.into();
-            members.is_empty()
-        };
-        if empty {
-            if let Some(topic) = topics.remove(key) {
-                topic.task.abort();
-                self.metrics.subscriptions.dec();
-            }
+        if update(&topic.members, conn, None) == 0
+            && let Some(topic) = topics.remove(key)
+        {
+            topic.task.abort();
+            self.metrics.subscriptions.dec();
         }
     }
 
@@ -128,114 +193,199 @@ impl Hub {
         self.topics.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
 
-    /// Number of local members of a topic.
-    pub fn member_count(&self, key: &TopicKey) -> usize {
-        let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-        topics.get(key).map_or(0, |t| {
-            t.members.lock().unwrap_or_else(|e| e.into_inner()).len()
-        })
-    }
-
     fn spawn_topic(&self, key: TopicKey) -> Topic {
         let members: Members = Arc::new(Mutex::new(Arc::from(Vec::new())));
         let (ready_tx, ready) = watch::channel(false);
         let span = tracing::debug_span!("topic", key = ?key);
-        let task = tokio::spawn(
-            run_topic(
-                self.nats.clone(),
-                key.subjects(),
-                members.clone(),
-                ready_tx,
-                self.metrics.clone(),
-            )
-            .instrument(span),
-        );
+        let task = TopicTask {
+            nats: self.nats.clone(),
+            backlog: self.backlog.clone(),
+            members: members.clone(),
+            metrics: self.metrics.clone(),
+            last: HashMap::new(),
+        };
+        let handle = tokio::spawn(task.run(key, ready_tx, self.reconnects.clone()).instrument(span));
         self.metrics.subscriptions.inc();
-        Topic {
-            members,
-            ready,
-            task: task.abort_handle(),
-        }
+        Topic { members, ready, task: handle.abort_handle() }
     }
 }
 
-async fn run_topic(
+/// Replaces (or with `None` removes) the member for `conn`; returns the new member count.
+fn update(members: &Members, conn: &protocol::ConnId, member: Option<Member>) -> usize {
+    let mut guard = members.lock().unwrap_or_else(|e| e.into_inner());
+    let mut next: Vec<Member> = guard.iter().filter(|m| m.outbox.conn() != conn).cloned().collect();
+    next.extend(member);
+    *guard = next.into();
+    guard.len()
+}
+
+/// A decoded delivery, encoded once for every local socket.
+struct Delivery {
+    subject: String,
+    seq: u64,
+    prev_seq: u64,
+    frame: Utf8Bytes,
+}
+
+struct TopicTask {
     nats: async_nats::Client,
-    subjects: Vec<String>,
+    backlog: Backlog,
     members: Members,
-    ready: watch::Sender<bool>,
     metrics: Arc<Metrics>,
-) {
-    let mut subs = Vec::with_capacity(subjects.len());
-    for subject in subjects {
-        loop {
-            match nats.subscribe(subject.clone()).await {
-                Ok(sub) => {
-                    subs.push(sub);
-                    break;
+    /// Per deliver subject, the last sequence delivered to local sockets.
+    last: HashMap<String, u64>,
+}
+
+impl TopicTask {
+    async fn run(mut self, key: TopicKey, ready: watch::Sender<bool>, mut reconnects: watch::Receiver<u64>) {
+        // A room's chain starts at its newest stored message, read before subscribing: a message
+        // stored in between then shows up as a gap and is filled, never skipped.
+        if let TopicKey::Room(room) = &key {
+            let conv = Conversation::Room(room.clone());
+            if let Ok(last) = self.backlog.last_seq(&conv).await {
+                self.last.insert(conv.deliver_subject(), last);
+            }
+        }
+        let mut subs = Vec::new();
+        for subject in key.subjects() {
+            loop {
+                match self.nats.subscribe(subject.clone()).await {
+                    Ok(sub) => {
+                        subs.push(sub);
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(%subject, error = %e, "subscribe failed; retrying");
+                        tokio::time::sleep(SUBSCRIBE_RETRY).await;
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(%subject, error = %e, "subscribe failed; retrying");
-                    tokio::time::sleep(SUBSCRIBE_RETRY).await;
+            }
+        }
+        // A flush round trip means the server has processed our SUBs. While NATS is away, keep
+        // trying: the client re-sends the SUBs itself on reconnect.
+        while self.nats.flush().await.is_err() {
+            tokio::time::sleep(SUBSCRIBE_RETRY).await;
+        }
+        let _ = ready.send(true);
+        reconnects.mark_unchanged();
+        let mut stream = futures_util::stream::select_all(subs);
+        loop {
+            tokio::select! {
+                msg = stream.next() => {
+                    let Some(msg) = msg else { break };
+                    self.on_message(msg).await;
+                }
+                changed = reconnects.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    self.check_after_reconnect().await;
                 }
             }
         }
     }
-    // A flush round trip means the server has processed our SUBs. While NATS is away, keep trying:
-    // the client re-sends the SUBs itself on reconnect.
-    while nats.flush().await.is_err() {
-        tokio::time::sleep(SUBSCRIBE_RETRY).await;
-    }
-    let _ = ready.send(true);
-    let mut stream = futures_util::stream::select_all(subs);
-    while let Some(msg) = stream.next().await {
+
+    async fn on_message(&mut self, msg: async_nats::Message) {
         if msg.subject.starts_with(CONTROL_PREFIX) {
-            control(&msg, &members);
-            continue;
+            self.control(&msg);
+            return;
         }
-        let Some(frame) = encode_delivery(&msg) else {
-            metrics.undecodable.inc();
+        let Some(d) = decode_delivery(&msg) else {
+            self.metrics.undecodable.inc();
             tracing::warn!(subject = %msg.subject, "undecodable delivery skipped");
-            continue;
+            return;
         };
-        let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if let Some(&last) = self.last.get(&d.subject) {
+            if d.seq <= last {
+                // Already delivered, by a gap fill that read it from the stream.
+                return;
+            }
+            if d.prev_seq > last {
+                self.fill(&d.subject, last, d.seq - 1).await;
+            }
+        }
+        self.deliver(&d.subject, d.seq, &d.frame);
+    }
+
+    /// Delivers what the stream holds on `subject` in `(after, until]`.
+    async fn fill(&mut self, subject: &str, after: u64, until: u64) {
+        let Some(conv) = Conversation::from_subject(subject) else { return };
+        self.metrics.gap_fills.inc();
+        match self.backlog.replay(&conv, after, until, MAX_GAP_FILL, false).await {
+            Ok(Replay::Complete(frames)) => {
+                tracing::info!(subject, after, until, filled = frames.len(), "gap filled from the stream");
+                self.metrics.gap_filled_messages.inc_by(frames.len() as u64);
+                for f in frames {
+                    let seq = f.seq;
+                    let frame = Utf8Bytes::from(ServerFrame::Message(f).to_json());
+                    self.deliver(subject, seq, &frame);
+                }
+            }
+            Ok(Replay::TooMany) => {
+                tracing::warn!(subject, after, until, "gap too large to fill; receivers page with history");
+            }
+            Err(e) => tracing::warn!(subject, error = %e, "gap fill failed; receivers see the gap"),
+        }
+    }
+
+    /// After a reconnect, messages may have been stored while this gateway was away and none may
+    /// follow to reveal the gap: compare each known subject with the stream.
+    async fn check_after_reconnect(&mut self) {
+        let known: Vec<(String, u64)> = self.last.iter().map(|(s, l)| (s.clone(), *l)).collect();
+        for (subject, last) in known {
+            let Some(conv) = Conversation::from_subject(&subject) else { continue };
+            if let Ok(newest) = self.backlog.last_seq(&conv).await
+                && newest > last
+            {
+                self.fill(&subject, last, newest).await;
+            }
+        }
+    }
+
+    fn deliver(&mut self, subject: &str, seq: u64, frame: &Utf8Bytes) {
+        let snapshot = self.members.lock().unwrap_or_else(|e| e.into_inner()).clone();
         let mut queued = 0;
         for m in snapshot.iter() {
-            if m.push(Outbound::Text(frame.clone())) == Pushed::Queued {
+            if let Some(gate) = &m.gate
+                && gate.offer(subject, seq, frame)
+            {
+                continue;
+            }
+            if m.outbox.push(Outbound::Text(frame.clone())) == Pushed::Queued {
                 queued += 1;
             }
         }
-        metrics.delivered.inc_by(queued);
+        self.metrics.delivered.inc_by(queued);
+        if self.last.len() >= MAX_TRACKED_SUBJECTS && !self.last.contains_key(subject) {
+            // Forgetting only loses gap detection for threads until their next message.
+            self.last.clear();
+        }
+        self.last.insert(subject.to_owned(), seq);
     }
-}
 
-/// Prefix of control subjects, which carry commands rather than chat messages.
-const CONTROL_PREFIX: &str = "chat.ctl.";
-
-/// Applies a control command to every local connection of the topic.
-fn control(msg: &async_nats::Message, members: &Members) {
-    match serde_json::from_slice::<UserControl>(&msg.payload) {
-        Ok(UserControl::Logout) => {
-            let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
-            for m in snapshot.iter() {
-                m.shared.close(close_code::LOGGED_OUT, "logged out");
+    /// Applies a control command to every local connection of the topic.
+    fn control(&self, msg: &async_nats::Message) {
+        match serde_json::from_slice::<UserControl>(&msg.payload) {
+            Ok(UserControl::Logout) => {
+                let snapshot = self.members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
+                for m in snapshot.iter() {
+                    m.outbox.shared.close(close_code::LOGGED_OUT, "logged out");
+                }
             }
-        }
-        Err(e) => {
-            tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored")
+            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored"),
         }
     }
 }
 
-/// Turns a republished message into the JSON bytes of its `message` frame: once per gateway.
-pub fn encode_delivery(msg: &async_nats::Message) -> Option<Utf8Bytes> {
+/// Decodes a republished message and encodes its `message` frame: once per gateway.
+fn decode_delivery(msg: &async_nats::Message) -> Option<Delivery> {
     let headers = msg.headers.as_ref()?;
     let seq = header_u64(headers, async_nats::header::NATS_SEQUENCE)?;
     let prev_seq = header_u64(headers, async_nats::header::NATS_LAST_SEQUENCE).unwrap_or(0);
     let stored = StoredMessage::decode(&msg.payload).ok()?;
     let json = ServerFrame::Message(MessageFrame::from_stored(stored, seq, prev_seq)).to_json();
-    Some(Utf8Bytes::from(json))
+    Some(Delivery { subject: msg.subject.to_string(), seq, prev_seq, frame: Utf8Bytes::from(json) })
 }
 
 fn header_u64(h: &HeaderMap, name: async_nats::header::HeaderName) -> Option<u64> {

@@ -9,6 +9,7 @@
 //! fan-out), [`publish`] (JetStream publish and the stream definition), [`conn`] (the per-connection
 //! queue), [`keys`] (token keys from the auth service), [`tls`] (rustls termination).
 
+pub mod backlog;
 pub mod config;
 pub mod conn;
 pub mod content;
@@ -72,13 +73,16 @@ pub async fn run(
     }
     anyhow::ensure!(!keys.is_empty(), "no token keys: set GATEWAY_AUTH_URL");
 
-    let nats = connect_nats(&config.nats_url).await?;
+    let (reconnects_tx, reconnects) = tokio::sync::watch::channel(0u64);
+    let nats = connect_nats(&config.nats_url, reconnects_tx).await?;
     let js = async_nats::jetstream::new(nats.clone());
     publish::ensure_stream(&js, &config.stream).await?;
 
     let metrics = Arc::new(metrics::Metrics::new());
+    let backlog = backlog::Backlog::new(nats.clone(), metrics.clone());
     let state = server::AppState {
-        hub: hub::Hub::new(nats.clone(), metrics.clone()),
+        hub: hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone()),
+        backlog,
         publisher: publish::Publisher::new(js, config.publish_budget, metrics.clone()),
         content: config.content_check.then(|| {
             content::ContentChecker::new(
@@ -140,7 +144,11 @@ pub async fn run(
     Ok(())
 }
 
-async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+async fn connect_nats(
+    url: &str,
+    reconnects: tokio::sync::watch::Sender<u64>,
+) -> anyhow::Result<async_nats::Client> {
+    let reconnects = Arc::new(reconnects);
     let servers = url
         .split(',')
         .map(|u| u.trim().parse::<async_nats::ServerAddr>())
@@ -152,11 +160,17 @@ async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
             let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
             step.min(MAX_RECONNECT_DELAY)
         })
-        .event_callback(|event| async move {
+        .event_callback(move |event| {
+            let reconnects = reconnects.clone();
+            async move {
             match event {
                 async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                async_nats::Event::Connected => {
+                    tracing::info!("NATS connected");
+                    reconnects.send_modify(|n| *n += 1);
+                }
                 other => tracing::debug!(event = %other, "NATS event"),
+            }
             }
         })
         .connect(servers)

@@ -21,6 +21,9 @@ pub struct Metrics {
     pub subscriptions: IntGauge,
     pub undecodable: IntCounter,
     pub content_checks: IntCounterVec,
+    pub gap_fills: IntCounter,
+    pub gap_filled_messages: IntCounter,
+    pub resumes: IntCounterVec,
     pub content_check_seconds: Histogram,
 }
 
@@ -149,6 +152,12 @@ impl Metrics {
                     ]),
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            gap_fills: reg(&r, counter("gateway_gap_fills_total", "Gaps in a conversation's sequence chain that this gateway filled from the stream.")),
+            gap_filled_messages: reg(&r, counter("gateway_gap_filled_messages_total", "Messages delivered by gap fills.")),
+            resumes: reg(
+                &r,
+                counter_vec("gateway_resumes_total", "Resumes (join with since, resume) by whether everything was recovered.", &["recovered"]),
             ),
             registry: r,
         };

@@ -165,23 +165,6 @@ impl Publisher {
         let raw = stream.direct_get(seq).await.ok()?;
         StoredMessage::decode(&raw.payload).ok().map(|m| m.ts)
     }
-
-    /// The newest sequence stored in a conversation, 0 if it has none.
-    pub async fn last_seq(&self, conv: &Conversation) -> anyhow::Result<u64> {
-        use async_nats::jetstream::stream::DirectGetErrorKind;
-        let stream = self
-            .stream
-            .get_or_try_init(|| self.js.get_stream(subject::STREAM))
-            .await?;
-        match stream
-            .direct_get_last_for_subject(conv.ingest_subject())
-            .await
-        {
-            Ok(m) => Ok(m.sequence),
-            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(0),
-            Err(e) => Err(e.into()),
-        }
-    }
 }
 
 /// Milliseconds since the Unix epoch.

@@ -36,6 +36,7 @@ pub struct AppState {
     pub keys: KeySet,
     pub hub: Hub,
     pub publisher: Publisher,
+    pub backlog: crate::backlog::Backlog,
     /// Set when `GATEWAY_CONTENT_CHECK` is on.
     pub content: Option<crate::content::ContentChecker>,
     pub metrics: Arc<Metrics>,

@@ -20,7 +20,9 @@ use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
-use crate::hub::TopicKey;
+use crate::backlog::{BacklogError, Replay};
+use crate::hub::{Gate, TopicKey};
+use protocol::history::{ConvRef, HistoryRequest};
 use crate::publish::{Stored, now_ms, stored_message};
 use crate::ratelimit::TokenBucket;
 use crate::server::AppState;
@@ -31,7 +33,11 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Frames written before one flush, when the queue has several waiting.
 const WRITE_BATCH: u64 = 64;
 
-type SendResult = (Option<FrameId>, protocol::ClientMsgId, SendOutcome);
+/// What a finished in-flight request produces.
+enum Done {
+    Send(Option<FrameId>, protocol::ClientMsgId, SendOutcome),
+    Reply(ServerFrame),
+}
 
 /// How a `send` ended.
 enum SendOutcome {
@@ -40,7 +46,7 @@ enum SendOutcome {
     Rejected,
     Held,
 }
-type Inflight = FuturesUnordered<Pin<Box<dyn Future<Output = SendResult> + Send>>>;
+type Inflight = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
 
 /// Runs a connection from the upgrade until it is closed and cleaned up.
 pub async fn run(socket: WebSocket, user: UserId, state: AppState) {
@@ -81,7 +87,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         server_time: now_ms(),
         protocol: protocol::PROTOCOL_VERSION,
     });
-    if !session.state.hub.join(user_topic.clone(), outbox).await {
+    if !session.state.hub.join(user_topic.clone(), outbox, None).await {
         tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
     }
     tracing::debug!("session open");
@@ -156,8 +162,16 @@ impl Session {
                     shared.close(close_code::GOING_AWAY, "server shutting down");
                     break Flow::Stop;
                 }
-                Some((id, cmid, result)) = self.inflight.next(), if !self.inflight.is_empty() => {
-                    self.finish_send(id, cmid, result);
+                Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
+                    match done {
+                        Done::Send(id, cmid, outcome) => self.finish_send(id, cmid, outcome),
+                        Done::Reply(frame) => {
+                            if let ServerFrame::Error { code, .. } = &frame {
+                                self.state.metrics.error(*code);
+                            }
+                            self.reply(frame);
+                        }
+                    }
                 }
                 msg = stream.next(), if self.inflight.len() < cfg.max_inflight_sends => {
                     last_activity = tokio::time::Instant::now();
@@ -237,7 +251,14 @@ impl Session {
                 id,
                 server_time: now_ms(),
             }),
-            ClientFrame::Join { room } => self.join(id, room).await,
+            ClientFrame::Join { room, since } => self.join(id, room, since).await,
+            ClientFrame::Resume { with, since } => self.resume(id, with, since).await,
+            ClientFrame::History {
+                target,
+                before,
+                after,
+                limit,
+            } => self.history(id, target, before, after, limit),
             ClientFrame::Leave { room } => {
                 if self.joined.remove(&room) {
                     self.state
@@ -256,7 +277,7 @@ impl Session {
         }
     }
 
-    async fn join(&mut self, id: Option<FrameId>, room: RoomId) {
+    async fn join(&mut self, id: Option<FrameId>, room: RoomId, since: Option<u64>) {
         let fresh = !self.joined.contains(&room);
         if fresh && self.joined.len() >= self.state.config.max_rooms_per_conn {
             let max = self.state.config.max_rooms_per_conn;
@@ -268,31 +289,181 @@ impl Session {
             return;
         }
         let key = TopicKey::Room(room.clone());
+        let conv = Conversation::Room(room.clone());
+        // A resume holds the room's live frames back until the replay is queued.
+        let gate = since.map(|_| Arc::new(Gate::new(conv.deliver_subject())));
         if fresh {
             // Subscribe before reading the last sequence, so nothing stored after it is missed.
-            self.state.hub.join(key.clone(), self.outbox.clone()).await;
+            self.state
+                .hub
+                .join(key.clone(), self.outbox.clone(), gate.clone())
+                .await;
             self.joined.insert(room.clone());
+        } else if gate.is_some() {
+            self.state.hub.set_gate(&key, &self.outbox, gate.clone());
         }
-        match self
-            .state
-            .publisher
-            .last_seq(&Conversation::Room(room.clone()))
-            .await
-        {
-            Ok(last_seq) => self.reply(ServerFrame::Joined { id, room, last_seq }),
+        let last_seq = match self.state.backlog.last_seq(&conv).await {
+            Ok(last_seq) => last_seq,
             Err(e) => {
                 tracing::warn!(error = %e, %room, "join: stream unreachable");
                 if fresh {
                     self.joined.remove(&room);
                     self.state.hub.leave(&key, self.outbox.conn());
+                } else if gate.is_some() {
+                    self.state.hub.set_gate(&key, &self.outbox, None);
                 }
                 self.error(
                     id,
                     ErrorCode::Unavailable,
                     "the message store is unreachable; try again",
                 );
+                return;
             }
+        };
+        match (since, gate) {
+            (Some(since), Some(gate)) => {
+                self.replay(&key, &conv, since, last_seq, &gate, |recovered| {
+                    ServerFrame::Joined {
+                        id,
+                        room,
+                        last_seq,
+                        recovered: Some(recovered),
+                    }
+                })
+                .await;
+            }
+            _ => self.reply(ServerFrame::Joined {
+                id,
+                room,
+                last_seq,
+                recovered: None,
+            }),
         }
+    }
+
+    /// `resume {with, since}`: the direct-message counterpart of `join {room, since}`.
+    async fn resume(&mut self, id: Option<FrameId>, with: UserId, since: u64) {
+        let Some(conv) = Conversation::dm(self.outbox.shared.user.clone(), with.clone()) else {
+            return self.error(id, ErrorCode::BadRequest, "there is no thread with yourself");
+        };
+        let key = TopicKey::User(self.outbox.shared.user.clone());
+        let gate = Arc::new(Gate::new(conv.deliver_subject()));
+        self.state.hub.set_gate(&key, &self.outbox, Some(gate.clone()));
+        let last_seq = match self.state.backlog.last_seq(&conv).await {
+            Ok(last_seq) => last_seq,
+            Err(e) => {
+                tracing::warn!(error = %e, "resume: stream unreachable");
+                self.state.hub.set_gate(&key, &self.outbox, None);
+                return self.error(
+                    id,
+                    ErrorCode::Unavailable,
+                    "the message store is unreachable; try again",
+                );
+            }
+        };
+        self.replay(&key, &conv, since, last_seq, &gate, |recovered| {
+            ServerFrame::Resumed {
+                id,
+                with,
+                last_seq,
+                recovered,
+            }
+        })
+        .await;
+    }
+
+    /// Queues `head(recovered)`, then every message in `(since, last_seq]`, then the live frames the
+    /// gate held back that are newer than `last_seq`, and removes the gate: no gap, no duplicate.
+    async fn replay(
+        &mut self,
+        key: &TopicKey,
+        conv: &Conversation,
+        since: u64,
+        last_seq: u64,
+        gate: &Arc<Gate>,
+        head: impl FnOnce(bool) -> ServerFrame,
+    ) {
+        let max = self.state.config.max_resume;
+        let replayed = self
+            .state
+            .backlog
+            .replay(conv, since, last_seq, max, true)
+            .await;
+        let (recovered, frames) = match replayed {
+            Ok(Replay::Complete(frames)) => (true, frames),
+            Ok(Replay::TooMany) => (false, Vec::new()),
+            Err(e) => {
+                tracing::warn!(error = %e, since, last_seq, "resume could not read the backlog");
+                (false, Vec::new())
+            }
+        };
+        self.state
+            .metrics
+            .resumes
+            .with_label_values(&[if recovered { "true" } else { "false" }])
+            .inc();
+        self.reply(head(recovered));
+        for frame in frames {
+            self.reply(ServerFrame::Message(frame));
+        }
+        let complete = gate.release(&self.outbox, last_seq);
+        self.state.hub.set_gate(key, &self.outbox, None);
+        if !complete {
+            self.outbox
+                .shared
+                .close(close_code::SLOW_CONSUMER, "slow consumer");
+        }
+    }
+
+    fn history(
+        &mut self,
+        id: Option<FrameId>,
+        target: Target,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u32,
+    ) {
+        let me = self.outbox.shared.user.clone();
+        // Rooms are public: anyone may read a room's history without joining it. A thread is named
+        // by its other participant, so a user can only ever name a thread they are part of.
+        let (conv, room, with) = match target {
+            Target::Room(room) => (Conversation::Room(room.clone()), Some(room), None),
+            Target::User(other) => match Conversation::dm(me, other.clone()) {
+                Some(conv) => (conv, None, Some(other)),
+                None => {
+                    return self.error(id, ErrorCode::BadRequest, "there is no thread with yourself");
+                }
+            },
+        };
+        let req = HistoryRequest {
+            conv: ConvRef::from(&conv),
+            before,
+            after,
+            limit,
+        };
+        let backlog = self.state.backlog.clone();
+        self.inflight.push(Box::pin(async move {
+            let frame = match backlog.history(&req).await {
+                Ok((messages, more)) => ServerFrame::History {
+                    id,
+                    room,
+                    with,
+                    messages,
+                    more,
+                },
+                Err(BacklogError::Refused(message)) => ServerFrame::Error {
+                    id,
+                    code: ErrorCode::BadRequest,
+                    message,
+                },
+                Err(e) => ServerFrame::Error {
+                    id,
+                    code: ErrorCode::Unavailable,
+                    message: format!("history is unavailable: {e}"),
+                },
+            };
+            Done::Reply(frame)
+        }));
     }
 
     fn send(
@@ -342,16 +513,18 @@ impl Session {
             if let Some(checker) = checker {
                 match checker.check(&msg.from, &msg.text).await {
                     Ok(ContentDecision::Deliver) => {}
-                    Ok(ContentDecision::Reject) => return (id, cmid, SendOutcome::Rejected),
-                    Ok(ContentDecision::Hold) => return (id, cmid, SendOutcome::Held),
-                    Err(e) => return (id, cmid, SendOutcome::Unavailable(e.to_string())),
+                    Ok(ContentDecision::Reject) => return Done::Send(id, cmid, SendOutcome::Rejected),
+                    Ok(ContentDecision::Hold) => return Done::Send(id, cmid, SendOutcome::Held),
+                    Err(e) => {
+                        return Done::Send(id, cmid, SendOutcome::Unavailable(e.to_string()));
+                    }
                 }
             }
             let outcome = match publisher.publish(&conv, &msg).await {
                 Ok(stored) => SendOutcome::Stored(stored),
                 Err(e) => SendOutcome::Unavailable(e.to_string()),
             };
-            (id, cmid, outcome)
+            Done::Send(id, cmid, outcome)
         }));
     }
 

@@ -68,8 +68,22 @@ pub enum Target {
 /// A parsed, validated client frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
+    /// `since` asks to resume: every message of the room with `seq > since`, then live ones.
     Join {
         room: RoomId,
+        since: Option<u64>,
+    },
+    /// Resume a direct-message thread with `with` after `since`.
+    Resume {
+        with: UserId,
+        since: u64,
+    },
+    /// A page of stored history.
+    History {
+        target: Target,
+        before: Option<u64>,
+        after: Option<u64>,
+        limit: u32,
     },
     Leave {
         room: RoomId,
@@ -123,6 +137,27 @@ struct RoomBody {
 }
 
 #[derive(Deserialize)]
+struct JoinBody {
+    room: String,
+    since: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ResumeBody {
+    with: String,
+    since: u64,
+}
+
+#[derive(Deserialize)]
+struct HistoryBody {
+    room: Option<String>,
+    with: Option<String>,
+    before: Option<u64>,
+    after: Option<u64>,
+    limit: Option<u32>,
+}
+
+#[derive(Deserialize)]
 struct SendBody {
     room: Option<String>,
     to: Option<String>,
@@ -165,9 +200,43 @@ impl ClientFrame {
         let invalid = |e: IdError| bad(ErrorCode::InvalidId, e.to_string());
         let frame = match kind.as_str() {
             "join" => {
-                let b: RoomBody = serde_json::from_str(text).map_err(body)?;
+                let b: JoinBody = serde_json::from_str(text).map_err(body)?;
                 ClientFrame::Join {
                     room: RoomId::parse(b.room).map_err(invalid)?,
+                    since: b.since,
+                }
+            }
+            "resume" => {
+                let b: ResumeBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::Resume {
+                    with: UserId::parse(b.with).map_err(invalid)?,
+                    since: b.since,
+                }
+            }
+            "history" => {
+                let b: HistoryBody = serde_json::from_str(text).map_err(body)?;
+                let target = match (b.room, b.with) {
+                    (Some(room), None) => Target::Room(RoomId::parse(room).map_err(invalid)?),
+                    (None, Some(with)) => Target::User(UserId::parse(with).map_err(invalid)?),
+                    _ => {
+                        return Err(bad(
+                            ErrorCode::BadRequest,
+                            "history needs exactly one of `room` and `with`".into(),
+                        ));
+                    }
+                };
+                let limit = b.limit.unwrap_or(crate::history::DEFAULT_LIMIT);
+                if !(1..=crate::history::MAX_LIMIT).contains(&limit) {
+                    return Err(bad(
+                        ErrorCode::BadRequest,
+                        format!("limit must be 1..={}", crate::history::MAX_LIMIT),
+                    ));
+                }
+                ClientFrame::History {
+                    target,
+                    before: b.before,
+                    after: b.after,
+                    limit,
                 }
             }
             "leave" => {
@@ -224,6 +293,26 @@ pub enum ServerFrame {
         room: RoomId,
         /// The room's newest sequence when the join took effect (0 for an empty room).
         last_seq: u64,
+        /// Only for a resume (`since` given): whether every message after `since` follows.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        recovered: Option<bool>,
+    },
+    Resumed {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        with: UserId,
+        last_seq: u64,
+        recovered: bool,
+    },
+    History {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+        messages: Vec<MessageFrame>,
+        more: bool,
     },
     Left {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -307,7 +396,22 @@ mod tests {
         assert_eq!(
             f,
             ClientFrame::Join {
-                room: RoomId::parse("general").unwrap()
+                room: RoomId::parse("general").unwrap(),
+                since: None,
+            }
+        );
+        let (_, f) = ClientFrame::parse(r#"{"type":"join","room":"r","since":41}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Join { since: Some(41), .. }));
+        let (_, f) = ClientFrame::parse(r#"{"type":"resume","with":"bob","since":7}"#).unwrap();
+        assert!(matches!(f, ClientFrame::Resume { since: 7, .. }));
+        let (_, f) = ClientFrame::parse(r#"{"type":"history","room":"r","before":9}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::History {
+                target: Target::Room(RoomId::parse("r").unwrap()),
+                before: Some(9),
+                after: None,
+                limit: 50,
             }
         );
         let (_, f) =
@@ -357,6 +461,14 @@ mod tests {
             (None, ErrorCode::InvalidId)
         );
         assert_eq!(code_of(r#"{"type":1}"#), (None, ErrorCode::BadRequest));
+        for limit in [0, 101] {
+            let f = format!(r#"{{"type":"history","room":"r","limit":{limit}}}"#);
+            assert_eq!(code_of(&f), (None, ErrorCode::BadRequest), "{f}");
+        }
+        assert_eq!(
+            code_of(r#"{"type":"history","room":"r","with":"b"}"#),
+            (None, ErrorCode::BadRequest)
+        );
         assert_eq!(
             code_of(&format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65))),
             (None, ErrorCode::BadRequest)

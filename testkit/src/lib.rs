@@ -6,9 +6,11 @@
 //! speaks JSON frames.
 
 pub mod nats;
+pub mod proxy;
 pub mod ws;
 
 pub use nats::NatsServer;
+pub use proxy::TcpProxy;
 pub use ws::WsClient;
 
 use std::path::PathBuf;

@@ -117,3 +117,38 @@ pub async fn join(c: &mut WsClient, room: &str) -> serde_json::Value {
     assert_eq!(v["room"], room);
     v
 }
+
+/// A persister started through `persister::run` with SQLite in a temp dir.
+pub struct Persister {
+    pub dir: testkit::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    pub task: JoinHandle<Result<(), persister::Error>>,
+}
+
+impl Stack {
+    pub async fn persister(&self) -> Persister {
+        let dir = testkit::TempDir::new("liaotian-history").unwrap();
+        self.persister_in(dir).await
+    }
+
+    pub async fn persister_in(&self, dir: testkit::TempDir) -> Persister {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = persister::Config {
+            nats_url: self.nats.url(),
+            store: persister::config::StoreConfig::Sqlite { path: dir.path().join("history.db") },
+            batch_wait: Duration::from_millis(20),
+            ..persister::Config::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(persister::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Persister { dir, stop: Some(tx), task }
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

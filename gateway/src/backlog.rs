@@ -1,0 +1,221 @@
+//! Reading back what the live path did not deliver: resume after `since`, gap fill, and history.
+//!
+//! The recent window is read from stream `CHAT` itself (an ordered consumer filtered on the
+//! conversation's subject), so resume works while the persister is down or behind. Only when the
+//! stream may no longer hold the range (it starts after `since`) does the gateway ask the persisters'
+//! history service, which keeps everything.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use protocol::StoredMessage;
+use protocol::frame::MessageFrame;
+use protocol::history::{ConvRef, HISTORY_SUBJECT, HistoryReply, HistoryRequest, MAX_LIMIT};
+use protocol::subject::{self, Conversation};
+
+use crate::metrics::Metrics;
+
+/// Longest wait for the next message while replaying from the stream.
+const REPLAY_STALL: Duration = Duration::from_secs(5);
+/// Longest wait for the history service.
+const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A replayed range.
+#[derive(Debug)]
+pub enum Replay {
+    /// Every message of the range, in order.
+    Complete(Vec<MessageFrame>),
+    /// The range holds more than the allowed number of messages.
+    TooMany,
+}
+
+/// Why reading back failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BacklogError {
+    #[error("stream CHAT unreachable: {0}")]
+    Stream(String),
+    #[error("history service unavailable: {0}")]
+    History(String),
+    #[error("history service refused the request: {0}")]
+    Refused(String),
+}
+
+/// Reads the stream and the history service. Cheap to clone.
+#[derive(Clone)]
+pub struct Backlog {
+    js: jetstream::Context,
+    nats: async_nats::Client,
+    stream: Arc<tokio::sync::OnceCell<stream::Stream>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Backlog {
+    pub fn new(nats: async_nats::Client, metrics: Arc<Metrics>) -> Self {
+        Self {
+            js: jetstream::new(nats.clone()),
+            nats,
+            stream: Arc::default(),
+            metrics,
+        }
+    }
+
+    async fn stream(&self) -> Result<&stream::Stream, BacklogError> {
+        self.stream
+            .get_or_try_init(|| self.js.get_stream(subject::STREAM))
+            .await
+            .map_err(|e| BacklogError::Stream(e.to_string()))
+    }
+
+    /// The newest sequence stored in a conversation, 0 if it has none.
+    ///
+    /// When the stream holds nothing for the conversation but has dropped messages (retention), the
+    /// newest one may only be in the persisters' store, so they are asked.
+    pub async fn last_seq(&self, conv: &Conversation) -> Result<u64, BacklogError> {
+        use async_nats::jetstream::stream::DirectGetErrorKind;
+        let stream = self.stream().await?;
+        match stream.direct_get_last_for_subject(conv.ingest_subject()).await {
+            Ok(m) => return Ok(m.sequence),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
+            Err(e) => return Err(BacklogError::Stream(e.to_string())),
+        }
+        if self.first_seq().await? <= 1 {
+            return Ok(0);
+        }
+        let req = HistoryRequest { conv: ConvRef::from(conv), before: None, after: None, limit: 1 };
+        let (messages, _) = self.history(&req).await?;
+        Ok(messages.last().map_or(0, |m| m.seq))
+    }
+
+    /// The stream's first stored sequence (1 for a stream that never dropped anything).
+    async fn first_seq(&self) -> Result<u64, BacklogError> {
+        let info = self.stream().await?.get_info().await.map_err(|e| BacklogError::Stream(e.to_string()))?;
+        Ok(info.state.first_sequence.max(1))
+    }
+
+    /// The messages of `conv` with `after < seq <= until`, or [`Replay::TooMany`] past `max`.
+    ///
+    /// With `use_history`, a range the stream may no longer hold (its first sequence is past
+    /// `after + 1`) is read from the history service instead.
+    pub async fn replay(
+        &self,
+        conv: &Conversation,
+        after: u64,
+        until: u64,
+        max: usize,
+        use_history: bool,
+    ) -> Result<Replay, BacklogError> {
+        if until <= after {
+            return Ok(Replay::Complete(Vec::new()));
+        }
+        if use_history {
+            let first = self.first_seq().await?;
+            if after + 1 < first {
+                return self.replay_from_history(conv, after, until, max).await;
+            }
+        }
+        self.replay_from_stream(conv, after, until, max).await
+    }
+
+    async fn replay_from_stream(
+        &self,
+        conv: &Conversation,
+        after: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Replay, BacklogError> {
+        let err = |e: &dyn std::fmt::Display| BacklogError::Stream(e.to_string());
+        let consumer = self
+            .stream()
+            .await?
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: conv.ingest_subject(),
+                deliver_policy: consumer::DeliverPolicy::ByStartSequence {
+                    start_sequence: after + 1,
+                },
+                ..Default::default()
+            })
+            .await
+            .map_err(|e| err(&e))?;
+        let mut messages = consumer.messages().await.map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        let mut prev = after;
+        loop {
+            let next = tokio::time::timeout(REPLAY_STALL, messages.next())
+                .await
+                .map_err(|_| BacklogError::Stream("replay stalled".into()))?;
+            let Some(msg) = next else { break };
+            let msg = msg.map_err(|e| err(&e))?;
+            let info = msg.info().map_err(|e| err(&e))?;
+            let (seq, pending) = (info.stream_sequence, info.pending);
+            if seq > until {
+                break;
+            }
+            // `pending` counts what follows this message in the stream, including messages published
+            // after `until`; those are few, so past the limit the range is treated as too long.
+            if out.is_empty() && usize::try_from(pending).unwrap_or(usize::MAX).saturating_add(1) > max {
+                return Ok(Replay::TooMany);
+            }
+            match StoredMessage::decode(&msg.payload) {
+                Ok(stored) => {
+                    out.push(MessageFrame::from_stored(stored, seq, prev));
+                    prev = seq;
+                }
+                Err(e) => {
+                    self.metrics.undecodable.inc();
+                    tracing::warn!(seq, error = %e, "undecodable stored message skipped in replay");
+                }
+            }
+            if seq >= until || pending == 0 {
+                break;
+            }
+        }
+        Ok(Replay::Complete(out))
+    }
+
+    async fn replay_from_history(
+        &self,
+        conv: &Conversation,
+        after: u64,
+        until: u64,
+        max: usize,
+    ) -> Result<Replay, BacklogError> {
+        let mut out: Vec<MessageFrame> = Vec::new();
+        let mut cursor = after;
+        loop {
+            let req = HistoryRequest {
+                conv: ConvRef::from(conv),
+                after: Some(cursor),
+                before: Some(until + 1),
+                limit: MAX_LIMIT,
+            };
+            let (messages, more) = self.history(&req).await?;
+            let Some(last) = messages.last().map(|m| m.seq) else {
+                return Ok(Replay::Complete(out));
+            };
+            out.extend(messages);
+            if out.len() > max {
+                return Ok(Replay::TooMany);
+            }
+            if !more {
+                return Ok(Replay::Complete(out));
+            }
+            cursor = last;
+        }
+    }
+
+    /// One page from the history service.
+    pub async fn history(&self, req: &HistoryRequest) -> Result<(Vec<MessageFrame>, bool), BacklogError> {
+        let body = serde_json::to_vec(req).unwrap_or_default();
+        let answer = tokio::time::timeout(HISTORY_TIMEOUT, self.nats.request(HISTORY_SUBJECT, body.into()))
+            .await
+            .map_err(|_| BacklogError::History(format!("no answer within {HISTORY_TIMEOUT:?}")))?
+            .map_err(|e| BacklogError::History(e.to_string()))?;
+        match serde_json::from_slice::<HistoryReply>(&answer.payload) {
+            Ok(HistoryReply::Page { messages, more }) => Ok((messages, more)),
+            Ok(HistoryReply::Error { message }) => Err(BacklogError::Refused(message)),
+            Err(e) => Err(BacklogError::History(format!("bad reply: {e}"))),
+        }
+    }
+}
