@@ -75,7 +75,10 @@ impl Backlog {
     pub async fn last_seq(&self, conv: &Conversation) -> Result<u64, BacklogError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let stream = self.stream().await?;
-        match stream.direct_get_last_for_subject(conv.ingest_subject()).await {
+        match stream
+            .direct_get_last_for_subject(conv.ingest_subject())
+            .await
+        {
             Ok(m) => return Ok(m.sequence),
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(BacklogError::Stream(e.to_string())),
@@ -83,14 +86,24 @@ impl Backlog {
         if self.first_seq().await? <= 1 {
             return Ok(0);
         }
-        let req = HistoryRequest { conv: ConvRef::from(conv), before: None, after: None, limit: 1 };
+        let req = HistoryRequest {
+            conv: ConvRef::from(conv),
+            before: None,
+            after: None,
+            limit: 1,
+        };
         let (messages, _) = self.history(&req).await?;
         Ok(messages.last().map_or(0, |m| m.seq))
     }
 
     /// The stream's first stored sequence (1 for a stream that never dropped anything).
     async fn first_seq(&self) -> Result<u64, BacklogError> {
-        let info = self.stream().await?.get_info().await.map_err(|e| BacklogError::Stream(e.to_string()))?;
+        let info = self
+            .stream()
+            .await?
+            .get_info()
+            .await
+            .map_err(|e| BacklogError::Stream(e.to_string()))?;
         Ok(info.state.first_sequence.max(1))
     }
 
@@ -154,7 +167,12 @@ impl Backlog {
             }
             // `pending` counts what follows this message in the stream, including messages published
             // after `until`; those are few, so past the limit the range is treated as too long.
-            if out.is_empty() && usize::try_from(pending).unwrap_or(usize::MAX).saturating_add(1) > max {
+            if out.is_empty()
+                && usize::try_from(pending)
+                    .unwrap_or(usize::MAX)
+                    .saturating_add(1)
+                    > max
+            {
                 return Ok(Replay::TooMany);
             }
             match StoredMessage::decode(&msg.payload) {
@@ -206,12 +224,18 @@ impl Backlog {
     }
 
     /// One page from the history service.
-    pub async fn history(&self, req: &HistoryRequest) -> Result<(Vec<MessageFrame>, bool), BacklogError> {
+    pub async fn history(
+        &self,
+        req: &HistoryRequest,
+    ) -> Result<(Vec<MessageFrame>, bool), BacklogError> {
         let body = serde_json::to_vec(req).unwrap_or_default();
-        let answer = tokio::time::timeout(HISTORY_TIMEOUT, self.nats.request(HISTORY_SUBJECT, body.into()))
-            .await
-            .map_err(|_| BacklogError::History(format!("no answer within {HISTORY_TIMEOUT:?}")))?
-            .map_err(|e| BacklogError::History(e.to_string()))?;
+        let answer = tokio::time::timeout(
+            HISTORY_TIMEOUT,
+            self.nats.request(HISTORY_SUBJECT, body.into()),
+        )
+        .await
+        .map_err(|_| BacklogError::History(format!("no answer within {HISTORY_TIMEOUT:?}")))?
+        .map_err(|e| BacklogError::History(e.to_string()))?;
         match serde_json::from_slice::<HistoryReply>(&answer.payload) {
             Ok(HistoryReply::Page { messages, more }) => Ok((messages, more)),
             Ok(HistoryReply::Error { message }) => Err(BacklogError::Refused(message)),

@@ -37,6 +37,8 @@ pub const DEFAULT_MAX_INFLIGHT_SENDS: usize = 32;
 pub const DEFAULT_CONTENT_CHECK_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most messages a resume replays; past it `recovered` is false and the client pages with `history`.
 pub const DEFAULT_MAX_RESUME: usize = 1000;
+/// Delay before an offline presence event; a return within it produces no event.
+pub const DEFAULT_PRESENCE_GRACE: Duration = Duration::from_secs(10);
 /// How often keys are fetched again from the auth service.
 pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(60);
 
@@ -123,6 +125,10 @@ pub struct Config {
     /// When the content-check service does not answer: publish anyway (`true`) or answer
     /// `unavailable` (`false`, the default) (`GATEWAY_CONTENT_CHECK_FAIL_OPEN`).
     pub content_check_fail_open: bool,
+    /// Lifetime of a presence key without refresh (`GATEWAY_PRESENCE_TTL_SECS`, default 3 × heartbeat).
+    pub presence_ttl: Duration,
+    /// `GATEWAY_PRESENCE_GRACE_MS`.
+    pub presence_grace: Duration,
     /// `GATEWAY_MAX_RESUME`.
     pub max_resume: usize,
     /// Stream `CHAT` settings.
@@ -156,6 +162,8 @@ impl Default for Config {
             content_check_timeout: DEFAULT_CONTENT_CHECK_TIMEOUT,
             content_check_fail_open: false,
             max_resume: DEFAULT_MAX_RESUME,
+            presence_ttl: DEFAULT_HEARTBEAT * 3,
+            presence_grace: DEFAULT_PRESENCE_GRACE,
             stream: StreamSettings::default(),
         }
     }
@@ -239,6 +247,15 @@ impl Config {
         }
         if let Some(n) = num("GATEWAY_SHUTDOWN_GRACE_MS")? {
             c.shutdown_grace = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_HEARTBEAT_MS")? {
+            c.presence_ttl = Duration::from_millis(n * 3).max(Duration::from_secs(1));
+        }
+        if let Some(n) = num("GATEWAY_PRESENCE_TTL_SECS")? {
+            c.presence_ttl = Duration::from_secs(n);
+        }
+        if let Some(n) = num("GATEWAY_PRESENCE_GRACE_MS")? {
+            c.presence_grace = Duration::from_millis(n);
         }
         if let Some(n) = num("GATEWAY_MAX_RESUME")? {
             c.max_resume = usize_of(n);

@@ -68,28 +68,44 @@ impl TopicKey {
 /// seam between replay and live has no gap and no duplicate.
 #[derive(Debug)]
 pub struct Gate {
-    subject: String,
+    /// The subject held back; `None` holds back every subject.
+    subject: Option<String>,
     state: Mutex<GateState>,
 }
 
 #[derive(Debug)]
 enum GateState {
-    Buffering { frames: Vec<(u64, Utf8Bytes)>, overflow: bool },
+    Buffering {
+        frames: Vec<(u64, Utf8Bytes)>,
+        overflow: bool,
+    },
     Open,
 }
 
 impl Gate {
     /// A gate on the conversation delivered on `deliver_subject`.
     pub fn new(deliver_subject: String) -> Self {
+        Self::holding(Some(deliver_subject))
+    }
+
+    /// A gate on every subject of the topic.
+    pub fn all() -> Self {
+        Self::holding(None)
+    }
+
+    fn holding(subject: Option<String>) -> Self {
         Self {
-            subject: deliver_subject,
-            state: Mutex::new(GateState::Buffering { frames: Vec::new(), overflow: false }),
+            subject,
+            state: Mutex::new(GateState::Buffering {
+                frames: Vec::new(),
+                overflow: false,
+            }),
         }
     }
 
     /// Takes the frame if the gate holds this subject back; `false` means deliver it normally.
     fn offer(&self, subject: &str, seq: u64, frame: &Utf8Bytes) -> bool {
-        if subject != self.subject {
+        if self.subject.as_deref().is_some_and(|s| s != subject) {
             return false;
         }
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
@@ -110,7 +126,9 @@ impl Gate {
     /// live frame can overtake them. Returns `false` if frames were lost to the buffer limit.
     pub fn release(&self, outbox: &Outbox, after: u64) -> bool {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let GateState::Buffering { frames, overflow } = std::mem::replace(&mut *state, GateState::Open) else {
+        let GateState::Buffering { frames, overflow } =
+            std::mem::replace(&mut *state, GateState::Open)
+        else {
             return true;
         };
         for (seq, frame) in frames {
@@ -149,8 +167,19 @@ pub struct Hub {
 }
 
 impl Hub {
-    pub fn new(nats: async_nats::Client, backlog: Backlog, reconnects: watch::Receiver<u64>, metrics: Arc<Metrics>) -> Self {
-        Self { topics: Arc::default(), nats, backlog, reconnects, metrics }
+    pub fn new(
+        nats: async_nats::Client,
+        backlog: Backlog,
+        reconnects: watch::Receiver<u64>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            topics: Arc::default(),
+            nats,
+            backlog,
+            reconnects,
+            metrics,
+        }
     }
 
     /// Adds a connection to the topic, subscribing if it is the first local member, and waits until
@@ -160,19 +189,30 @@ impl Hub {
     pub async fn join(&self, key: TopicKey, outbox: Outbox, gate: Option<Arc<Gate>>) -> bool {
         let mut ready = {
             let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-            let topic = topics.entry(key.clone()).or_insert_with(|| self.spawn_topic(key));
+            let topic = topics
+                .entry(key.clone())
+                .or_insert_with(|| self.spawn_topic(key));
             let conn = outbox.conn().clone();
             update(&topic.members, &conn, Some(Member { outbox, gate }));
             topic.ready.clone()
         };
-        tokio::time::timeout(SUBSCRIBE_WAIT, ready.wait_for(|r| *r)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(SUBSCRIBE_WAIT, ready.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// Puts a gate on (or takes it off) a connection already in the topic.
     pub fn set_gate(&self, key: &TopicKey, outbox: &Outbox, gate: Option<Arc<Gate>>) {
         let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(topic) = topics.get(key) {
-            update(&topic.members, outbox.conn(), Some(Member { outbox: outbox.clone(), gate }));
+            update(
+                &topic.members,
+                outbox.conn(),
+                Some(Member {
+                    outbox: outbox.clone(),
+                    gate,
+                }),
+            );
         }
     }
 
@@ -204,16 +244,27 @@ impl Hub {
             metrics: self.metrics.clone(),
             last: HashMap::new(),
         };
-        let handle = tokio::spawn(task.run(key, ready_tx, self.reconnects.clone()).instrument(span));
+        let handle = tokio::spawn(
+            task.run(key, ready_tx, self.reconnects.clone())
+                .instrument(span),
+        );
         self.metrics.subscriptions.inc();
-        Topic { members, ready, task: handle.abort_handle() }
+        Topic {
+            members,
+            ready,
+            task: handle.abort_handle(),
+        }
     }
 }
 
 /// Replaces (or with `None` removes) the member for `conn`; returns the new member count.
 fn update(members: &Members, conn: &protocol::ConnId, member: Option<Member>) -> usize {
     let mut guard = members.lock().unwrap_or_else(|e| e.into_inner());
-    let mut next: Vec<Member> = guard.iter().filter(|m| m.outbox.conn() != conn).cloned().collect();
+    let mut next: Vec<Member> = guard
+        .iter()
+        .filter(|m| m.outbox.conn() != conn)
+        .cloned()
+        .collect();
     next.extend(member);
     *guard = next.into();
     guard.len()
@@ -237,7 +288,12 @@ struct TopicTask {
 }
 
 impl TopicTask {
-    async fn run(mut self, key: TopicKey, ready: watch::Sender<bool>, mut reconnects: watch::Receiver<u64>) {
+    async fn run(
+        mut self,
+        key: TopicKey,
+        ready: watch::Sender<bool>,
+        mut reconnects: watch::Receiver<u64>,
+    ) {
         // A room's chain starts at its newest stored message, read before subscribing: a message
         // stored in between then shows up as a gap and is filled, never skipped.
         if let TopicKey::Room(room) = &key {
@@ -309,11 +365,23 @@ impl TopicTask {
 
     /// Delivers what the stream holds on `subject` in `(after, until]`.
     async fn fill(&mut self, subject: &str, after: u64, until: u64) {
-        let Some(conv) = Conversation::from_subject(subject) else { return };
+        let Some(conv) = Conversation::from_subject(subject) else {
+            return;
+        };
         self.metrics.gap_fills.inc();
-        match self.backlog.replay(&conv, after, until, MAX_GAP_FILL, false).await {
+        match self
+            .backlog
+            .replay(&conv, after, until, MAX_GAP_FILL, false)
+            .await
+        {
             Ok(Replay::Complete(frames)) => {
-                tracing::info!(subject, after, until, filled = frames.len(), "gap filled from the stream");
+                tracing::info!(
+                    subject,
+                    after,
+                    until,
+                    filled = frames.len(),
+                    "gap filled from the stream"
+                );
                 self.metrics.gap_filled_messages.inc_by(frames.len() as u64);
                 for f in frames {
                     let seq = f.seq;
@@ -322,7 +390,12 @@ impl TopicTask {
                 }
             }
             Ok(Replay::TooMany) => {
-                tracing::warn!(subject, after, until, "gap too large to fill; receivers page with history");
+                tracing::warn!(
+                    subject,
+                    after,
+                    until,
+                    "gap too large to fill; receivers page with history"
+                );
             }
             Err(e) => tracing::warn!(subject, error = %e, "gap fill failed; receivers see the gap"),
         }
@@ -333,7 +406,9 @@ impl TopicTask {
     async fn check_after_reconnect(&mut self) {
         let known: Vec<(String, u64)> = self.last.iter().map(|(s, l)| (s.clone(), *l)).collect();
         for (subject, last) in known {
-            let Some(conv) = Conversation::from_subject(&subject) else { continue };
+            let Some(conv) = Conversation::from_subject(&subject) else {
+                continue;
+            };
             if let Ok(newest) = self.backlog.last_seq(&conv).await
                 && newest > last
             {
@@ -343,7 +418,11 @@ impl TopicTask {
     }
 
     fn deliver(&mut self, subject: &str, seq: u64, frame: &Utf8Bytes) {
-        let snapshot = self.members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let snapshot = self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let mut queued = 0;
         for m in snapshot.iter() {
             if let Some(gate) = &m.gate
@@ -367,13 +446,19 @@ impl TopicTask {
     fn control(&self, msg: &async_nats::Message) {
         match serde_json::from_slice::<UserControl>(&msg.payload) {
             Ok(UserControl::Logout) => {
-                let snapshot = self.members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let snapshot = self
+                    .members
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
                 tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
                 for m in snapshot.iter() {
                     m.outbox.shared.close(close_code::LOGGED_OUT, "logged out");
                 }
             }
-            Err(e) => tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored"),
+            Err(e) => {
+                tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored")
+            }
         }
     }
 }
@@ -385,7 +470,12 @@ fn decode_delivery(msg: &async_nats::Message) -> Option<Delivery> {
     let prev_seq = header_u64(headers, async_nats::header::NATS_LAST_SEQUENCE).unwrap_or(0);
     let stored = StoredMessage::decode(&msg.payload).ok()?;
     let json = ServerFrame::Message(MessageFrame::from_stored(stored, seq, prev_seq)).to_json();
-    Some(Delivery { subject: msg.subject.to_string(), seq, prev_seq, frame: Utf8Bytes::from(json) })
+    Some(Delivery {
+        subject: msg.subject.to_string(),
+        seq,
+        prev_seq,
+        frame: Utf8Bytes::from(json),
+    })
 }
 
 fn header_u64(h: &HeaderMap, name: async_nats::header::HeaderName) -> Option<u64> {

@@ -16,6 +16,7 @@ pub mod content;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
+pub mod presence;
 pub mod publish;
 pub mod ratelimit;
 pub mod server;
@@ -80,9 +81,20 @@ pub async fn run(
 
     let metrics = Arc::new(metrics::Metrics::new());
     let backlog = backlog::Backlog::new(nats.clone(), metrics.clone());
+    let presence = presence::Presence::ensure(
+        js.clone(),
+        presence::PresenceSettings {
+            ttl: config.presence_ttl,
+            grace: config.presence_grace,
+        },
+        config.stream.replicas,
+        metrics.clone(),
+    )
+    .await?;
     let state = server::AppState {
         hub: hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone()),
         backlog,
+        presence,
         publisher: publish::Publisher::new(js, config.publish_budget, metrics.clone()),
         content: config.content_check.then(|| {
             content::ContentChecker::new(
@@ -163,14 +175,14 @@ async fn connect_nats(
         .event_callback(move |event| {
             let reconnects = reconnects.clone();
             async move {
-            match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                async_nats::Event::Connected => {
-                    tracing::info!("NATS connected");
-                    reconnects.send_modify(|n| *n += 1);
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        reconnects.send_modify(|n| *n += 1);
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
                 }
-                other => tracing::debug!(event = %other, "NATS event"),
-            }
             }
         })
         .connect(servers)

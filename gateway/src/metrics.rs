@@ -24,6 +24,11 @@ pub struct Metrics {
     pub gap_fills: IntCounter,
     pub gap_filled_messages: IntCounter,
     pub resumes: IntCounterVec,
+    pub presence_writes: IntCounter,
+    pub presence_write_errors: IntCounter,
+    pub presence_events: IntCounter,
+    pub presence_flaps_suppressed: IntCounter,
+    pub presence_watches: IntGauge,
     pub content_check_seconds: Histogram,
 }
 
@@ -153,11 +158,62 @@ impl Metrics {
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
             ),
-            gap_fills: reg(&r, counter("gateway_gap_fills_total", "Gaps in a conversation's sequence chain that this gateway filled from the stream.")),
-            gap_filled_messages: reg(&r, counter("gateway_gap_filled_messages_total", "Messages delivered by gap fills.")),
+            gap_fills: reg(
+                &r,
+                counter(
+                    "gateway_gap_fills_total",
+                    "Gaps in a conversation's sequence chain that this gateway filled from the stream.",
+                ),
+            ),
+            gap_filled_messages: reg(
+                &r,
+                counter(
+                    "gateway_gap_filled_messages_total",
+                    "Messages delivered by gap fills.",
+                ),
+            ),
             resumes: reg(
                 &r,
-                counter_vec("gateway_resumes_total", "Resumes (join with since, resume) by whether everything was recovered.", &["recovered"]),
+                counter_vec(
+                    "gateway_resumes_total",
+                    "Resumes (join with since, resume) by whether everything was recovered.",
+                    &["recovered"],
+                ),
+            ),
+            presence_writes: reg(
+                &r,
+                counter(
+                    "gateway_presence_writes_total",
+                    "Presence KV writes and deletes.",
+                ),
+            ),
+            presence_write_errors: reg(
+                &r,
+                counter(
+                    "gateway_presence_write_errors_total",
+                    "Presence KV writes that failed.",
+                ),
+            ),
+            presence_events: reg(
+                &r,
+                counter(
+                    "gateway_presence_events_total",
+                    "Presence events emitted (encoded once, then fanned out).",
+                ),
+            ),
+            presence_flaps_suppressed: reg(
+                &r,
+                counter(
+                    "gateway_presence_flaps_suppressed_total",
+                    "Offline/online pairs suppressed by the grace period.",
+                ),
+            ),
+            presence_watches: reg(
+                &r,
+                gauge(
+                    "gateway_presence_watches",
+                    "Presence watches (rooms and users) this gateway runs.",
+                ),
             ),
             registry: r,
         };

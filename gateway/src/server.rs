@@ -37,6 +37,7 @@ pub struct AppState {
     pub hub: Hub,
     pub publisher: Publisher,
     pub backlog: crate::backlog::Backlog,
+    pub presence: crate::presence::Presence,
     /// Set when `GATEWAY_CONTENT_CHECK` is on.
     pub content: Option<crate::content::ContentChecker>,
     pub metrics: Arc<Metrics>,

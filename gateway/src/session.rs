@@ -19,14 +19,16 @@ use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Tar
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
 use crate::backlog::{BacklogError, Replay};
+use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
 use crate::hub::{Gate, TopicKey};
-use protocol::history::{ConvRef, HistoryRequest};
+use crate::presence::{ONLINE_LIST_CAP, WatchKey};
 use crate::publish::{Stored, now_ms, stored_message};
 use crate::ratelimit::TokenBucket;
 use crate::server::AppState;
 use protocol::control::ContentDecision;
+use protocol::frame::{MAX_WATCHED, PresenceTarget};
+use protocol::history::{ConvRef, HistoryRequest};
 
 /// How long the writer may take to send the Close frame, and the reader to see the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
@@ -77,9 +79,21 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         state,
         outbox: outbox.clone(),
         joined: HashSet::new(),
+        watched: HashSet::new(),
+        last_refresh: Instant::now(),
         inflight: FuturesUnordered::new(),
     };
-    // Welcome first, so it is the first frame the client sees; then the user's direct messages.
+    // Subscribe to the user's direct messages before welcoming, so nothing sent after the welcome
+    // is missed, and hold them back until the welcome is queued, so it stays the first frame.
+    let hold = Arc::new(Gate::all());
+    if !session
+        .state
+        .hub
+        .join(user_topic.clone(), outbox.clone(), Some(hold.clone()))
+        .await
+    {
+        tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
+    }
     session.reply(ServerFrame::Welcome {
         user: user.clone(),
         conn: shared.conn.clone(),
@@ -87,9 +101,9 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         server_time: now_ms(),
         protocol: protocol::PROTOCOL_VERSION,
     });
-    if !session.state.hub.join(user_topic.clone(), outbox, None).await {
-        tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
-    }
+    hold.release(&outbox, 0);
+    session.state.hub.set_gate(&user_topic, &outbox, None);
+    session.state.presence.put_conn(&user, &shared.conn).await;
     tracing::debug!("session open");
 
     let end = session.read_loop(&mut stream).await;
@@ -118,10 +132,20 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         })
         .await;
     }
+    let presence = session.state.presence.clone();
     for room in session.joined.drain() {
-        session.state.hub.leave(&TopicKey::Room(room), &shared.conn);
+        session
+            .state
+            .hub
+            .leave(&TopicKey::Room(room.clone()), &shared.conn);
+        presence.unwatch(&WatchKey::Room(room.clone()), &shared.conn);
+        presence.delete_room(&room, &user, &shared.conn).await;
+    }
+    for watched in session.watched.drain() {
+        presence.unwatch(&WatchKey::User(watched), &shared.conn);
     }
     session.state.hub.leave(&user_topic, &shared.conn);
+    presence.delete_conn(&user, &shared.conn).await;
     metrics.connections.dec();
     tracing::debug!(close = ?shared.close_reason(), "session closed");
 }
@@ -130,6 +154,10 @@ struct Session {
     state: AppState,
     outbox: Outbox,
     joined: HashSet<RoomId>,
+    /// Users whose presence this connection watches.
+    watched: HashSet<UserId>,
+    /// When the presence keys were last refreshed.
+    last_refresh: Instant,
     bucket: TokenBucket,
     inflight: Inflight,
 }
@@ -175,6 +203,7 @@ impl Session {
                 }
                 msg = stream.next(), if self.inflight.len() < cfg.max_inflight_sends => {
                     last_activity = tokio::time::Instant::now();
+                    self.refresh_presence();
                     let flow = match msg {
                         Some(Ok(msg)) => self.on_message(msg).await,
                         Some(Err(e)) if is_capacity_error(&e) => {
@@ -245,8 +274,100 @@ impl Session {
         Flow::Continue
     }
 
+    /// Refreshes this connection's presence keys, at most every third of their TTL, in the background.
+    fn refresh_presence(&mut self) {
+        let presence = self.state.presence.clone();
+        if self.last_refresh.elapsed() < presence.settings().refresh_every() {
+            return;
+        }
+        self.last_refresh = Instant::now();
+        let (user, conn) = (
+            self.outbox.shared.user.clone(),
+            self.outbox.shared.conn.clone(),
+        );
+        let rooms: Vec<RoomId> = self.joined.iter().cloned().collect();
+        tokio::spawn(
+            async move {
+                presence.put_conn(&user, &conn).await;
+                for room in rooms {
+                    presence.put_room(&room, &user, &conn).await;
+                }
+            }
+            .in_current_span(),
+        );
+    }
+
+    async fn watch(&mut self, id: Option<FrameId>, users: Vec<UserId>) {
+        let new: HashSet<UserId> = users
+            .into_iter()
+            .filter(|u| !self.watched.contains(u))
+            .collect();
+        if self.watched.len() + new.len() > MAX_WATCHED {
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                format!("a connection may watch at most {MAX_WATCHED} users"),
+            );
+        }
+        for user in new {
+            let state = self
+                .state
+                .presence
+                .watch(WatchKey::User(user.clone()), self.outbox.clone())
+                .await;
+            self.watched.insert(user);
+            for p in state {
+                self.reply(ServerFrame::Presence {
+                    room: None,
+                    user: p.user,
+                    online: p.online,
+                    last_seen: p.last_seen,
+                });
+            }
+        }
+        let watching = self.watched.len();
+        self.reply(ServerFrame::Watched { id, watching });
+    }
+
+    fn unwatch(&mut self, id: Option<FrameId>, users: Vec<UserId>) {
+        for user in users {
+            if self.watched.remove(&user) {
+                self.state
+                    .presence
+                    .unwatch(&WatchKey::User(user), self.outbox.conn());
+            }
+        }
+        let watching = self.watched.len();
+        self.reply(ServerFrame::Unwatched { id, watching });
+    }
+
+    async fn presence_query(&mut self, id: Option<FrameId>, target: PresenceTarget) {
+        let (room, keys) = match target {
+            PresenceTarget::Room(room) => (Some(room.clone()), vec![WatchKey::Room(room)]),
+            PresenceTarget::Users(users) => (None, users.into_iter().map(WatchKey::User).collect()),
+        };
+        let mut users = Vec::new();
+        for key in keys {
+            match self.state.presence.query(key).await {
+                Ok(state) => users.extend(state),
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence query failed");
+                    return self.error(
+                        id,
+                        ErrorCode::Unavailable,
+                        "presence is unavailable; try again",
+                    );
+                }
+            }
+        }
+        self.reply(ServerFrame::PresenceState { id, room, users });
+    }
+
     async fn dispatch(&mut self, id: Option<FrameId>, frame: ClientFrame) {
         match frame {
+            ClientFrame::Watch { users } => self.watch(id, users).await,
+            ClientFrame::Unwatch { users } => self.unwatch(id, users),
+            ClientFrame::PresenceQuery { target } => self.presence_query(id, target).await,
             ClientFrame::Ping => self.reply(ServerFrame::Pong {
                 id,
                 server_time: now_ms(),
@@ -264,6 +385,12 @@ impl Session {
                     self.state
                         .hub
                         .leave(&TopicKey::Room(room.clone()), self.outbox.conn());
+                    let presence = &self.state.presence;
+                    presence.unwatch(&WatchKey::Room(room.clone()), self.outbox.conn());
+                    let shared = &self.outbox.shared;
+                    presence
+                        .delete_room(&room, &shared.user, &shared.conn)
+                        .await;
                     self.reply(ServerFrame::Left { id, room });
                 } else {
                     self.error(id, ErrorCode::NotJoined, format!("not in room {room}"));
@@ -320,6 +447,19 @@ impl Session {
                 return;
             }
         };
+        // Announce this connection in the room, then read who is online (including itself).
+        let shared = self.outbox.shared.clone();
+        let presence = self.state.presence.clone();
+        presence.put_room(&room, &shared.user, &shared.conn).await;
+        let members = presence
+            .watch(WatchKey::Room(room.clone()), self.outbox.clone())
+            .await;
+        let online_count = members.len();
+        let online: Vec<UserId> = members
+            .into_iter()
+            .take(ONLINE_LIST_CAP)
+            .map(|p| p.user)
+            .collect();
         match (since, gate) {
             (Some(since), Some(gate)) => {
                 self.replay(&key, &conv, since, last_seq, &gate, |recovered| {
@@ -328,6 +468,8 @@ impl Session {
                         room,
                         last_seq,
                         recovered: Some(recovered),
+                        online,
+                        online_count,
                     }
                 })
                 .await;
@@ -337,6 +479,8 @@ impl Session {
                 room,
                 last_seq,
                 recovered: None,
+                online,
+                online_count,
             }),
         }
     }
@@ -344,11 +488,17 @@ impl Session {
     /// `resume {with, since}`: the direct-message counterpart of `join {room, since}`.
     async fn resume(&mut self, id: Option<FrameId>, with: UserId, since: u64) {
         let Some(conv) = Conversation::dm(self.outbox.shared.user.clone(), with.clone()) else {
-            return self.error(id, ErrorCode::BadRequest, "there is no thread with yourself");
+            return self.error(
+                id,
+                ErrorCode::BadRequest,
+                "there is no thread with yourself",
+            );
         };
         let key = TopicKey::User(self.outbox.shared.user.clone());
         let gate = Arc::new(Gate::new(conv.deliver_subject()));
-        self.state.hub.set_gate(&key, &self.outbox, Some(gate.clone()));
+        self.state
+            .hub
+            .set_gate(&key, &self.outbox, Some(gate.clone()));
         let last_seq = match self.state.backlog.last_seq(&conv).await {
             Ok(last_seq) => last_seq,
             Err(e) => {
@@ -431,7 +581,11 @@ impl Session {
             Target::User(other) => match Conversation::dm(me, other.clone()) {
                 Some(conv) => (conv, None, Some(other)),
                 None => {
-                    return self.error(id, ErrorCode::BadRequest, "there is no thread with yourself");
+                    return self.error(
+                        id,
+                        ErrorCode::BadRequest,
+                        "there is no thread with yourself",
+                    );
                 }
             },
         };
@@ -513,7 +667,9 @@ impl Session {
             if let Some(checker) = checker {
                 match checker.check(&msg.from, &msg.text).await {
                     Ok(ContentDecision::Deliver) => {}
-                    Ok(ContentDecision::Reject) => return Done::Send(id, cmid, SendOutcome::Rejected),
+                    Ok(ContentDecision::Reject) => {
+                        return Done::Send(id, cmid, SendOutcome::Rejected);
+                    }
                     Ok(ContentDecision::Hold) => return Done::Send(id, cmid, SendOutcome::Held),
                     Err(e) => {
                         return Done::Send(id, cmid, SendOutcome::Unavailable(e.to_string()));

@@ -54,8 +54,17 @@ mod tests {
 
     #[test]
     fn wire_shapes() {
-        assert_eq!(serde_json::to_string(&UserControl::Logout).unwrap(), r#"{"op":"logout"}"#);
-        let r = ContentCheckReply { decision: ContentDecision::Hold, reason: "review".into() };
-        assert_eq!(serde_json::to_string(&r).unwrap(), r#"{"decision":"hold","reason":"review"}"#);
+        assert_eq!(
+            serde_json::to_string(&UserControl::Logout).unwrap(),
+            r#"{"op":"logout"}"#
+        );
+        let r = ContentCheckReply {
+            decision: ContentDecision::Hold,
+            reason: "review".into(),
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"decision":"hold","reason":"review"}"#
+        );
     }
 }

@@ -78,6 +78,17 @@ pub enum ClientFrame {
         with: UserId,
         since: u64,
     },
+    /// Subscribe to contacts' presence (at most 200 per connection).
+    Watch {
+        users: Vec<UserId>,
+    },
+    Unwatch {
+        users: Vec<UserId>,
+    },
+    /// The current presence of a room's members or of some users.
+    PresenceQuery {
+        target: PresenceTarget,
+    },
     /// A page of stored history.
     History {
         target: Target,
@@ -95,6 +106,17 @@ pub enum ClientFrame {
     },
     Ping,
 }
+
+/// What a `presence_query` asks about.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PresenceTarget {
+    Room(RoomId),
+    Users(Vec<UserId>),
+}
+
+/// Most users one `watch`, `unwatch` or `presence_query` frame may name, and most users one
+/// connection may watch.
+pub const MAX_WATCHED: usize = 200;
 
 /// A client frame that could not be accepted, with the reply it deserves.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -149,6 +171,17 @@ struct ResumeBody {
 }
 
 #[derive(Deserialize)]
+struct UsersBody {
+    users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct PresenceQueryBody {
+    room: Option<String>,
+    users: Option<Vec<String>>,
+}
+
+#[derive(Deserialize)]
 struct HistoryBody {
     room: Option<String>,
     with: Option<String>,
@@ -163,6 +196,17 @@ struct SendBody {
     to: Option<String>,
     text: String,
     client_msg_id: String,
+}
+
+/// Validates a user list: at most [`MAX_WATCHED`] valid ids (a bad list is `bad_request`).
+fn parse_users(users: Vec<String>) -> Result<Vec<UserId>, String> {
+    if users.len() > MAX_WATCHED {
+        return Err(format!("at most {MAX_WATCHED} users per frame"));
+    }
+    users
+        .into_iter()
+        .map(|u| UserId::parse(u.clone()).map_err(|e| format!("{u:?}: {e}")))
+        .collect()
 }
 
 impl ClientFrame {
@@ -212,6 +256,33 @@ impl ClientFrame {
                     with: UserId::parse(b.with).map_err(invalid)?,
                     since: b.since,
                 }
+            }
+            "watch" | "unwatch" => {
+                let b: UsersBody = serde_json::from_str(text).map_err(body)?;
+                let users = parse_users(b.users).map_err(|m| bad(ErrorCode::BadRequest, m))?;
+                if kind == "watch" {
+                    ClientFrame::Watch { users }
+                } else {
+                    ClientFrame::Unwatch { users }
+                }
+            }
+            "presence_query" => {
+                let b: PresenceQueryBody = serde_json::from_str(text).map_err(body)?;
+                let target = match (b.room, b.users) {
+                    (Some(room), None) => {
+                        PresenceTarget::Room(RoomId::parse(room).map_err(invalid)?)
+                    }
+                    (None, Some(users)) => PresenceTarget::Users(
+                        parse_users(users).map_err(|m| bad(ErrorCode::BadRequest, m))?,
+                    ),
+                    _ => {
+                        return Err(bad(
+                            ErrorCode::BadRequest,
+                            "presence_query needs exactly one of `room` and `users`".into(),
+                        ));
+                    }
+                };
+                ClientFrame::PresenceQuery { target }
             }
             "history" => {
                 let b: HistoryBody = serde_json::from_str(text).map_err(body)?;
@@ -296,6 +367,10 @@ pub enum ServerFrame {
         /// Only for a resume (`since` given): whether every message after `since` follows.
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
+        /// Online members, at most 100, sorted by id.
+        online: Vec<UserId>,
+        /// How many members are online in all.
+        online_count: usize,
     },
     Resumed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -303,6 +378,33 @@ pub enum ServerFrame {
         with: UserId,
         last_seq: u64,
         recovered: bool,
+    },
+    /// A presence change (or, right after `watch`, the current state).
+    Presence {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        user: UserId,
+        online: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        last_seen: Option<u64>,
+    },
+    Watched {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        /// Users this connection now watches in total.
+        watching: usize,
+    },
+    Unwatched {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        watching: usize,
+    },
+    PresenceState {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        users: Vec<PresenceEntry>,
     },
     History {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -338,6 +440,16 @@ pub enum ServerFrame {
         code: ErrorCode,
         message: String,
     },
+}
+
+/// One user's presence.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PresenceEntry {
+    pub user: UserId,
+    pub online: bool,
+    /// Milliseconds since the epoch of the user's latest known activity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<u64>,
 }
 
 /// A delivered chat message.
@@ -401,7 +513,13 @@ mod tests {
             }
         );
         let (_, f) = ClientFrame::parse(r#"{"type":"join","room":"r","since":41}"#).unwrap();
-        assert!(matches!(f, ClientFrame::Join { since: Some(41), .. }));
+        assert!(matches!(
+            f,
+            ClientFrame::Join {
+                since: Some(41),
+                ..
+            }
+        ));
         let (_, f) = ClientFrame::parse(r#"{"type":"resume","with":"bob","since":7}"#).unwrap();
         assert!(matches!(f, ClientFrame::Resume { since: 7, .. }));
         let (_, f) = ClientFrame::parse(r#"{"type":"history","room":"r","before":9}"#).unwrap();
@@ -461,6 +579,17 @@ mod tests {
             (None, ErrorCode::InvalidId)
         );
         assert_eq!(code_of(r#"{"type":1}"#), (None, ErrorCode::BadRequest));
+        assert_eq!(
+            code_of(r#"{"type":"watch","users":["ok","not ok"]}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        let many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
+        let f = serde_json::json!({"type":"watch","users":many}).to_string();
+        assert_eq!(code_of(&f), (None, ErrorCode::BadRequest));
+        assert_eq!(
+            code_of(r#"{"type":"presence_query"}"#),
+            (None, ErrorCode::BadRequest)
+        );
         for limit in [0, 101] {
             let f = format!(r#"{{"type":"history","room":"r","limit":{limit}}}"#);
             assert_eq!(code_of(&f), (None, ErrorCode::BadRequest), "{f}");

@@ -1,0 +1,556 @@
+//! Presence in the NATS KV bucket `presence`, with per-key TTLs refreshed by client heartbeats.
+//!
+//! Keys (all in one bucket, each written with a per-message TTL except `seen`):
+//! - `conn.<user>.<conn>`: one per open connection; the user is online while any exists.
+//! - `room.<room>.<user>.<conn>`: one per connection in a room.
+//! - `seen.<user>`: the time of the user's latest activity (no TTL), for `last_seen`.
+//!
+//! A clean close deletes its keys. A crashed gateway's keys expire after the TTL, and the server then
+//! writes a delete marker (`Nats-Marker-Reason: MaxAge`) that every watcher sees. Keys are written by
+//! publishing to `$KV.presence.<key>` with `Nats-TTL`, never with `create_with_ttl`, which in
+//! async-nats 0.51 re-creates an expired key without its TTL.
+//!
+//! A gateway watches only what its clients need: one filtered ordered consumer per room with local
+//! members and per user watched by a local connection, never the whole bucket. Each watcher keeps the
+//! set of live keys per user and turns it into events with a grace period: when a user's last key goes,
+//! the offline event waits `grace`; a key coming back within it cancels the pair.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, message::PublishMessage, stream};
+use axum::extract::ws::Utf8Bytes;
+use futures_util::StreamExt;
+use protocol::frame::PresenceEntry;
+use protocol::{RoomId, ServerFrame, UserId};
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::conn::{Outbound, Outbox, Pushed};
+use crate::metrics::Metrics;
+
+/// The KV bucket.
+pub const BUCKET: &str = "presence";
+/// How long a delete marker stays (the server's minimum is 1 s).
+const MARKER_TTL: Duration = Duration::from_secs(5);
+/// How long a watch waits for its snapshot before answering with what it has.
+const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
+/// Longest wait for a presence write's ack.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Online users listed in `joined`; `online_count` gives the full number.
+pub const ONLINE_LIST_CAP: usize = 100;
+
+/// Presence settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PresenceSettings {
+    /// Lifetime of a key without refresh (whole seconds, at least 1).
+    pub ttl: Duration,
+    /// Delay before an offline event, cancelled by a return.
+    pub grace: Duration,
+}
+
+impl PresenceSettings {
+    /// Keys are refreshed at most this often per connection: three refreshes per TTL.
+    pub fn refresh_every(&self) -> Duration {
+        self.ttl / 3
+    }
+}
+
+/// What a watch is about.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum WatchKey {
+    User(UserId),
+    Room(RoomId),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Seen {
+    ts: u64,
+}
+
+#[derive(Debug, Default)]
+struct Tracked {
+    conns: HashSet<String>,
+    online: bool,
+    last_seen: Option<u64>,
+    /// Set while the user has no key left: when the offline event is due, and when the keys went.
+    gone: Option<(Instant, u64)>,
+}
+
+impl Tracked {
+    fn view(&self, user: &UserId) -> PresenceEntry {
+        PresenceEntry {
+            user: user.clone(),
+            online: self.online,
+            last_seen: self.last_seen,
+        }
+    }
+}
+
+type Members = Arc<Mutex<Arc<[Outbox]>>>;
+type State = Arc<Mutex<HashMap<UserId, Tracked>>>;
+
+struct Watcher {
+    members: Members,
+    state: State,
+    ready: watch::Receiver<bool>,
+    task: AbortHandle,
+}
+
+/// Writes and watches presence. Cheap to clone.
+#[derive(Clone)]
+pub struct Presence {
+    js: jetstream::Context,
+    kv: kv::Store,
+    stream: stream::Stream,
+    settings: PresenceSettings,
+    watchers: Arc<Mutex<HashMap<WatchKey, Watcher>>>,
+    metrics: Arc<Metrics>,
+}
+
+impl Presence {
+    /// Creates the bucket if needed.
+    pub async fn ensure(
+        js: jetstream::Context,
+        settings: PresenceSettings,
+        replicas: usize,
+        metrics: Arc<Metrics>,
+    ) -> anyhow::Result<Self> {
+        use anyhow::Context;
+        let kv = match js.get_key_value(BUCKET).await {
+            Ok(kv) => kv,
+            Err(_) => js
+                .create_key_value(kv::Config {
+                    bucket: BUCKET.to_owned(),
+                    description: "liaotian presence: conn.<user>.<conn>, room.<room>.<user>.<conn>, seen.<user>".into(),
+                    history: 1,
+                    storage: stream::StorageType::File,
+                    num_replicas: replicas,
+                    limit_markers: Some(MARKER_TTL),
+                    ..Default::default()
+                })
+                .await
+                .context("creating KV bucket presence (needs nats-server >= 2.11)")?,
+        };
+        let stream = js
+            .get_stream(format!("KV_{BUCKET}"))
+            .await
+            .context("reading stream KV_presence")?;
+        Ok(Self {
+            js,
+            kv,
+            stream,
+            settings,
+            watchers: Arc::default(),
+            metrics,
+        })
+    }
+
+    pub fn settings(&self) -> PresenceSettings {
+        self.settings
+    }
+
+    /// Writes (or refreshes) a connection's key and its user's `seen` time.
+    pub async fn put_conn(&self, user: &UserId, conn: &protocol::ConnId) {
+        self.put_ttl(format!("conn.{user}.{conn}")).await;
+        self.put_seen(user).await;
+    }
+
+    /// Writes (or refreshes) a connection's key in a room.
+    pub async fn put_room(&self, room: &RoomId, user: &UserId, conn: &protocol::ConnId) {
+        self.put_ttl(format!("room.{room}.{user}.{conn}")).await;
+    }
+
+    pub async fn delete_conn(&self, user: &UserId, conn: &protocol::ConnId) {
+        self.delete(format!("conn.{user}.{conn}")).await;
+        self.put_seen(user).await;
+    }
+
+    pub async fn delete_room(&self, room: &RoomId, user: &UserId, conn: &protocol::ConnId) {
+        self.delete(format!("room.{room}.{user}.{conn}")).await;
+    }
+
+    async fn put_ttl(&self, key: String) {
+        let msg = PublishMessage::build()
+            .payload(bytes::Bytes::from_static(b"1"))
+            .ttl(self.settings.ttl);
+        self.write(key, msg).await;
+    }
+
+    async fn put_seen(&self, user: &UserId) {
+        let body = serde_json::to_vec(&Seen {
+            ts: crate::publish::now_ms(),
+        })
+        .unwrap_or_default();
+        self.write(
+            format!("seen.{user}"),
+            PublishMessage::build().payload(body.into()),
+        )
+        .await;
+    }
+
+    async fn write(&self, key: String, msg: PublishMessage) {
+        let subject = format!("$KV.{BUCKET}.{key}");
+        let result = async {
+            let ack = self.js.send_publish(subject, msg).await?;
+            tokio::time::timeout(WRITE_TIMEOUT, ack).await??;
+            anyhow::Ok(())
+        }
+        .await;
+        self.metrics.presence_writes.inc();
+        if let Err(e) = result {
+            self.metrics.presence_write_errors.inc();
+            tracing::debug!(%key, error = %e, "presence write failed");
+        }
+    }
+
+    async fn delete(&self, key: String) {
+        self.metrics.presence_writes.inc();
+        if let Err(e) = tokio::time::timeout(WRITE_TIMEOUT, self.kv.delete(&key))
+            .await
+            .map_err(|e| e.to_string())
+            .and_then(|r| r.map_err(|e| e.to_string()))
+        {
+            self.metrics.presence_write_errors.inc();
+            tracing::debug!(%key, error = %e, "presence delete failed");
+        }
+    }
+
+    /// Adds a connection to a watch (starting the watch if it is the first) and returns the current
+    /// state once the watch has read its snapshot.
+    pub async fn watch(&self, key: WatchKey, member: Outbox) -> Vec<PresenceEntry> {
+        let (mut ready, state) = {
+            let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            let w = watchers
+                .entry(key.clone())
+                .or_insert_with(|| self.spawn_watcher(key.clone()));
+            let mut members = w.members.lock().unwrap_or_else(|e| e.into_inner());
+            let mut next: Vec<Outbox> = members
+                .iter()
+                .filter(|m| m.conn() != member.conn())
+                .cloned()
+                .collect();
+            next.push(member);
+            *members = next.into();
+            drop(members);
+            (w.ready.clone(), w.state.clone())
+        };
+        let _ = tokio::time::timeout(SNAPSHOT_WAIT, ready.wait_for(|r| *r)).await;
+        view(&key, &state)
+    }
+
+    /// The current state without subscribing: from the local watch if there is one, otherwise from a
+    /// one-off snapshot of the bucket.
+    pub async fn query(&self, key: WatchKey) -> anyhow::Result<Vec<PresenceEntry>> {
+        let local = {
+            let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            watchers.get(&key).map(|w| w.state.clone())
+        };
+        let state = match local {
+            Some(state) => state,
+            None => {
+                let task = WatchTask {
+                    stream: self.stream.clone(),
+                    key: key.clone(),
+                    members: Arc::new(Mutex::new(Arc::from(Vec::new()))),
+                    state: State::default(),
+                    grace: self.settings.grace,
+                    metrics: self.metrics.clone(),
+                };
+                let (mut messages, initial) = task.open().await?;
+                for _ in 0..initial {
+                    match tokio::time::timeout(SNAPSHOT_WAIT, messages.next()).await {
+                        Ok(Some(Ok(msg))) => task.apply(&msg, false),
+                        _ => anyhow::bail!("presence snapshot incomplete"),
+                    }
+                }
+                task.state
+            }
+        };
+        Ok(view(&key, &state))
+    }
+
+    /// Removes a connection from a watch, stopping the watch when it was the last.
+    pub fn unwatch(&self, key: &WatchKey, conn: &protocol::ConnId) {
+        let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(w) = watchers.get(key) else { return };
+        let empty = {
+            let mut members = w.members.lock().unwrap_or_else(|e| e.into_inner());
+            let next: Vec<Outbox> = members
+                .iter()
+                .filter(|m| m.conn() != conn)
+                .cloned()
+                .collect();
+            *members = next.into();
+            members.is_empty()
+        };
+        if empty && let Some(w) = watchers.remove(key) {
+            w.task.abort();
+            self.metrics.presence_watches.dec();
+        }
+    }
+
+    fn spawn_watcher(&self, key: WatchKey) -> Watcher {
+        let members: Members = Arc::new(Mutex::new(Arc::from(Vec::new())));
+        let state: State = Arc::default();
+        let (ready_tx, ready) = watch::channel(false);
+        let task = WatchTask {
+            stream: self.stream.clone(),
+            key: key.clone(),
+            members: members.clone(),
+            state: state.clone(),
+            grace: self.settings.grace,
+            metrics: self.metrics.clone(),
+        };
+        let handle = tokio::spawn(
+            task.run(ready_tx)
+                .instrument(tracing::debug_span!("presence_watch", key = ?key)),
+        );
+        self.metrics.presence_watches.inc();
+        Watcher {
+            members,
+            state,
+            ready,
+            task: handle.abort_handle(),
+        }
+    }
+}
+
+struct WatchTask {
+    stream: stream::Stream,
+    key: WatchKey,
+    members: Members,
+    state: State,
+    grace: Duration,
+    metrics: Arc<Metrics>,
+}
+
+/// What a presence key means to a watcher.
+enum KeyKind {
+    Conn { user: UserId, conn: String },
+    Seen { user: UserId },
+}
+
+impl WatchTask {
+    fn filters(&self) -> Vec<String> {
+        match &self.key {
+            WatchKey::User(u) => vec![
+                format!("$KV.{BUCKET}.conn.{u}.*"),
+                format!("$KV.{BUCKET}.seen.{u}"),
+            ],
+            WatchKey::Room(r) => vec![format!("$KV.{BUCKET}.room.{r}.*.*")],
+        }
+    }
+
+    fn parse_key(&self, subject: &str) -> Option<KeyKind> {
+        let key = subject.strip_prefix(&format!("$KV.{BUCKET}."))?;
+        let parts: Vec<&str> = key.split('.').collect();
+        match parts.as_slice() {
+            ["conn", user, conn] => Some(KeyKind::Conn {
+                user: UserId::parse(*user).ok()?,
+                conn: (*conn).to_owned(),
+            }),
+            ["room", _room, user, conn] => Some(KeyKind::Conn {
+                user: UserId::parse(*user).ok()?,
+                conn: (*conn).to_owned(),
+            }),
+            ["seen", user] => Some(KeyKind::Seen {
+                user: UserId::parse(*user).ok()?,
+            }),
+            _ => None,
+        }
+    }
+
+    async fn run(self, ready: watch::Sender<bool>) {
+        // Retried so a watch survives a NATS outage at its start.
+        let (mut messages, mut initial) = loop {
+            match self.open().await {
+                Ok(opened) => break opened,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence watch failed to start; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        };
+        if initial == 0 {
+            let _ = ready.send(true);
+        }
+        loop {
+            let due = self.next_due();
+            tokio::select! {
+                msg = messages.next() => {
+                    let Some(Ok(msg)) = msg else {
+                        tracing::warn!("presence watch ended");
+                        return;
+                    };
+                    let live = initial == 0;
+                    self.apply(&msg, live);
+                    if !live {
+                        initial -= 1;
+                        if initial == 0 {
+                            let _ = ready.send(true);
+                        }
+                    }
+                }
+                () = sleep_until_opt(due) => self.expire_graces(),
+            }
+        }
+    }
+
+    async fn open(&self) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subjects: self.filters(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let initial = consumer.cached_info().num_pending;
+        Ok((consumer.messages().await?, initial))
+    }
+
+    /// Applies one KV message; `live` ones may produce events, the snapshot never does.
+    fn apply(&self, msg: &jetstream::Message, live: bool) {
+        let Some(kind) = self.parse_key(&msg.subject) else {
+            return;
+        };
+        let removed = is_removal(msg);
+        let mut events = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            match kind {
+                KeyKind::Seen { user } => {
+                    if let Ok(seen) = serde_json::from_slice::<Seen>(&msg.payload) {
+                        let t = state.entry(user).or_default();
+                        t.last_seen = Some(t.last_seen.unwrap_or(0).max(seen.ts));
+                    }
+                }
+                KeyKind::Conn { user, conn } => {
+                    let t = state.entry(user.clone()).or_default();
+                    if removed {
+                        t.conns.remove(&conn);
+                        if t.conns.is_empty() && t.online && t.gone.is_none() {
+                            let now_ms = crate::publish::now_ms();
+                            if live {
+                                t.gone = Some((Instant::now() + self.grace, now_ms));
+                            } else {
+                                t.online = false;
+                            }
+                        }
+                    } else {
+                        t.conns.insert(conn);
+                        if t.gone.take().is_some() {
+                            // Back within the grace period: no offline/online pair.
+                            self.metrics.presence_flaps_suppressed.inc();
+                        } else if !t.online {
+                            t.online = true;
+                            if live {
+                                events.push(t.view(&user));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        for e in events {
+            self.emit(&e);
+        }
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        state
+            .values()
+            .filter_map(|t| t.gone.map(|(due, _)| due))
+            .min()
+    }
+
+    fn expire_graces(&self) {
+        let now = Instant::now();
+        let mut events = Vec::new();
+        {
+            let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+            for (user, t) in state.iter_mut() {
+                if let Some((due, gone_ms)) = t.gone
+                    && due <= now
+                {
+                    t.gone = None;
+                    t.online = false;
+                    t.last_seen = Some(t.last_seen.unwrap_or(0).max(gone_ms));
+                    events.push(t.view(user));
+                }
+            }
+        }
+        for e in events {
+            self.emit(&e);
+        }
+    }
+
+    fn emit(&self, p: &PresenceEntry) {
+        let room = match &self.key {
+            WatchKey::Room(r) => Some(r.clone()),
+            WatchKey::User(_) => None,
+        };
+        let frame = ServerFrame::Presence {
+            room,
+            user: p.user.clone(),
+            online: p.online,
+            last_seen: p.last_seen,
+        };
+        let bytes = Utf8Bytes::from(frame.to_json());
+        let snapshot = self
+            .members
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        self.metrics.presence_events.inc();
+        for m in snapshot.iter() {
+            if m.push(Outbound::Text(bytes.clone())) == Pushed::Overflow {
+                tracing::info!("presence event overflowed a slow consumer");
+            }
+        }
+    }
+}
+
+/// The state a watch key exposes: the one user, or a room's online members, sorted by id.
+fn view(key: &WatchKey, state: &State) -> Vec<PresenceEntry> {
+    let state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut out: Vec<PresenceEntry> = match key {
+        WatchKey::User(u) => vec![
+            state
+                .get(u)
+                .map_or_else(|| Tracked::default().view(u), |t| t.view(u)),
+        ],
+        WatchKey::Room(_) => state
+            .iter()
+            .filter(|(_, t)| t.online)
+            .map(|(u, t)| t.view(u))
+            .collect(),
+    };
+    out.sort_by(|a, b| a.user.cmp(&b.user));
+    out
+}
+
+/// Whether a KV message removes its key: a delete, a purge, or a TTL/limit marker.
+fn is_removal(msg: &jetstream::Message) -> bool {
+    let Some(h) = msg.headers.as_ref() else {
+        return false;
+    };
+    if h.get(async_nats::header::NATS_MARKER_REASON).is_some() {
+        return true;
+    }
+    h.get("KV-Operation")
+        .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
+}
+
+async fn sleep_until_opt(due: Option<Instant>) {
+    match due {
+        Some(due) => tokio::time::sleep_until(due).await,
+        None => std::future::pending().await,
+    }
+}

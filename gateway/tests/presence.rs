@@ -1,0 +1,272 @@
+//! Presence through real gateways, a real nats-server and its KV TTLs and delete markers.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::{Stack, join};
+use serde_json::{Value, json};
+use testkit::WsClient;
+
+const TTL: Duration = Duration::from_secs(2);
+const GRACE: Duration = Duration::from_secs(1);
+
+fn config(stack: &Stack) -> gateway::Config {
+    gateway::Config {
+        presence_ttl: TTL,
+        presence_grace: GRACE,
+        ..stack.config()
+    }
+}
+
+/// The next presence frame, skipping others.
+async fn next_presence(c: &mut WsClient, within: Duration) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = c
+            .recv_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()))
+            .await?;
+        if v["type"] == "presence" {
+            return Ok(v);
+        }
+    }
+}
+
+/// Asserts that no presence frame arrives for `quiet`.
+async fn assert_no_presence(c: &mut WsClient, quiet: Duration) {
+    if let Ok(v) = next_presence(c, quiet).await {
+        panic!("unexpected presence event {v}");
+    }
+}
+
+async fn watch(c: &mut WsClient, users: &[&str]) -> Vec<Value> {
+    c.send(json!({"type":"watch","users":users,"id":"w"}))
+        .await
+        .unwrap();
+    let mut states = Vec::new();
+    loop {
+        let v = c.recv().await.unwrap();
+        match v["type"].as_str() {
+            Some("presence") => states.push(v),
+            Some("watched") => return states,
+            _ => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn crashed_gateway_users_go_offline_for_watchers_elsewhere() {
+    // A user on a gateway that loses NATS without a goodbye shows offline within TTL + grace + 1 s.
+    let stack = Stack::start();
+    let proxy =
+        testkit::TcpProxy::start(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap())
+            .await
+            .unwrap();
+    let g1 = stack
+        .gateway_with(gateway::Config {
+            nats_url: format!("nats://{}", proxy.addr()),
+            ..config(&stack)
+        })
+        .await;
+    let g2 = stack.gateway_with(config(&stack)).await;
+    let mut watcher = stack.connect(&g2, "watcher").await;
+    let initial = watch(&mut watcher, &["alice"]).await;
+    assert_eq!(initial.len(), 1);
+    assert_eq!(
+        (initial[0]["user"].as_str(), initial[0]["online"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+    let _alice = stack.connect(&g1, "alice").await;
+    let online = next_presence(&mut watcher, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (online["user"].as_str(), online["online"].as_bool()),
+        (Some("alice"), Some(true))
+    );
+    let cut_at = Instant::now();
+    proxy.cut();
+    let offline = next_presence(&mut watcher, TTL + GRACE + Duration::from_secs(3))
+        .await
+        .unwrap();
+    let took = cut_at.elapsed();
+    assert_eq!(
+        (offline["user"].as_str(), offline["online"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+    assert!(offline["last_seen"].as_u64().is_some(), "{offline}");
+    assert!(
+        took <= TTL + GRACE + Duration::from_secs(1),
+        "offline after {took:?}"
+    );
+}
+
+#[tokio::test]
+async fn user_stays_online_while_any_device_is_connected() {
+    // Closing one of two devices changes nothing; closing the second sends one offline event.
+    let stack = Stack::start();
+    let g = stack.gateway_with(config(&stack)).await;
+    let mut watcher = stack.connect(&g, "watcher").await;
+    watch(&mut watcher, &["alice"]).await;
+    let phone = stack.connect(&g, "alice").await;
+    assert_eq!(
+        next_presence(&mut watcher, Duration::from_secs(5))
+            .await
+            .unwrap()["online"],
+        true
+    );
+    let pc = stack.connect(&g, "alice").await;
+    drop(phone);
+    assert_no_presence(&mut watcher, GRACE + Duration::from_millis(1500)).await;
+    drop(pc);
+    let off = next_presence(&mut watcher, GRACE + Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        (off["user"].as_str(), off["online"].as_bool()),
+        (Some("alice"), Some(false))
+    );
+}
+
+#[tokio::test]
+async fn reconnect_within_the_grace_period_produces_no_events() {
+    // A socket dropped and reopened within the grace period (a mini-program's background trip) is invisible.
+    let stack = Stack::start();
+    let g = stack.gateway_with(config(&stack)).await;
+    let mut watcher = stack.connect(&g, "watcher").await;
+    let alice = stack.connect(&g, "alice").await;
+    let state = watch(&mut watcher, &["alice"]).await;
+    assert_eq!(state[0]["online"], true);
+    drop(alice);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let _alice = stack.connect(&g, "alice").await;
+    assert_no_presence(&mut watcher, GRACE + Duration::from_millis(1500)).await;
+}
+
+#[tokio::test]
+async fn a_re_created_presence_key_still_expires() {
+    // The async-nats create_with_ttl pitfall: a key written again after expiring must expire again.
+    let stack = Stack::start();
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let settings = gateway::presence::PresenceSettings {
+        ttl: Duration::from_secs(1),
+        grace: GRACE,
+    };
+    let presence = gateway::presence::Presence::ensure(js, settings, 1, Default::default())
+        .await
+        .unwrap();
+    let user = protocol::UserId::parse("alice").unwrap();
+    let conn = protocol::ConnId::parse("c1").unwrap();
+    let online = || async {
+        let state = presence
+            .query(gateway::presence::WatchKey::User(user.clone()))
+            .await
+            .unwrap();
+        state[0].online
+    };
+    for round in 0..2 {
+        presence.put_conn(&user, &conn).await;
+        assert!(online().await, "round {round}: online after the write");
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert!(!online().await, "round {round}: the key expired");
+    }
+}
+
+#[tokio::test]
+async fn joined_lists_online_members_and_leave_removes_them() {
+    // joined carries the room's online users; members see joins, and a leave takes the user out.
+    let stack = Stack::start();
+    let (g1, g2) = (
+        stack.gateway_with(config(&stack)).await,
+        stack.gateway_with(config(&stack)).await,
+    );
+    let mut bob = stack.connect(&g1, "bob").await;
+    let j = join(&mut bob, "lobby").await;
+    assert_eq!(j["online"], json!(["bob"]));
+    let mut alice = stack.connect(&g2, "alice").await;
+    let j = join(&mut alice, "lobby").await;
+    assert_eq!(j["online"], json!(["alice", "bob"]));
+    assert_eq!(j["online_count"], 2);
+    let p = next_presence(&mut bob, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            p["room"].as_str(),
+            p["user"].as_str(),
+            p["online"].as_bool()
+        ),
+        (Some("lobby"), Some("alice"), Some(true))
+    );
+    alice
+        .send(json!({"type":"leave","room":"lobby"}))
+        .await
+        .unwrap();
+    alice.recv_type("left").await.unwrap();
+    let p = next_presence(&mut bob, GRACE + Duration::from_secs(3))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            p["room"].as_str(),
+            p["user"].as_str(),
+            p["online"].as_bool()
+        ),
+        (Some("lobby"), Some("alice"), Some(false))
+    );
+    bob.send(json!({"type":"presence_query","room":"lobby","id":"q"}))
+        .await
+        .unwrap();
+    let q = bob.recv_type("presence_state").await.unwrap();
+    let users: Vec<&str> = q["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["user"].as_str().unwrap())
+        .collect();
+    assert_eq!(users, ["bob"]);
+    bob.send(json!({"type":"presence_query","users":["alice","bob"]}))
+        .await
+        .unwrap();
+    let q = bob.recv_type("presence_state").await.unwrap();
+    assert_eq!(q["users"][0]["user"], "alice");
+    assert_eq!(
+        q["users"][0]["online"], true,
+        "alice is still connected, only out of the room"
+    );
+    assert_eq!(q["users"][1]["online"], true);
+}
+
+#[tokio::test]
+async fn bad_watch_requests_get_bad_request() {
+    // More than 200 watched users, or an invalid id, is bad_request; the connection stays usable.
+    let stack = Stack::start();
+    let g = stack.gateway_with(config(&stack)).await;
+    let mut c = stack.connect(&g, "alice").await;
+    let too_many: Vec<String> = (0..201).map(|i| format!("u{i}")).collect();
+    c.send(json!({"type":"watch","users":too_many,"id":"a"}))
+        .await
+        .unwrap();
+    assert_eq!(c.recv_type("error").await.unwrap()["code"], "bad_request");
+    c.send(json!({"type":"watch","users":["ok","no.dots"],"id":"b"}))
+        .await
+        .unwrap();
+    assert_eq!(c.recv_type("error").await.unwrap()["code"], "bad_request");
+    let first: Vec<String> = (0..150).map(|i| format!("a{i}")).collect();
+    c.send(json!({"type":"watch","users":first})).await.unwrap();
+    assert_eq!(c.recv_type("watched").await.unwrap()["watching"], 150);
+    let second: Vec<String> = (0..60).map(|i| format!("b{i}")).collect();
+    c.send(json!({"type":"watch","users":second}))
+        .await
+        .unwrap();
+    assert_eq!(
+        c.recv_type("error").await.unwrap()["code"],
+        "bad_request",
+        "200 per connection in total"
+    );
+    c.send(json!({"type":"unwatch","users":["a0","a1"]}))
+        .await
+        .unwrap();
+    assert_eq!(c.recv_type("unwatched").await.unwrap()["watching"], 148);
+}
