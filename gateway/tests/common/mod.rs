@@ -135,7 +135,9 @@ impl Stack {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = persister::Config {
             nats_url: self.nats.url(),
-            store: persister::config::StoreConfig::Sqlite { path: dir.path().join("history.db") },
+            store: persister::config::StoreConfig::Sqlite {
+                path: dir.path().join("history.db"),
+            },
             batch_wait: Duration::from_millis(20),
             ..persister::Config::default()
         };
@@ -143,7 +145,11 @@ impl Stack {
         let task = tokio::spawn(persister::run(listener, config, async {
             let _ = rx.await;
         }));
-        Persister { dir, stop: Some(tx), task }
+        Persister {
+            dir,
+            stop: Some(tx),
+            task,
+        }
     }
 }
 
