@@ -35,7 +35,8 @@ async function waitFor(url, ms) {
 }
 
 before(async () => {
-  const [gw, auth, nats, monitor] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [gw, auth, nats, monitor, persister] =
+    [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
   dataDir = mkdtempSync(path.join(tmpdir(), "liaotian-web-"));
   gatewayUrl = `http://127.0.0.1:${gw}`;
   stack = spawn(path.join(root, "target/debug/xtask"), ["dev"], {
@@ -46,6 +47,7 @@ before(async () => {
       LIAOTIAN_AUTH_ADDR: `127.0.0.1:${auth}`,
       LIAOTIAN_NATS_PORT: String(nats),
       LIAOTIAN_NATS_MONITOR_PORT: String(monitor),
+      LIAOTIAN_PERSISTER_ADDR: `127.0.0.1:${persister}`,
       LIAOTIAN_DATA_DIR: dataDir,
     },
     stdio: ["ignore", "inherit", "inherit"],

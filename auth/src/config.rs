@@ -1,6 +1,7 @@
 //! Auth service configuration, read once from the environment in `main`.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -11,6 +12,25 @@ pub const DEFAULT_ACCESS_TTL_SECS: u64 = 2 * 60 * 60;
 pub const DEFAULT_ISSUER: &str = "liaotian";
 /// Default listen address of `main`.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8081";
+/// Default base URL of the WeChat server API.
+pub const DEFAULT_WECHAT_API_BASE: &str = "https://api.weixin.qq.com";
+/// Default lifetime of a refresh token family without use: 30 days (sliding: each rotation renews it).
+pub const DEFAULT_REFRESH_TTL_SECS: u64 = 30 * 24 * 60 * 60;
+/// Default time a `session_key` is kept in Redis: 3 days (overwritten at every login).
+pub const DEFAULT_SESSION_KEY_TTL_SECS: u64 = 3 * 24 * 60 * 60;
+/// Default timeout of one WeChat API call.
+pub const DEFAULT_WECHAT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause before the single retry of a `code2Session` that answered `-1`.
+pub const DEFAULT_WECHAT_RETRY_DELAY: Duration = Duration::from_millis(300);
+/// Default login attempts allowed per client IP per minute.
+pub const DEFAULT_LOGIN_PER_IP_PER_MIN: u64 = 30;
+/// Default login attempts allowed per `code` during its 5-minute life.
+pub const DEFAULT_LOGIN_PER_CODE: u64 = 5;
+/// Default `scene` of `msgSecCheck` (2: comment).
+pub const DEFAULT_CONTENT_SCENE: u8 = 2;
+/// Default time between publishing a new signing key and signing with it, so that every gateway has
+/// fetched it first (the gateway default refresh is 60 s).
+pub const DEFAULT_KEY_ACTIVATION_DELAY: Duration = Duration::from_secs(90);
 
 /// A secret whose `Debug` never shows the value.
 #[derive(Clone)]
@@ -33,18 +53,94 @@ pub enum KeySource {
     Ephemeral,
 }
 
+/// The mini-program's credentials and where its API lives.
+#[derive(Debug, Clone)]
+pub struct WeChat {
+    /// The mini-program appid (`AUTH_WECHAT_APPID`).
+    pub appid: String,
+    /// The mini-program AppSecret (`AUTH_WECHAT_SECRET`).
+    pub secret: Secret<String>,
+    /// Base URL of the WeChat server API, without a trailing slash (`AUTH_WECHAT_API_BASE`); tests point
+    /// it at a local fake.
+    pub api_base: String,
+    /// Timeout of one WeChat API call (`AUTH_WECHAT_TIMEOUT_MS`).
+    pub timeout: Duration,
+    /// Pause before retrying a `code2Session` that answered `-1` (`AUTH_WECHAT_RETRY_DELAY_MS`).
+    pub retry_delay: Duration,
+}
+
+/// What the content check answers for `result.suggest = review`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReviewPolicy {
+    /// Publish it.
+    Deliver,
+    /// Keep it from others: the sender gets `content_held`.
+    Hold,
+}
+
+/// What the content check answers when WeChat cannot be asked (`-1`, quota, network, token trouble).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailPolicy {
+    /// Publish unchecked.
+    Open,
+    /// Hold it (the sender gets `content_held`).
+    Closed,
+}
+
+/// Settings of the content-check NATS service.
+#[derive(Debug, Clone)]
+pub struct ContentCheck {
+    /// `scene` sent to `msgSecCheck` (`AUTH_CONTENT_SCENE`, 1–4).
+    pub scene: u8,
+    /// `AUTH_CONTENT_REVIEW_POLICY`: `deliver` (default) or `hold`.
+    pub review: ReviewPolicy,
+    /// `AUTH_CONTENT_FAIL_POLICY`: `closed` (default) or `open`.
+    pub fail: FailPolicy,
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address `main` binds (`AUTH_LISTEN`).
     pub listen: String,
-    /// Whether `POST /api/login {"dev_user"}` is allowed (`AUTH_DEV_LOGIN=1` or `--dev`). Off by default.
+    /// Whether `POST /api/login {"dev_user"}` is allowed (`AUTH_DEV_LOGIN=1` or `--dev`). Off by default,
+    /// and so off whenever WeChat credentials are set without the flag.
     pub dev_login: bool,
     /// The signing key (`AUTH_SIGNING_KEY` or `AUTH_KEY_FILE`).
     pub key: KeySource,
+    /// Files holding further keys (base64url seeds) whose public halves are served by `/api/keys` so that
+    /// tokens they signed stay valid (`AUTH_PREVIOUS_KEY_FILES`, comma separated). A missing file is
+    /// skipped, so the rotation layout can be configured before the first rotation.
+    pub previous_key_files: Vec<PathBuf>,
+    /// Time between serving a new signing key (after a reload) and signing with it
+    /// (`AUTH_KEY_ACTIVATION_DELAY_SECS`); keep it above the gateways' key refresh interval.
+    pub key_activation_delay: Duration,
     /// The `iss` claim of issued tokens (`AUTH_ISSUER`).
     pub issuer: String,
     /// Access token lifetime in seconds (`AUTH_ACCESS_TTL_SECS`).
     pub access_ttl_secs: u64,
+    /// Refresh token family lifetime in seconds, renewed by each rotation (`AUTH_REFRESH_TTL_SECS`).
+    pub refresh_ttl_secs: u64,
+    /// How long a `session_key` is kept in Redis (`AUTH_SESSION_KEY_TTL_SECS`).
+    pub session_key_ttl_secs: u64,
+    /// WeChat login, enabled by `AUTH_WECHAT_APPID` and `AUTH_WECHAT_SECRET` together.
+    pub wechat: Option<WeChat>,
+    /// Key of the HMAC that turns an openid into a user id (`AUTH_USER_ID_SECRET`, at least 16 bytes).
+    /// Changing it changes every user id.
+    pub user_id_secret: Option<Secret<Vec<u8>>>,
+    /// Redis URL (`AUTH_REDIS_URL`, for example `redis://127.0.0.1:6379`); required for WeChat login.
+    pub redis_url: Option<Secret<String>>,
+    /// NATS URL(s), comma separated (`AUTH_NATS_URL`); used to close a user's sockets at logout and to
+    /// serve the content check.
+    pub nats_url: Option<String>,
+    /// Login attempts per client IP per minute (`AUTH_LOGIN_PER_IP_PER_MIN`).
+    pub login_per_ip_per_min: u64,
+    /// Login attempts per `code` during its 5-minute life (`AUTH_LOGIN_PER_CODE`).
+    pub login_per_code: u64,
+    /// Take the client IP from the first `X-Forwarded-For` entry (`AUTH_TRUST_FORWARDED_FOR`); set it
+    /// only behind a proxy that overwrites that header.
+    pub trust_forwarded_for: bool,
+    /// The content-check service (`AUTH_CONTENT_CHECK=1`); needs WeChat credentials and NATS.
+    pub content_check: Option<ContentCheck>,
 }
 
 /// A configuration value that cannot be used; names the variable.
@@ -61,8 +157,20 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.into(),
             dev_login: false,
             key: KeySource::Ephemeral,
+            previous_key_files: Vec::new(),
+            key_activation_delay: DEFAULT_KEY_ACTIVATION_DELAY,
             issuer: DEFAULT_ISSUER.into(),
             access_ttl_secs: DEFAULT_ACCESS_TTL_SECS,
+            refresh_ttl_secs: DEFAULT_REFRESH_TTL_SECS,
+            session_key_ttl_secs: DEFAULT_SESSION_KEY_TTL_SECS,
+            wechat: None,
+            user_id_secret: None,
+            redis_url: None,
+            nats_url: None,
+            login_per_ip_per_min: DEFAULT_LOGIN_PER_IP_PER_MIN,
+            login_per_code: DEFAULT_LOGIN_PER_CODE,
+            trust_forwarded_for: false,
+            content_check: None,
         }
     }
 }
@@ -71,6 +179,21 @@ impl Config {
     /// Reads the configuration through `get`, which is `std::env::var` in `main` and a map in tests.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let mut c = Config::default();
+        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
+        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
+            get(var)
+                .map(|v| {
+                    v.trim()
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|n| *n > 0)
+                        .ok_or_else(|| ConfigError {
+                            var,
+                            problem: format!("expected a positive number, got {v:?}"),
+                        })
+                })
+                .transpose()
+        };
         if let Some(v) = get("AUTH_LISTEN") {
             c.listen = v;
         }
@@ -80,15 +203,14 @@ impl Config {
         if let Some(v) = get("AUTH_ISSUER") {
             c.issuer = v;
         }
-        if let Some(v) = get("AUTH_ACCESS_TTL_SECS") {
-            c.access_ttl_secs = v
-                .parse()
-                .ok()
-                .filter(|n| *n > 0)
-                .ok_or_else(|| ConfigError {
-                    var: "AUTH_ACCESS_TTL_SECS",
-                    problem: format!("expected a positive number of seconds, got {v:?}"),
-                })?;
+        if let Some(n) = num("AUTH_ACCESS_TTL_SECS")? {
+            c.access_ttl_secs = n;
+        }
+        if let Some(n) = num("AUTH_REFRESH_TTL_SECS")? {
+            c.refresh_ttl_secs = n;
+        }
+        if let Some(n) = num("AUTH_SESSION_KEY_TTL_SECS")? {
+            c.session_key_ttl_secs = n;
         }
         c.key = match (get("AUTH_SIGNING_KEY"), get("AUTH_KEY_FILE")) {
             (Some(seed), _) => KeySource::Seed(Secret(parse_seed(&seed).map_err(|problem| {
@@ -100,7 +222,150 @@ impl Config {
             (None, Some(path)) => KeySource::File(path.into()),
             (None, None) => KeySource::Ephemeral,
         };
+        if let Some(v) = get("AUTH_PREVIOUS_KEY_FILES") {
+            c.previous_key_files = v
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
+        }
+        if let Some(v) = get("AUTH_KEY_ACTIVATION_DELAY_SECS") {
+            c.key_activation_delay =
+                Duration::from_secs(v.trim().parse().map_err(|_| ConfigError {
+                    var: "AUTH_KEY_ACTIVATION_DELAY_SECS",
+                    problem: format!("expected a number of seconds, got {v:?}"),
+                })?);
+        }
+        c.wechat = match (get("AUTH_WECHAT_APPID"), get("AUTH_WECHAT_SECRET")) {
+            (Some(appid), Some(secret)) => Some(WeChat {
+                appid,
+                secret: Secret(secret),
+                api_base: get("AUTH_WECHAT_API_BASE")
+                    .unwrap_or_else(|| DEFAULT_WECHAT_API_BASE.into())
+                    .trim_end_matches('/')
+                    .to_owned(),
+                timeout: num("AUTH_WECHAT_TIMEOUT_MS")?
+                    .map_or(DEFAULT_WECHAT_TIMEOUT, Duration::from_millis),
+                retry_delay: num("AUTH_WECHAT_RETRY_DELAY_MS")?
+                    .map_or(DEFAULT_WECHAT_RETRY_DELAY, Duration::from_millis),
+            }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(ConfigError {
+                    var: "AUTH_WECHAT_SECRET",
+                    problem: "AUTH_WECHAT_APPID is set, so the AppSecret is needed too".into(),
+                });
+            }
+            (None, Some(_)) => {
+                return Err(ConfigError {
+                    var: "AUTH_WECHAT_APPID",
+                    problem: "AUTH_WECHAT_SECRET is set, so the appid is needed too".into(),
+                });
+            }
+        };
+        if let Some(v) = get("AUTH_USER_ID_SECRET") {
+            if v.len() < 16 {
+                return Err(ConfigError {
+                    var: "AUTH_USER_ID_SECRET",
+                    problem: "expected at least 16 bytes".into(),
+                });
+            }
+            c.user_id_secret = Some(Secret(v.into_bytes()));
+        }
+        c.redis_url = get("AUTH_REDIS_URL").map(Secret);
+        c.nats_url = get("AUTH_NATS_URL");
+        if let Some(n) = num("AUTH_LOGIN_PER_IP_PER_MIN")? {
+            c.login_per_ip_per_min = n;
+        }
+        if let Some(n) = num("AUTH_LOGIN_PER_CODE")? {
+            c.login_per_code = n;
+        }
+        if let Some(v) = get("AUTH_TRUST_FORWARDED_FOR") {
+            c.trust_forwarded_for = parse_bool("AUTH_TRUST_FORWARDED_FOR", &v)?;
+        }
+        let content = match get("AUTH_CONTENT_CHECK") {
+            Some(v) => parse_bool("AUTH_CONTENT_CHECK", &v)?,
+            None => false,
+        };
+        if content {
+            let scene = match get("AUTH_CONTENT_SCENE") {
+                None => DEFAULT_CONTENT_SCENE,
+                Some(v) => v
+                    .trim()
+                    .parse::<u8>()
+                    .ok()
+                    .filter(|s| (1..=4).contains(s))
+                    .ok_or_else(|| ConfigError {
+                        var: "AUTH_CONTENT_SCENE",
+                        problem: format!("expected 1, 2, 3 or 4, got {v:?}"),
+                    })?,
+            };
+            let review = match get("AUTH_CONTENT_REVIEW_POLICY").as_deref().map(str::trim) {
+                None | Some("deliver") => ReviewPolicy::Deliver,
+                Some("hold") => ReviewPolicy::Hold,
+                Some(v) => {
+                    return Err(ConfigError {
+                        var: "AUTH_CONTENT_REVIEW_POLICY",
+                        problem: format!("expected deliver or hold, got {v:?}"),
+                    });
+                }
+            };
+            let fail = match get("AUTH_CONTENT_FAIL_POLICY").as_deref().map(str::trim) {
+                None | Some("closed") => FailPolicy::Closed,
+                Some("open") => FailPolicy::Open,
+                Some(v) => {
+                    return Err(ConfigError {
+                        var: "AUTH_CONTENT_FAIL_POLICY",
+                        problem: format!("expected open or closed, got {v:?}"),
+                    });
+                }
+            };
+            c.content_check = Some(ContentCheck {
+                scene,
+                review,
+                fail,
+            });
+        }
+        c.validate()?;
         Ok(c)
+    }
+
+    /// Checks the settings that only make sense together.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.wechat.is_some() {
+            if self.redis_url.is_none() {
+                return Err(ConfigError {
+                    var: "AUTH_REDIS_URL",
+                    problem: "WeChat login keeps sessions and refresh tokens in Redis; set it"
+                        .into(),
+                });
+            }
+            if self.user_id_secret.is_none() {
+                return Err(ConfigError {
+                    var: "AUTH_USER_ID_SECRET",
+                    problem:
+                        "WeChat login derives user ids with this key; set it (at least 16 bytes)"
+                            .into(),
+                });
+            }
+        }
+        if self.content_check.is_some() {
+            if self.wechat.is_none() {
+                return Err(ConfigError {
+                    var: "AUTH_CONTENT_CHECK",
+                    problem: "the content check calls WeChat; set AUTH_WECHAT_APPID and AUTH_WECHAT_SECRET"
+                        .into(),
+                });
+            }
+            if self.nats_url.is_none() {
+                return Err(ConfigError {
+                    var: "AUTH_NATS_URL",
+                    problem: "the content check is a NATS service; set it".into(),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Loads or creates the signing key.
@@ -130,6 +395,29 @@ impl Config {
             },
         };
         Ok(crate::Signer::from_seed(&seed, self.issuer.clone()))
+    }
+
+    /// The public keys of [`Config::previous_key_files`] that exist, with their key ids.
+    pub fn previous_keys(&self) -> anyhow::Result<Vec<crate::token::VerifyingKey>> {
+        use anyhow::Context;
+        let mut out = Vec::new();
+        for path in &self.previous_key_files {
+            match std::fs::read_to_string(path) {
+                Ok(text) => {
+                    let seed = parse_seed(text.trim())
+                        .map_err(|p| anyhow::anyhow!("{p}"))
+                        .with_context(|| format!("reading key file {}", path.display()))?;
+                    out.push(crate::Signer::from_seed(&seed, "").public_key());
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    tracing::debug!(path = %path.display(), "previous key file absent; skipped");
+                }
+                Err(e) => {
+                    return Err(e).with_context(|| format!("reading key file {}", path.display()));
+                }
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -199,6 +487,52 @@ mod tests {
             cfg(&[("AUTH_ACCESS_TTL_SECS", "0")]).unwrap_err().var,
             "AUTH_ACCESS_TTL_SECS"
         );
+    }
+
+    #[test]
+    fn wechat_needs_redis_and_a_user_id_secret() {
+        let base = [
+            ("AUTH_WECHAT_APPID", "wx1"),
+            ("AUTH_WECHAT_SECRET", "s3cr3t"),
+        ];
+        assert_eq!(cfg(&base).unwrap_err().var, "AUTH_REDIS_URL");
+        let mut more = base.to_vec();
+        more.push(("AUTH_REDIS_URL", "redis://127.0.0.1:1"));
+        assert_eq!(cfg(&more).unwrap_err().var, "AUTH_USER_ID_SECRET");
+        more.push(("AUTH_USER_ID_SECRET", "0123456789abcdef"));
+        let c = cfg(&more).unwrap();
+        assert!(
+            !c.dev_login,
+            "credentials without the flag leave dev login off"
+        );
+        let w = c.wechat.as_ref().unwrap();
+        assert_eq!(w.api_base, DEFAULT_WECHAT_API_BASE);
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t") && !debug.contains("0123456789abcdef"));
+        assert_eq!(
+            cfg(&[("AUTH_WECHAT_APPID", "wx1")]).unwrap_err().var,
+            "AUTH_WECHAT_SECRET"
+        );
+    }
+
+    #[test]
+    fn content_check_settings() {
+        let mut v = vec![
+            ("AUTH_WECHAT_APPID", "wx1"),
+            ("AUTH_WECHAT_SECRET", "s"),
+            ("AUTH_REDIS_URL", "redis://x"),
+            ("AUTH_USER_ID_SECRET", "0123456789abcdef"),
+            ("AUTH_CONTENT_CHECK", "1"),
+        ];
+        assert_eq!(cfg(&v).unwrap_err().var, "AUTH_NATS_URL");
+        v.push(("AUTH_NATS_URL", "nats://127.0.0.1:4222"));
+        let c = cfg(&v).unwrap().content_check.unwrap();
+        assert_eq!(
+            (c.scene, c.review, c.fail),
+            (2, ReviewPolicy::Deliver, FailPolicy::Closed)
+        );
+        v.push(("AUTH_CONTENT_REVIEW_POLICY", "maybe"));
+        assert_eq!(cfg(&v).unwrap_err().var, "AUTH_CONTENT_REVIEW_POLICY");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct ApiError {
     /// Stable machine-readable reason, also in `data.reason`.
     pub reason: &'static str,
     pub message: String,
+    /// Seconds for a `Retry-After` header (429 and 503 answers).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -34,7 +36,19 @@ impl ApiError {
             status,
             reason,
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Adds a `Retry-After` header.
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after = Some(secs);
+        self
+    }
+
+    /// 503 `unavailable`: a dependency (Redis, WeChat, NATS) cannot be reached; try again.
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(1)
     }
 
     /// The envelope `code`: HTTP status × 100 (40300 for a 403), so it is never 0.
@@ -47,6 +61,11 @@ impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body =
             json!({"code": self.code(), "message": self.message, "data": {"reason": self.reason}});
-        (self.status, Json(body)).into_response()
+        let mut resp = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, secs.into());
+        }
+        resp
     }
 }

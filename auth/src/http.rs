@@ -1,68 +1,85 @@
 //! The HTTP API: routes, state and handlers.
 
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::State;
-use axum::http::{StatusCode, header};
+use axum::extract::{ConnectInfo, FromRequestParts, State};
+use axum::http::request::Parts;
+use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use prometheus::{Encoder, IntCounterVec, Opts, Registry, TextEncoder};
+use prometheus::{Encoder, TextEncoder};
 use protocol::UserId;
+use protocol::control::UserControl;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::CorsLayer;
 
+use crate::Config;
 use crate::envelope::{ApiError, ok};
-use crate::jwks::{Jwk, JwkSet};
+use crate::keyring::KeyRing;
+use crate::login::Exchanges;
+use crate::metrics::Metrics;
+use crate::store::{CODE_WINDOW_SECS, IP_WINDOW_SECS, Rotation, Store, StoreError};
 use crate::token::now_secs;
-use crate::{Config, Signer};
+use crate::wechat::WeChatClient;
+
+/// Longest accepted `wx.login` code.
+pub const MAX_CODE_LEN: usize = 128;
 
 /// Shared state of the handlers.
 #[derive(Clone)]
 pub struct AppState {
     pub config: Arc<Config>,
-    pub signer: Signer,
+    pub keys: KeyRing,
     pub metrics: Arc<Metrics>,
-}
-
-/// Prometheus metrics of the auth service.
-pub struct Metrics {
-    pub registry: Registry,
-    /// Login attempts by bounded `result` label.
-    pub logins: IntCounterVec,
-}
-
-impl Metrics {
-    fn new() -> Self {
-        let registry = Registry::new();
-        let logins = IntCounterVec::new(
-            Opts::new(
-                "auth_logins_total",
-                "Login attempts by result (ok, refused, bad_request).",
-            ),
-            &["result"],
-        )
-        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        registry
-            .register(Box::new(logins.clone()))
-            .unwrap_or_else(|e| unreachable!("{e}"));
-        Self { registry, logins }
-    }
+    /// Redis, when `AUTH_REDIS_URL` is set.
+    pub store: Option<Store>,
+    /// The WeChat API, when credentials are set.
+    pub wechat: Option<WeChatClient>,
+    /// NATS, when `AUTH_NATS_URL` is set.
+    pub nats: Option<async_nats::Client>,
+    pub exchanges: Arc<Exchanges>,
 }
 
 impl AppState {
+    /// State without NATS; [`crate::start`] adds it.
     pub fn new(config: Config) -> anyhow::Result<Self> {
-        let signer = config.signer()?;
+        config.validate()?;
+        let keys = KeyRing::load(&config)?;
+        let metrics = Arc::new(Metrics::new());
+        let store = config
+            .redis_url
+            .as_ref()
+            .map(|u| Store::new(&u.0, config.refresh_ttl_secs, config.session_key_ttl_secs))
+            .transpose()?;
+        let wechat = config
+            .wechat
+            .clone()
+            .map(|w| WeChatClient::new(w, metrics.clone()))
+            .transpose()?;
+        if config.wechat.is_some() && config.dev_login {
+            tracing::warn!(
+                "dev login is on next to WeChat login (AUTH_DEV_LOGIN): anyone can log in as anyone"
+            );
+        }
         tracing::info!(
-            kid = signer.kid(),
+            kid = keys.signer().kid(),
+            served_keys = keys.public_keys().len(),
             dev_login = config.dev_login,
+            wechat = config.wechat.is_some(),
             "signing key loaded"
         );
         Ok(Self {
             config: Arc::new(config),
-            signer,
-            metrics: Arc::new(Metrics::new()),
+            keys,
+            metrics,
+            store,
+            wechat,
+            nats: None,
+            exchanges: Arc::default(),
         })
     }
 }
@@ -71,9 +88,11 @@ impl AppState {
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/api/login", post(login))
+        .route("/api/refresh", post(refresh))
+        .route("/api/logout", post(logout))
         .route("/api/keys", get(keys))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         // Tokens travel in bodies and headers, never cookies, so any origin may call the API: this lets
         // the gateway's dev page (another port) log in.
@@ -81,45 +100,122 @@ pub fn app(state: AppState) -> Router {
         .with_state(state)
 }
 
-#[derive(Deserialize)]
-struct LoginBody {
-    dev_user: Option<String>,
-}
+/// The client's IP: the peer address, or the first `X-Forwarded-For` entry when trusted.
+pub struct ClientIp(pub Option<IpAddr>);
 
-async fn login(
-    State(state): State<AppState>,
-    body: Result<Json<LoginBody>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    match dev_login(&state, body) {
-        Ok(data) => {
-            state.metrics.logins.with_label_values(&["ok"]).inc();
-            ok(data)
+impl FromRequestParts<AppState> for ClientIp {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        if state.config.trust_forwarded_for
+            && let Some(ip) = parts
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        {
+            return Ok(Self(Some(ip)));
         }
-        Err(e) => {
-            let label = if e.status == StatusCode::FORBIDDEN {
-                "refused"
-            } else {
-                "bad_request"
-            };
-            state.metrics.logins.with_label_values(&[label]).inc();
-            e.into_response()
-        }
+        Ok(Self(
+            parts
+                .extensions
+                .get::<ConnectInfo<SocketAddr>>()
+                .map(|c| c.0.ip()),
+        ))
     }
 }
 
-fn dev_login(
+#[derive(Deserialize)]
+struct LoginBody {
+    dev_user: Option<String>,
+    code: Option<String>,
+}
+
+type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+}
+
+fn store_down(e: StoreError) -> ApiError {
+    tracing::warn!(error = %e, "redis unavailable");
+    ApiError::unavailable("the session store is unavailable; try again")
+}
+
+async fn login(State(state): State<AppState>, ip: ClientIp, body: JsonBody<LoginBody>) -> Response {
+    let result = async {
+        let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+        match (body.code, body.dev_user) {
+            (Some(code), _) => wechat_login(&state, ip.0, code).await,
+            (None, Some(name)) => dev_login(&state, name),
+            (None, None) => Err(bad_request("expected {\"code\": \"<wx.login code>\"}")),
+        }
+    }
+    .await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) => match (e.status, e.reason) {
+            (_, "relogin") => "relogin",
+            (StatusCode::FORBIDDEN, _) => "refused",
+            (StatusCode::TOO_MANY_REQUESTS, _) => "rate_limited",
+            (StatusCode::SERVICE_UNAVAILABLE, _) => "unavailable",
+            (StatusCode::INTERNAL_SERVER_ERROR, _) => "internal",
+            _ => "bad_request",
+        },
+    };
+    state.metrics.logins.with_label_values(&[label]).inc();
+    match result {
+        Ok(data) => ok(data),
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn wechat_login(
     state: &AppState,
-    body: Result<Json<LoginBody>, axum::extract::rejection::JsonRejection>,
+    ip: Option<IpAddr>,
+    code: String,
 ) -> Result<serde_json::Value, ApiError> {
-    let Json(body) =
-        body.map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "bad_request", e.body_text()))?;
-    let name = body.dev_user.ok_or_else(|| {
+    let Some(store) = state.store.as_ref().filter(|_| state.wechat.is_some()) else {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            "wechat_login_disabled",
+            "WeChat login is not configured on this server",
+        ));
+    };
+    if code.is_empty() || code.len() > MAX_CODE_LEN || !code.chars().all(|c| c.is_ascii_graphic()) {
+        return Err(bad_request("`code` must be the code of wx.login"));
+    }
+    let limited = |secs| {
         ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "expected {\"dev_user\": \"name\"}",
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many login attempts; try again later",
         )
-    })?;
+        .retry_after(secs)
+    };
+    if let Some(ip) = ip {
+        let key = format!("auth:rl:ip:{ip}");
+        store
+            .hit(&key, state.config.login_per_ip_per_min, IP_WINDOW_SECS)
+            .await
+            .map_err(store_down)?
+            .map_err(limited)?;
+    }
+    let key = format!("auth:rl:code:{}", crate::store::hash(&code));
+    store
+        .hit(&key, state.config.login_per_code, CODE_WINDOW_SECS)
+        .await
+        .map_err(store_down)?
+        .map_err(limited)?;
+    let work = crate::login::exchange(state.clone(), code.clone());
+    state.exchanges.run(&code, work).await
+}
+
+fn dev_login(state: &AppState, name: String) -> Result<serde_json::Value, ApiError> {
     if !state.config.dev_login {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -130,7 +226,10 @@ fn dev_login(
     let user = UserId::parse(name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string()))?;
     let now = now_secs();
-    let token = state.signer.issue(&user, now, state.config.access_ttl_secs);
+    let token = state
+        .keys
+        .signer()
+        .issue(&user, now, state.config.access_ttl_secs);
     Ok(json!({
         "user": user,
         "access_token": token,
@@ -139,10 +238,188 @@ fn dev_login(
     }))
 }
 
+#[derive(Deserialize)]
+struct RefreshBody {
+    refresh_token: Option<String>,
+}
+
+fn no_refresh() -> ApiError {
+    ApiError::new(
+        StatusCode::FORBIDDEN,
+        "refresh_disabled",
+        "refresh tokens need the session store (AUTH_REDIS_URL)",
+    )
+}
+
+async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> Response {
+    let result = async {
+        let Json(body) = body.map_err(|e| bad_request(e.body_text()))?;
+        let token = body
+            .refresh_token
+            .filter(|t| !t.is_empty() && t.len() <= 256)
+            .ok_or_else(|| bad_request("expected {\"refresh_token\": \"...\"}"))?;
+        let store = state.store.as_ref().ok_or_else(no_refresh)?;
+        match store.rotate(&token).await.map_err(store_down)? {
+            Rotation::Rotated { user, token } => {
+                let uid = UserId::parse(user.clone()).map_err(|_| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "unknown user")
+                })?;
+                let ttl = state.config.access_ttl_secs;
+                let access = state.keys.signer().issue(&uid, now_secs(), ttl);
+                Ok(json!({
+                    "user": user,
+                    "access_token": access,
+                    "token_type": "Bearer",
+                    "expires_in": ttl,
+                    "refresh_token": token,
+                    "refresh_expires_in": state.config.refresh_ttl_secs,
+                }))
+            }
+            Rotation::Reused { user } => {
+                tracing::warn!(%user, "a rotated refresh token was presented again: its family is revoked");
+                Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "refresh_reused",
+                    "this refresh token was already used; log in again",
+                ))
+            }
+            Rotation::Invalid => Err(ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                "invalid_refresh_token",
+                "the refresh token is unknown, expired or revoked; log in again",
+            )),
+        }
+    }
+    .await;
+    let label = match &result {
+        Ok(_) => "ok",
+        Err(e) if e.reason == "refresh_reused" => "reused",
+        Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
+        Err(_) => "invalid",
+    };
+    state.metrics.refreshes.with_label_values(&[label]).inc();
+    match result {
+        Ok(data) => ok(data),
+        Err(e) => e.into_response(),
+    }
+}
+
+/// `POST /api/logout` with `Authorization: Bearer <access token>` or `{"refresh_token"}`: revokes every
+/// refresh token family of the user and closes the user's sockets on every gateway.
+async fn logout(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    body: Option<Json<RefreshBody>>,
+) -> Response {
+    let result = async {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| {
+                v.strip_prefix("Bearer ")
+                    .or_else(|| v.strip_prefix("bearer "))
+            });
+        let user = match (bearer, body.and_then(|Json(b)| b.refresh_token)) {
+            (Some(token), _) => state
+                .keys
+                .verifier()
+                .verify(token.trim(), now_secs())
+                .map_err(|e| {
+                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
+                })?
+                .user()
+                .to_string(),
+            (None, Some(rt)) => {
+                let store = state.store.as_ref().ok_or_else(no_refresh)?;
+                store
+                    .user_of_token(&rt)
+                    .await
+                    .map_err(store_down)?
+                    .ok_or_else(|| {
+                        ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_refresh_token",
+                            "unknown refresh token",
+                        )
+                    })?
+            }
+            (None, None) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "missing_token",
+                    "send the access token as `Authorization: Bearer` or {\"refresh_token\"}",
+                ));
+            }
+        };
+        let revoked = match &state.store {
+            Some(store) => store.revoke_user(&user).await.map_err(store_down)?,
+            None => 0,
+        };
+        let uid = UserId::parse(user.clone())
+            .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "bad user"))?;
+        match &state.nats {
+            Some(nats) => {
+                let subject = protocol::subject::user_control_subject(&uid);
+                let body = serde_json::to_vec(&UserControl::Logout).unwrap_or_default();
+                let sent = async {
+                    nats.publish(subject, body.into()).await?;
+                    nats.flush().await?;
+                    anyhow::Ok(())
+                };
+                match tokio::time::timeout(Duration::from_secs(2), sent).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => {
+                        tracing::warn!(error = %e, "logout: NATS publish failed");
+                        return Err(ApiError::unavailable(
+                            "sockets could not be closed; try again",
+                        ));
+                    }
+                    Err(_) => {
+                        tracing::warn!("logout: NATS publish timed out");
+                        return Err(ApiError::unavailable(
+                            "sockets could not be closed; try again",
+                        ));
+                    }
+                }
+            }
+            None => tracing::warn!("logout without AUTH_NATS_URL: open sockets stay open"),
+        }
+        tracing::info!(%user, revoked, "logout");
+        Ok(json!({"user": user, "revoked_families": revoked}))
+    }
+    .await;
+    match result {
+        Ok(data) => ok(data),
+        Err(e) => e.into_response(),
+    }
+}
+
 async fn keys(State(state): State<AppState>) -> Response {
-    ok(JwkSet {
-        keys: vec![Jwk::ed25519(state.signer.kid(), &state.signer.public_key())],
-    })
+    ok(state.keys.jwks())
+}
+
+/// Ready when Redis answers `PING` and NATS is connected (each only when configured).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let redis = match &state.store {
+        None => "off",
+        Some(s) => match s.ping().await {
+            Ok(()) => "ok",
+            Err(_) => "down",
+        },
+    };
+    let nats = match &state.nats {
+        None => "off",
+        Some(n) => match n.connection_state() {
+            async_nats::connection::State::Connected => "ok",
+            _ => "down",
+        },
+    };
+    let status = if redis == "down" || nats == "down" {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(json!({"redis": redis, "nats": nats}))).into_response()
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {

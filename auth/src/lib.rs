@@ -1,32 +1,78 @@
 //! The liaotian auth service.
 //!
-//! It issues access tokens (Ed25519 JWTs) and serves the public keys that gateways use to check them.
-//! [`token`] holds both halves: gateways link this crate for [`token::KeySet::verify`] alone, and make no
-//! call to this service per connection.
+//! It logs WeChat mini-program users in (`code2Session`), issues access tokens (Ed25519 JWTs) and
+//! refresh tokens (opaque, in Redis, rotated on every use), serves the public keys that gateways use to
+//! check access tokens, and, when enabled, serves the content check to gateways over NATS.
+//! [`token`] holds both halves of the JWT: gateways link this crate for [`token::KeySet::verify`] alone,
+//! and make no call to this service per connection.
 //!
-//! This version offers the development login only (`POST /api/login {"dev_user": …}`), and only when the
-//! service is started with the explicit dev flag.
+//! The development login (`POST /api/login {"dev_user": …}`) is only there when the service is started
+//! with the explicit dev flag. See `docs/wechat.md`.
 
 pub mod config;
+pub mod content;
 pub mod envelope;
 pub mod http;
 pub mod jwks;
+pub mod keyring;
+pub mod login;
+pub mod metrics;
+pub mod store;
 pub mod token;
+pub mod wechat;
+
+#[cfg(feature = "test-support")]
+pub mod fake_wechat;
 
 pub use config::Config;
 pub use token::{KeySet, Signer, VerifiedClaims, VerifyError};
 
 use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
 
+use anyhow::Context;
 use tokio::net::TcpListener;
 
-/// Serves the auth HTTP API on `listener` until `shutdown` resolves.
-pub async fn run(
+/// Longest pause between NATS reconnect attempts.
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+
+/// Builds the service state: keys, Redis, WeChat client, NATS and, when enabled, the content-check
+/// service (spawned). Redis and NATS are connected lazily, so auth starts while they are down.
+pub async fn start(config: Config) -> anyhow::Result<http::AppState> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let mut state = http::AppState::new(config)?;
+    if let Some(url) = &state.config.nats_url {
+        state.nats = Some(connect_nats(url).await?);
+    }
+    if let (Some(settings), Some(nats), Some(store), Some(wechat)) = (
+        state.config.content_check.clone(),
+        state.nats.clone(),
+        state.store.clone(),
+        state.wechat.clone(),
+    ) {
+        let checker = content::Checker {
+            settings,
+            tokens: Arc::new(wechat::TokenHolder::new(wechat)),
+            store,
+            metrics: state.metrics.clone(),
+        };
+        tokio::spawn(async move {
+            if let Err(e) = content::serve(nats, checker).await {
+                tracing::error!(error = %format!("{e:#}"), "content check stopped");
+            }
+        });
+    }
+    Ok(state)
+}
+
+/// Serves the auth HTTP API of `state` on `listener` until `shutdown` resolves.
+pub async fn serve(
     listener: TcpListener,
-    config: Config,
+    state: http::AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
-    let state = http::AppState::new(config)?;
+    let nats = state.nats.clone();
     let app = http::app(state);
     tracing::info!(addr = %listener.local_addr()?, "auth listening");
     axum::serve(
@@ -35,5 +81,43 @@ pub async fn run(
     )
     .with_graceful_shutdown(shutdown)
     .await?;
+    if let Some(nats) = nats {
+        let _ = nats.flush().await;
+    }
     Ok(())
+}
+
+/// [`start`] then [`serve`].
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let state = start(config).await?;
+    serve(listener, state, shutdown).await
+}
+
+async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("AUTH_NATS_URL={url} is not a comma-separated list of URLs"))?;
+    async_nats::ConnectOptions::new()
+        .name("liaotian-auth")
+        .retry_on_initial_connect()
+        .reconnect_delay_callback(|attempts| {
+            let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
+            step.min(MAX_RECONNECT_DELAY)
+        })
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                async_nats::Event::Connected => tracing::info!("NATS connected"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        })
+        .connect(servers)
+        .await
+        .with_context(|| format!("connecting to NATS at {url}"))
 }

@@ -13,7 +13,22 @@ async fn main() -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&config.listen)
         .await
         .with_context(|| format!("binding AUTH_LISTEN={}", config.listen))?;
-    auth::run(listener, config, shutdown_signal()).await
+    let state = auth::start(config.clone()).await?;
+    // SIGHUP reads the key files again: that is how keys rotate without a restart (docs/wechat.md).
+    let keys = state.keys.clone();
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("listening for SIGHUP")?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            match keys.reload(&config) {
+                Ok(()) => tracing::info!("keys reloaded"),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "reloading keys failed; keeping the current ones")
+                }
+            }
+        }
+    });
+    auth::serve(listener, state, shutdown_signal()).await
 }
 
 fn init_tracing() {

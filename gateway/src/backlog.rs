@@ -12,7 +12,9 @@ use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use protocol::StoredMessage;
 use protocol::frame::MessageFrame;
-use protocol::history::{ConvRef, HISTORY_SUBJECT, HistoryReply, HistoryRequest, MAX_LIMIT};
+use protocol::history::{
+    ConvRef, HISTORY_SUBJECT, HistoryErrorCode, HistoryReply, HistoryRequest, MAX_LIMIT,
+};
 use protocol::subject::{self, Conversation};
 
 use crate::metrics::Metrics;
@@ -21,6 +23,14 @@ use crate::metrics::Metrics;
 const REPLAY_STALL: Duration = Duration::from_secs(5);
 /// Longest wait for the history service.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The newest sequence of a conversation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LastSeq {
+    pub seq: u64,
+    /// False when it could not be known (0 is then a placeholder).
+    pub exact: bool,
+}
 
 /// A replayed range.
 #[derive(Debug)]
@@ -71,20 +81,29 @@ impl Backlog {
     /// The newest sequence stored in a conversation, 0 if it has none.
     ///
     /// When the stream holds nothing for the conversation but has dropped messages (retention), the
-    /// newest one may only be in the persisters' store, so they are asked.
-    pub async fn last_seq(&self, conv: &Conversation) -> Result<u64, BacklogError> {
+    /// newest one may only be in the persisters' store, so they are asked; if they do not answer, the
+    /// result is 0 and not `exact`.
+    pub async fn last_seq(&self, conv: &Conversation) -> Result<LastSeq, BacklogError> {
         use async_nats::jetstream::stream::DirectGetErrorKind;
         let stream = self.stream().await?;
         match stream
             .direct_get_last_for_subject(conv.ingest_subject())
             .await
         {
-            Ok(m) => return Ok(m.sequence),
+            Ok(m) => {
+                return Ok(LastSeq {
+                    seq: m.sequence,
+                    exact: true,
+                });
+            }
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(BacklogError::Stream(e.to_string())),
         }
         if self.first_seq().await? <= 1 {
-            return Ok(0);
+            return Ok(LastSeq {
+                seq: 0,
+                exact: true,
+            });
         }
         let req = HistoryRequest {
             conv: ConvRef::from(conv),
@@ -92,8 +111,19 @@ impl Backlog {
             after: None,
             limit: 1,
         };
-        let (messages, _) = self.history(&req).await?;
-        Ok(messages.last().map_or(0, |m| m.seq))
+        match self.history(&req).await {
+            Ok((messages, _)) => Ok(LastSeq {
+                seq: messages.last().map_or(0, |m| m.seq),
+                exact: true,
+            }),
+            Err(e) => {
+                tracing::warn!(error = %e, "newest sequence unknown: the stream dropped it and history is unavailable");
+                Ok(LastSeq {
+                    seq: 0,
+                    exact: false,
+                })
+            }
+        }
     }
 
     /// The stream's first stored sequence (1 for a stream that never dropped anything).
@@ -125,7 +155,26 @@ impl Backlog {
         if use_history {
             let first = self.first_seq().await?;
             if after + 1 < first {
-                return self.replay_from_history(conv, after, until, max).await;
+                // The stream no longer holds the start of the range: read that part from history,
+                // and the rest, if any, from the stream.
+                let split = until.min(first - 1);
+                let Replay::Complete(mut older) =
+                    self.replay_from_history(conv, after, split, max).await?
+                else {
+                    return Ok(Replay::TooMany);
+                };
+                if until <= split {
+                    return Ok(Replay::Complete(older));
+                }
+                let from = older.last().map_or(split, |m| m.seq.max(split));
+                let Replay::Complete(newer) = self
+                    .replay_from_stream(conv, from, until, max.saturating_sub(older.len()))
+                    .await?
+                else {
+                    return Ok(Replay::TooMany);
+                };
+                older.extend(newer);
+                return Ok(Replay::Complete(older));
             }
         }
         self.replay_from_stream(conv, after, until, max).await
@@ -238,7 +287,11 @@ impl Backlog {
         .map_err(|e| BacklogError::History(e.to_string()))?;
         match serde_json::from_slice::<HistoryReply>(&answer.payload) {
             Ok(HistoryReply::Page { messages, more }) => Ok((messages, more)),
-            Ok(HistoryReply::Error { message }) => Err(BacklogError::Refused(message)),
+            Ok(HistoryReply::Error {
+                code: HistoryErrorCode::BadRequest,
+                message,
+            }) => Err(BacklogError::Refused(message)),
+            Ok(HistoryReply::Error { message, .. }) => Err(BacklogError::History(message)),
             Err(e) => Err(BacklogError::History(format!("bad reply: {e}"))),
         }
     }

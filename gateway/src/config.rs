@@ -21,7 +21,7 @@ pub const DEFAULT_RATE_BURST: f64 = 40.0;
 /// Connections one gateway accepts at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 /// Frames queued for one connection before it counts as a slow consumer.
-pub const DEFAULT_OUTBOUND_QUEUE: usize = 512;
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
 /// Interval of server pings and the heartbeat announced to clients.
 pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(25);
 /// Silence after which a connection is closed with 4000.
@@ -249,7 +249,8 @@ impl Config {
             c.shutdown_grace = Duration::from_millis(n);
         }
         if let Some(n) = num("GATEWAY_HEARTBEAT_MS")? {
-            c.presence_ttl = Duration::from_millis(n * 3).max(Duration::from_secs(1));
+            // Nats-TTL has whole seconds: round up.
+            c.presence_ttl = Duration::from_secs((n * 3).div_ceil(1000).max(1));
         }
         if let Some(n) = num("GATEWAY_PRESENCE_TTL_SECS")? {
             c.presence_ttl = Duration::from_secs(n);

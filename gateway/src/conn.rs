@@ -103,6 +103,21 @@ impl Outbox {
         }
     }
 
+    /// Queues a frame for this connection alone, waiting up to `patience` for room in the queue: for
+    /// replays, which may be longer than the queue. A client that does not drain in time is closed as
+    /// a slow consumer.
+    pub async fn send_wait(&self, frame: Outbound, patience: std::time::Duration) -> bool {
+        match tokio::time::timeout(patience, self.tx.send(frame)).await {
+            Ok(Ok(())) => true,
+            Ok(Err(_)) => false,
+            Err(_) => {
+                self.shared
+                    .close(close_code::SLOW_CONSUMER, "slow consumer");
+                false
+            }
+        }
+    }
+
     pub fn conn(&self) -> &ConnId {
         &self.shared.conn
     }

@@ -42,6 +42,8 @@ pub const MAX_GAP_FILL: usize = 1000;
 const MAX_TRACKED_SUBJECTS: usize = 4096;
 /// Frames a gate buffers while its connection resumes; past it the connection is closed (4008).
 pub const GATE_BUFFER: usize = 4096;
+/// How long a replay waits for room in one connection's queue before closing it as slow.
+pub const REPLAY_PATIENCE: Duration = Duration::from_secs(10);
 /// Prefix of control subjects, which carry commands rather than chat messages.
 const CONTROL_PREFIX: &str = "chat.ctl.";
 
@@ -122,21 +124,37 @@ impl Gate {
         }
     }
 
-    /// Queues the held frames newer than `after` and opens the gate, under the gate's lock so no
-    /// live frame can overtake them. Returns `false` if frames were lost to the buffer limit.
-    pub fn release(&self, outbox: &Outbox, after: u64) -> bool {
-        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        let GateState::Buffering { frames, overflow } =
-            std::mem::replace(&mut *state, GateState::Open)
-        else {
-            return true;
-        };
-        for (seq, frame) in frames {
-            if seq > after && outbox.push(Outbound::Text(frame)) != Pushed::Queued {
-                return false;
+    /// Queues the held frames newer than `after`, then opens the gate. Frames are taken out in
+    /// batches and queued without holding the lock; the gate opens only when, under the lock, nothing
+    /// is left, so no live frame can overtake a held one. Returns `false` if frames were lost to the
+    /// buffer limit or the client did not drain its queue in time.
+    pub async fn release(&self, outbox: &Outbox, after: u64) -> bool {
+        loop {
+            let batch = {
+                let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                match &mut *state {
+                    GateState::Open => return true,
+                    GateState::Buffering { overflow: true, .. } => {
+                        *state = GateState::Open;
+                        return false;
+                    }
+                    GateState::Buffering { frames, .. } if frames.is_empty() => {
+                        *state = GateState::Open;
+                        return true;
+                    }
+                    GateState::Buffering { frames, .. } => std::mem::take(frames),
+                }
+            };
+            for (seq, frame) in batch {
+                if seq > after
+                    && !outbox
+                        .send_wait(Outbound::Text(frame), REPLAY_PATIENCE)
+                        .await
+                {
+                    return false;
+                }
             }
         }
-        !overflow
     }
 }
 
@@ -298,8 +316,10 @@ impl TopicTask {
         // stored in between then shows up as a gap and is filled, never skipped.
         if let TopicKey::Room(room) = &key {
             let conv = Conversation::Room(room.clone());
-            if let Ok(last) = self.backlog.last_seq(&conv).await {
-                self.last.insert(conv.deliver_subject(), last);
+            if let Ok(last) = self.backlog.last_seq(&conv).await
+                && last.exact
+            {
+                self.last.insert(conv.deliver_subject(), last.seq);
             }
         }
         let mut subs = Vec::new();
@@ -410,9 +430,9 @@ impl TopicTask {
                 continue;
             };
             if let Ok(newest) = self.backlog.last_seq(&conv).await
-                && newest > last
+                && newest.seq > last
             {
-                self.fill(&subject, last, newest).await;
+                self.fill(&subject, last, newest.seq).await;
             }
         }
     }

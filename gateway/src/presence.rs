@@ -1,9 +1,9 @@
 //! Presence in the NATS KV bucket `presence`, with per-key TTLs refreshed by client heartbeats.
 //!
-//! Keys (all in one bucket, each written with a per-message TTL except `seen`):
+//! Keys (all in one bucket, each written with a per-message TTL):
 //! - `conn.<user>.<conn>`: one per open connection; the user is online while any exists.
 //! - `room.<room>.<user>.<conn>`: one per connection in a room.
-//! - `seen.<user>`: the time of the user's latest activity (no TTL), for `last_seen`.
+//! - `seen.<user>`: the time of the user's latest activity, for `last_seen` (kept 30 days).
 //!
 //! A clean close deletes its keys. A crashed gateway's keys expire after the TTL, and the server then
 //! writes a delete marker (`Nats-Marker-Reason: MaxAge`) that every watcher sees. Keys are written by
@@ -41,6 +41,8 @@ const MARKER_TTL: Duration = Duration::from_secs(5);
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 /// Longest wait for a presence write's ack.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long `seen.<user>` outlives the user's last activity, so the bucket does not grow forever.
+pub const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Online users listed in `joined`; `online_count` gives the full number.
 pub const ONLINE_LIST_CAP: usize = 100;
 

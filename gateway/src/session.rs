@@ -19,7 +19,7 @@ use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Tar
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::backlog::{BacklogError, Replay};
+use crate::backlog::{BacklogError, LastSeq, Replay};
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
 use crate::hub::{Gate, TopicKey};
 use crate::presence::{ONLINE_LIST_CAP, WatchKey};
@@ -101,7 +101,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         server_time: now_ms(),
         protocol: protocol::PROTOCOL_VERSION,
     });
-    hold.release(&outbox, 0);
+    hold.release(&outbox, 0).await;
     session.state.hub.set_gate(&user_topic, &outbox, None);
     session.state.presence.put_conn(&user, &shared.conn).await;
     tracing::debug!("session open");
@@ -429,8 +429,8 @@ impl Session {
         } else if gate.is_some() {
             self.state.hub.set_gate(&key, &self.outbox, gate.clone());
         }
-        let last_seq = match self.state.backlog.last_seq(&conv).await {
-            Ok(last_seq) => last_seq,
+        let last = match self.state.backlog.last_seq(&conv).await {
+            Ok(last) => last,
             Err(e) => {
                 tracing::warn!(error = %e, %room, "join: stream unreachable");
                 if fresh {
@@ -447,6 +447,7 @@ impl Session {
                 return;
             }
         };
+        let last_seq = last.seq;
         // Announce this connection in the room, then read who is online (including itself).
         let shared = self.outbox.shared.clone();
         let presence = self.state.presence.clone();
@@ -462,7 +463,7 @@ impl Session {
             .collect();
         match (since, gate) {
             (Some(since), Some(gate)) => {
-                self.replay(&key, &conv, since, last_seq, &gate, |recovered| {
+                self.replay(&key, &conv, since, last, &gate, |recovered| {
                     ServerFrame::Joined {
                         id,
                         room,
@@ -499,8 +500,8 @@ impl Session {
         self.state
             .hub
             .set_gate(&key, &self.outbox, Some(gate.clone()));
-        let last_seq = match self.state.backlog.last_seq(&conv).await {
-            Ok(last_seq) => last_seq,
+        let last = match self.state.backlog.last_seq(&conv).await {
+            Ok(last) => last,
             Err(e) => {
                 tracing::warn!(error = %e, "resume: stream unreachable");
                 self.state.hub.set_gate(&key, &self.outbox, None);
@@ -511,7 +512,8 @@ impl Session {
                 );
             }
         };
-        self.replay(&key, &conv, since, last_seq, &gate, |recovered| {
+        let last_seq = last.seq;
+        self.replay(&key, &conv, since, last, &gate, |recovered| {
             ServerFrame::Resumed {
                 id,
                 with,
@@ -529,16 +531,22 @@ impl Session {
         key: &TopicKey,
         conv: &Conversation,
         since: u64,
-        last_seq: u64,
+        last: LastSeq,
         gate: &Arc<Gate>,
         head: impl FnOnce(bool) -> ServerFrame,
     ) {
         let max = self.state.config.max_resume;
-        let replayed = self
-            .state
-            .backlog
-            .replay(conv, since, last_seq, max, true)
-            .await;
+        let last_seq = last.seq;
+        let replayed = if last.exact {
+            self.state
+                .backlog
+                .replay(conv, since, last_seq, max, true)
+                .await
+        } else {
+            Err(BacklogError::History(
+                "the newest sequence is unknown".into(),
+            ))
+        };
         let (recovered, frames) = match replayed {
             Ok(Replay::Complete(frames)) => (true, frames),
             Ok(Replay::TooMany) => (false, Vec::new()),
@@ -553,10 +561,16 @@ impl Session {
             .with_label_values(&[if recovered { "true" } else { "false" }])
             .inc();
         self.reply(head(recovered));
+        let patience = crate::hub::REPLAY_PATIENCE;
+        let mut complete = true;
         for frame in frames {
-            self.reply(ServerFrame::Message(frame));
+            let json = Utf8Bytes::from(ServerFrame::Message(frame).to_json());
+            if !self.outbox.send_wait(Outbound::Text(json), patience).await {
+                complete = false;
+                break;
+            }
         }
-        let complete = gate.release(&self.outbox, last_seq);
+        complete = complete && gate.release(&self.outbox, last_seq).await;
         self.state.hub.set_gate(key, &self.outbox, None);
         if !complete {
             self.outbox

@@ -17,7 +17,9 @@ fn send(room: &str, text: &str, cmid: &str) -> Value {
 async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<u64> {
     let mut seqs = Vec::new();
     for i in 0..n {
-        c.send(send(room, &format!("{prefix}{i}"), &format!("{prefix}{i}"))).await.unwrap();
+        c.send(send(room, &format!("{prefix}{i}"), &format!("{prefix}{i}")))
+            .await
+            .unwrap();
         seqs.push(c.recv_type("ack").await.unwrap()["seq"].as_u64().unwrap());
     }
     seqs
@@ -38,9 +40,18 @@ async fn collect_messages(c: &mut WsClient, n: usize) -> Vec<Value> {
 /// Resumes `room` after `since` and checks the replay: every missed seq once, in order, then `live`.
 /// `chain_intact` is false when the stream dropped the room's messages: the next live message's
 /// `prev_seq` then restarts at 0, which a client must not take for a gap.
-async fn resume_and_check(stack: &Stack, gw: &common::Gateway, room: &str, since: u64, missed: &[u64], chain_intact: bool) {
+async fn resume_and_check(
+    stack: &Stack,
+    gw: &common::Gateway,
+    room: &str,
+    since: u64,
+    missed: &[u64],
+    chain_intact: bool,
+) {
     let mut c = stack.connect(gw, "late").await;
-    c.send(json!({"type": "join", "room": room, "since": since, "id": "r"})).await.unwrap();
+    c.send(json!({"type": "join", "room": room, "since": since, "id": "r"}))
+        .await
+        .unwrap();
     let joined = c.recv_type("joined").await.unwrap();
     assert_eq!(joined["recovered"], true, "{joined}");
     assert_eq!(joined["last_seq"], *missed.last().unwrap());
@@ -53,17 +64,31 @@ async fn resume_and_check(stack: &Stack, gw: &common::Gateway, room: &str, since
     other.send(send(room, "live", "live-1")).await.unwrap();
     let live = c.recv_type("message").await.unwrap();
     assert_eq!(live["client_msg_id"], "live-1");
-    let expected_prev = if chain_intact { *missed.last().unwrap() } else { 0 };
+    let expected_prev = if chain_intact {
+        *missed.last().unwrap()
+    } else {
+        0
+    };
     assert_eq!(live["prev_seq"], expected_prev);
 }
 
 #[tokio::test]
 async fn resume_replays_500_missed_messages_without_the_persister() {
-    // With no persister running, a resume reads the missed range from the stream itself.
+    // With no persister running, a resume reads the missed range from the stream itself, even when
+    // the replay is far longer than the connection's outbound queue.
     let stack = Stack::start();
-    let g = stack.gateway_with(gateway::Config { rate_per_sec: 5000.0, rate_burst: 5000.0, ..stack.config() }).await;
+    let g = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5000.0,
+            rate_burst: 5000.0,
+            outbound_queue: 32,
+            ..stack.config()
+        })
+        .await;
     let mut reader = stack.connect(&g, "late").await;
-    let since = join(&mut reader, "busy").await["last_seq"].as_u64().unwrap();
+    let since = join(&mut reader, "busy").await["last_seq"]
+        .as_u64()
+        .unwrap();
     drop(reader);
     let mut sender = stack.connect(&g, "sender").await;
     join(&mut sender, "busy").await;
@@ -75,7 +100,13 @@ async fn resume_replays_500_missed_messages_without_the_persister() {
 async fn resume_reads_from_the_persister_when_the_stream_no_longer_holds_the_range() {
     // After the stream dropped old messages (here: a purge), a resume is served by the persister's history.
     let stack = Stack::start();
-    let g = stack.gateway_with(gateway::Config { rate_per_sec: 5000.0, rate_burst: 5000.0, ..stack.config() }).await;
+    let g = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5000.0,
+            rate_burst: 5000.0,
+            ..stack.config()
+        })
+        .await;
     let _persister = stack.persister().await;
     let mut sender = stack.connect(&g, "sender").await;
     join(&mut sender, "old").await;
@@ -84,12 +115,18 @@ async fn resume_reads_from_the_persister_when_the_stream_no_longer_holds_the_ran
     let mut probe = stack.connect(&g, "probe").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        probe.send(json!({"type":"history","room":"old","after": missed[498], "limit": 5})).await.unwrap();
+        probe
+            .send(json!({"type":"history","room":"old","after": missed[498], "limit": 5}))
+            .await
+            .unwrap();
         let h = probe.recv_type("history").await.unwrap();
         if h["messages"].as_array().is_some_and(|m| m.len() == 1) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "persister did not catch up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "persister did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
@@ -103,19 +140,29 @@ async fn resume_beyond_the_limit_is_not_recovered() {
     // More missed messages than the resume limit: joined says recovered false and live messages still flow.
     let stack = Stack::start();
     let g = stack
-        .gateway_with(gateway::Config { max_resume: 20, rate_per_sec: 5000.0, rate_burst: 5000.0, ..stack.config() })
+        .gateway_with(gateway::Config {
+            max_resume: 20,
+            rate_per_sec: 5000.0,
+            rate_burst: 5000.0,
+            ..stack.config()
+        })
         .await;
     let mut sender = stack.connect(&g, "sender").await;
     join(&mut sender, "r").await;
     let seqs = send_many(&mut sender, "r", "x", 30).await;
     let mut c = stack.connect(&g, "late").await;
-    c.send(json!({"type": "join", "room": "r", "since": 0})).await.unwrap();
+    c.send(json!({"type": "join", "room": "r", "since": 0}))
+        .await
+        .unwrap();
     let joined = c.recv_type("joined").await.unwrap();
     assert_eq!(joined["recovered"], false);
     assert_eq!(joined["last_seq"], *seqs.last().unwrap());
     sender.send(send("r", "new", "new")).await.unwrap();
     let m = c.recv().await.unwrap();
-    assert_eq!((m["type"].as_str(), m["client_msg_id"].as_str()), (Some("message"), Some("new")));
+    assert_eq!(
+        (m["type"].as_str(), m["client_msg_id"].as_str()),
+        (Some("message"), Some("new"))
+    );
 }
 
 #[tokio::test]
@@ -131,25 +178,49 @@ async fn direct_message_thread_resumes_after_since() {
         first.get_or_insert(seq);
     }
     let mut alice = stack.connect(&g, "alice").await;
-    alice.send(json!({"type":"resume","with":"bob","since": first.unwrap()})).await.unwrap();
+    alice
+        .send(json!({"type":"resume","with":"bob","since": first.unwrap()}))
+        .await
+        .unwrap();
     let resumed = alice.recv_type("resumed").await.unwrap();
     assert_eq!(resumed["recovered"], true);
     let got = collect_messages(&mut alice, 4).await;
-    let texts: Vec<_> = got.iter().map(|m| m["text"].as_str().unwrap().to_owned()).collect();
+    let texts: Vec<_> = got
+        .iter()
+        .map(|m| m["text"].as_str().unwrap().to_owned())
+        .collect();
     assert_eq!(texts, ["d1", "d2", "d3", "d4"]);
-    alice.send(json!({"type":"resume","with":"alice","since":0})).await.unwrap();
-    assert_eq!(alice.recv_type("error").await.unwrap()["code"], "bad_request");
+    alice
+        .send(json!({"type":"resume","with":"alice","since":0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        alice.recv_type("error").await.unwrap()["code"],
+        "bad_request"
+    );
 }
 
 #[tokio::test]
 async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
     // Messages stored while one gateway's NATS link was cut reach its clients after reconnect, in order.
     let stack = Stack::start();
-    let proxy = testkit::TcpProxy::start(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap()).await.unwrap();
+    let proxy =
+        testkit::TcpProxy::start(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap())
+            .await
+            .unwrap();
     let cut_off = stack
-        .gateway_with(gateway::Config { nats_url: format!("nats://{}", proxy.addr()), ..stack.config() })
+        .gateway_with(gateway::Config {
+            nats_url: format!("nats://{}", proxy.addr()),
+            ..stack.config()
+        })
         .await;
-    let g2 = stack.gateway_with(gateway::Config { rate_per_sec: 5000.0, rate_burst: 5000.0, ..stack.config() }).await;
+    let g2 = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5000.0,
+            rate_burst: 5000.0,
+            ..stack.config()
+        })
+        .await;
     let mut reader = stack.connect(&cut_off, "reader").await;
     join(&mut reader, "r").await;
     let mut sender = stack.connect(&g2, "sender").await;
@@ -167,22 +238,35 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
     let next = reader.recv_type("message").await.unwrap();
     assert_eq!(next["seq"], *seqs.last().unwrap());
     let metrics = http_body(&format!("http://{}/metrics", cut_off.addr)).await;
-    assert!(!metrics.contains("gateway_gap_fills_total 0"), "a gap fill was counted");
+    assert!(
+        !metrics.contains("gateway_gap_fills_total 0"),
+        "a gap fill was counted"
+    );
 }
 
 #[tokio::test]
 async fn history_pages_back_and_forth_through_the_gateway() {
     // history pages come from the persister in seq order with exact `more`; bad limits are bad_request.
     let stack = Stack::start();
-    let g = stack.gateway_with(gateway::Config { rate_per_sec: 5000.0, rate_burst: 5000.0, ..stack.config() }).await;
+    let g = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5000.0,
+            rate_burst: 5000.0,
+            ..stack.config()
+        })
+        .await;
     let _persister = stack.persister().await;
     let mut c = stack.connect(&g, "alice").await;
     join(&mut c, "h").await;
     let seqs = send_many(&mut c, "h", "h", 120).await;
     let page = |before: Option<u64>, after: Option<u64>, limit: u64| {
         let mut f = json!({"type":"history","room":"h","limit":limit,"id":"q"});
-        if let Some(b) = before { f["before"] = json!(b); }
-        if let Some(a) = after { f["after"] = json!(a); }
+        if let Some(b) = before {
+            f["before"] = json!(b);
+        }
+        if let Some(a) = after {
+            f["after"] = json!(a);
+        }
         f
     };
     // Wait until all 120 are persisted.
@@ -190,15 +274,38 @@ async fn history_pages_back_and_forth_through_the_gateway() {
     let newest = loop {
         c.send(page(None, None, 50)).await.unwrap();
         let h = c.recv_type("history").await.unwrap();
-        if h["messages"].as_array().unwrap().last().map(|m| m["seq"].as_u64().unwrap()) == Some(seqs[119]) {
+        if h["messages"]
+            .as_array()
+            .unwrap()
+            .last()
+            .map(|m| m["seq"].as_u64().unwrap())
+            == Some(seqs[119])
+        {
             break h;
         }
-        assert!(tokio::time::Instant::now() < deadline, "persister did not catch up");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "persister did not catch up"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    let seqs_of = |h: &Value| h["messages"].as_array().unwrap().iter().map(|m| m["seq"].as_u64().unwrap()).collect::<Vec<_>>();
+    let seqs_of = |h: &Value| {
+        h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect::<Vec<_>>()
+    };
     assert_eq!(seqs_of(&newest), seqs[70..]);
-    assert_eq!((newest["more"].as_bool(), newest["room"].as_str(), newest["id"].as_str()), (Some(true), Some("h"), Some("q")));
+    assert_eq!(
+        (
+            newest["more"].as_bool(),
+            newest["room"].as_str(),
+            newest["id"].as_str()
+        ),
+        (Some(true), Some("h"), Some("q"))
+    );
     c.send(page(Some(seqs[70]), None, 50)).await.unwrap();
     let older = c.recv_type("history").await.unwrap();
     assert_eq!(seqs_of(&older), seqs[20..70]);
@@ -223,17 +330,29 @@ async fn history_without_a_persister_is_unavailable() {
     let stack = Stack::start();
     let g = stack.gateway().await;
     let mut c = stack.connect(&g, "alice").await;
-    c.send(json!({"type":"history","with":"bob","id":"h"})).await.unwrap();
+    c.send(json!({"type":"history","with":"bob","id":"h"}))
+        .await
+        .unwrap();
     let e = c.recv_type("error").await.unwrap();
-    assert_eq!((e["code"].as_str(), e["id"].as_str()), (Some("unavailable"), Some("h")));
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("unavailable"), Some("h"))
+    );
 }
 
 async fn http_body(url: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest.split_once('/').map(|(h, p)| (h, format!("/{p}"))).unwrap();
+    let (host, path) = rest
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap();
     let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes()).await.unwrap();
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await
+    .unwrap();
     let mut buf = String::new();
     s.read_to_string(&mut buf).await.unwrap();
     buf

@@ -9,7 +9,9 @@ use std::sync::{Arc, Mutex};
 
 use futures_util::StreamExt;
 use futures_util::future::{BoxFuture, FutureExt, Shared};
-use protocol::history::{HISTORY_QUEUE, HISTORY_SUBJECT, HistoryReply, HistoryRequest};
+use protocol::history::{
+    HISTORY_QUEUE, HISTORY_SUBJECT, HistoryErrorCode, HistoryReply, HistoryRequest,
+};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -97,7 +99,8 @@ pub async fn answer(coalescer: &Arc<Coalescer>, metrics: &Metrics, body: &[u8]) 
         Err(e) => {
             metrics.history_bad_requests.inc();
             return HistoryReply::Error {
-                message: format!("bad_request: {e}"),
+                code: HistoryErrorCode::BadRequest,
+                message: e.to_string(),
             };
         }
     };
@@ -106,7 +109,8 @@ pub async fn answer(coalescer: &Arc<Coalescer>, metrics: &Metrics, body: &[u8]) 
         Err(e) => {
             metrics.history_bad_requests.inc();
             return HistoryReply::Error {
-                message: format!("bad_request: {e}"),
+                code: HistoryErrorCode::BadRequest,
+                message: e.to_string(),
             };
         }
     };
@@ -119,7 +123,8 @@ pub async fn answer(coalescer: &Arc<Coalescer>, metrics: &Metrics, body: &[u8]) 
             metrics.store_read_errors.inc();
             tracing::error!(error = %ErrorChain(e.as_ref()), "history read failed");
             HistoryReply::Error {
-                message: "unavailable: history store read failed".into(),
+                code: HistoryErrorCode::Unavailable,
+                message: "history store read failed".into(),
             }
         }
     }

@@ -74,8 +74,19 @@ pub enum HistoryReply {
         more: bool,
     },
     Error {
+        code: HistoryErrorCode,
         message: String,
     },
+}
+
+/// Why a history request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum HistoryErrorCode {
+    /// The request itself is wrong (limit out of range, a DM with oneself); do not retry it.
+    BadRequest,
+    /// The store could not be read; retry later.
+    Unavailable,
 }
 
 #[cfg(test)]

@@ -7,10 +7,12 @@
 
 pub mod nats;
 pub mod proxy;
+pub mod redis;
 pub mod ws;
 
 pub use nats::NatsServer;
 pub use proxy::TcpProxy;
+pub use redis::RedisServer;
 pub use ws::WsClient;
 
 use std::path::PathBuf;

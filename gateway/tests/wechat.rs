@@ -1,0 +1,326 @@
+//! WeChat mini-program support end to end: real `auth::run`-style service and `gateway::run` instances
+//! over a real nats-server and redis-server, with a fake WeChat API on 127.0.0.1:0.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use auth::config::{ContentCheck, FailPolicy, ReviewPolicy, Secret, WeChat};
+use auth::fake_wechat::FakeWeChat;
+use auth::http::AppState;
+use serde_json::{Value, json};
+use testkit::ws::Ended;
+use testkit::{NatsServer, RedisServer, WsClient};
+use tokio::sync::oneshot;
+
+struct Stack {
+    nats: NatsServer,
+    redis: RedisServer,
+    fake: FakeWeChat,
+    auth_url: String,
+    auth: AppState,
+    http: reqwest::Client,
+    _auth_task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+struct Gw {
+    addr: SocketAddr,
+    _stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl Drop for Gw {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
+}
+
+async fn stack(tweak: impl FnOnce(&mut auth::Config)) -> Stack {
+    init_tracing();
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let nats = NatsServer::start().expect("start nats-server");
+    let redis = RedisServer::start().expect("start redis-server");
+    let fake = FakeWeChat::start().await;
+    let mut c = auth::Config {
+        wechat: Some(WeChat {
+            appid: "wx-test".into(),
+            secret: Secret("app-secret".into()),
+            api_base: fake.base_url(),
+            timeout: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(50),
+        }),
+        user_id_secret: Some(Secret(b"test-user-id-secret".to_vec())),
+        redis_url: Some(Secret(redis.url())),
+        nats_url: Some(nats.url()),
+        login_per_ip_per_min: 1000,
+        ..auth::Config::default()
+    };
+    tweak(&mut c);
+    let state = auth::start(c).await.expect("auth start");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(auth::serve(listener, state.clone(), std::future::pending()));
+    Stack {
+        nats,
+        redis,
+        fake,
+        auth_url: format!("http://{addr}"),
+        auth: state,
+        http: reqwest::Client::new(),
+        _auth_task: task,
+    }
+}
+
+impl Stack {
+    async fn gateway(&self, tweak: impl FnOnce(&mut gateway::Config)) -> Gw {
+        let mut config = gateway::Config {
+            nats_url: self.nats.url(),
+            keys: gateway::config::KeySource::AuthUrl(self.auth_url.clone()),
+            keys_refresh: Duration::from_millis(200),
+            ..gateway::Config::default()
+        };
+        tweak(&mut config);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(gateway::run(
+            listener,
+            config,
+            auth::KeySet::new("liaotian"),
+            async {
+                let _ = rx.await;
+            },
+        ));
+        for _ in 0..400 {
+            if self
+                .http
+                .get(format!("http://{addr}/healthz"))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success())
+            {
+                return Gw {
+                    addr,
+                    _stop: tx,
+                    task,
+                };
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("gateway at {addr} did not come up");
+    }
+
+    async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> (u16, Value) {
+        let mut req = self
+            .http
+            .post(format!("{}{path}", self.auth_url))
+            .json(&body);
+        if let Some(t) = bearer {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Logs in with `code`; returns the user id and access token.
+    async fn login(&self, code: &str) -> (String, String) {
+        let (status, body) = self.post("/api/login", json!({"code": code}), None).await;
+        assert_eq!(status, 200, "{body}");
+        let d = &body["data"];
+        (
+            d["user"].as_str().unwrap().to_owned(),
+            d["access_token"].as_str().unwrap().to_owned(),
+        )
+    }
+}
+
+async fn connect(gw: &Gw, token: &str) -> WsClient {
+    WsClient::connect(gw.addr, token).await.expect("connect").0
+}
+
+async fn join(c: &mut WsClient, room: &str) {
+    c.send(json!({"type": "join", "room": room, "id": format!("j-{room}")}))
+        .await
+        .unwrap();
+    c.recv_type("joined").await.unwrap();
+}
+
+/// Sends `text` to `room` and returns the `ack` or `error` answering it.
+async fn send(c: &mut WsClient, room: &str, text: &str, cmid: &str) -> Value {
+    c.send(json!({"type": "send", "room": room, "text": text, "client_msg_id": cmid, "id": cmid}))
+        .await
+        .unwrap();
+    loop {
+        let v = c.recv().await.unwrap();
+        if v["id"] == cmid && (v["type"] == "ack" || v["type"] == "error") {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn logout_closes_the_users_sockets_on_every_gateway() {
+    // POST /api/logout publishes on chat.ctl.user.<user>, and both gateways close that user's sockets with 4001.
+    let s = stack(|_| {}).await;
+    let (g1, g2) = (s.gateway(|_| {}).await, s.gateway(|_| {}).await);
+    let (_alice, token) = s.login("ok-alice").await;
+    let (_bob, bob_token) = s.login("ok-bob").await;
+    let mut a1 = connect(&g1, &token).await;
+    let mut a2 = connect(&g2, &token).await;
+    let mut b = connect(&g2, &bob_token).await;
+    let (status, body) = s.post("/api/logout", json!({}), Some(&token)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        a1.closed(Duration::from_secs(5)).await.unwrap(),
+        Ended::Closed(Some(4001))
+    );
+    assert_eq!(
+        a2.closed(Duration::from_secs(5)).await.unwrap(),
+        Ended::Closed(Some(4001))
+    );
+    // Other users are untouched.
+    b.send(json!({"type": "ping", "id": "p"})).await.unwrap();
+    assert_eq!(b.recv_type("pong").await.unwrap()["id"], "p");
+}
+
+#[tokio::test]
+async fn key_rotation_reaches_gateways_without_restart() {
+    // After auth reloads a new key, a running gateway accepts tokens of the new key and still those of the previous one.
+    let dir = testkit::TempDir::new("gw-keys").unwrap();
+    let current = dir.path().join("current");
+    let previous = dir.path().join("previous");
+    let s = stack(|c| {
+        c.key = auth::config::KeySource::File(current.clone());
+        c.previous_key_files = vec![previous.clone()];
+        c.key_activation_delay = Duration::ZERO;
+    })
+    .await;
+    let gw = s.gateway(|_| {}).await;
+    let (_, old_token) = s.login("ok-kim").await;
+    connect(&gw, &old_token).await;
+    let old_kid = s.auth.keys.signer().kid().to_owned();
+    std::fs::rename(&current, &previous).unwrap();
+    s.auth.keys.reload(&s.auth.config).unwrap();
+    assert_ne!(s.auth.keys.signer().kid(), old_kid);
+    let (_, new_token) = s.login("ok-lee").await;
+    // Wait for the gateway's key refresh (every 200 ms here).
+    let mut ok = false;
+    for _ in 0..40 {
+        if WsClient::connect(gw.addr, &new_token).await.is_ok() {
+            ok = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(ok, "the new key reached the gateway");
+    connect(&gw, &old_token).await;
+}
+
+#[tokio::test]
+async fn content_check_rejects_risky_and_follows_deliver_and_fail_open_policies() {
+    // risky → content_rejected; pass → ack; review → ack (deliver policy); API failure → ack (fail open); a stale token is refreshed once.
+    let s = stack(|c| {
+        c.content_check = Some(ContentCheck {
+            scene: 4,
+            review: ReviewPolicy::Deliver,
+            fail: FailPolicy::Open,
+        })
+    })
+    .await;
+    let gw = s.gateway(|c| c.content_check = true).await;
+    let (_, token) = s.login("ok-mia").await;
+    let mut c = connect(&gw, &token).await;
+    join(&mut c, "r").await;
+    let pass = send(&mut c, "r", "hello", "m1").await;
+    assert_eq!(pass["type"], "ack", "{pass}");
+    let check = s.fake.last_check().unwrap();
+    assert_eq!(check["openid"], "o-mia");
+    assert_eq!(check["scene"], 4);
+    assert_eq!(check["version"], 2);
+    assert_eq!(check["content"], "hello");
+    let risky = send(&mut c, "r", "something risky", "m2").await;
+    assert_eq!(risky["code"], "content_rejected", "{risky}");
+    let review = send(&mut c, "r", "needs review", "m3").await;
+    assert_eq!(review["type"], "ack", "{review}");
+    let failed = send(&mut c, "r", "apifail", "m4").await;
+    assert_eq!(failed["type"], "ack", "{failed}");
+    assert_eq!(s.fake.token_calls(), 1, "one token holder, one fetch");
+    s.fake.revoke_token("tok-1");
+    let again = send(&mut c, "r", "hello again", "m5").await;
+    assert_eq!(again["type"], "ack", "{again}");
+    assert_eq!(s.fake.token_calls(), 2, "40001 refreshed the token once");
+    let metrics = s
+        .http
+        .get(format!("{}/metrics", s.auth_url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("auth_content_check_seconds_bucket"));
+    assert!(
+        metrics.contains(r#"auth_content_checks_total{decision="deliver",reason="api_error"} 1"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn content_check_holds_review_and_fails_closed() {
+    // With the hold and fail-closed policies, review and API failures (-1, quota) answer content_held; pass still delivers.
+    let s = stack(|c| {
+        c.content_check = Some(ContentCheck {
+            scene: 2,
+            review: ReviewPolicy::Hold,
+            fail: FailPolicy::Closed,
+        })
+    })
+    .await;
+    let gw = s.gateway(|c| c.content_check = true).await;
+    let (_, token) = s.login("ok-ned").await;
+    let (_, other) = s.login("ok-ola").await;
+    let mut c = connect(&gw, &token).await;
+    let mut o = connect(&gw, &other).await;
+    join(&mut c, "r").await;
+    join(&mut o, "r").await;
+    for (text, cmid) in [("please review", "h1"), ("apifail", "h2"), ("quota", "h3")] {
+        let v = send(&mut c, "r", text, cmid).await;
+        assert_eq!(v["code"], "content_held", "{text}: {v}");
+    }
+    let pass = send(&mut c, "r", "fine", "h4").await;
+    assert_eq!(pass["type"], "ack");
+    // The other member sees only the delivered message.
+    let m = o.recv_type("message").await.unwrap();
+    assert_eq!(m["text"], "fine");
+}
+
+#[tokio::test]
+async fn redis_down_fails_login_but_open_sockets_keep_working() {
+    // With Redis down, login answers 503 while sockets and already-issued tokens keep working.
+    let mut s = stack(|_| {}).await;
+    let gw = s.gateway(|_| {}).await;
+    let (_, a_token) = s.login("ok-pat").await;
+    let (_, b_token) = s.login("ok-quinn").await;
+    let mut a = connect(&gw, &a_token).await;
+    let mut b = connect(&gw, &b_token).await;
+    join(&mut a, "r").await;
+    join(&mut b, "r").await;
+    s.redis.stop();
+    let (status, body) = s.post("/api/login", json!({"code": "ok-ray"}), None).await;
+    assert_eq!(status, 503, "{body}");
+    let ack = send(&mut a, "r", "still here", "s1").await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(b.recv_type("message").await.unwrap()["text"], "still here");
+    // A new socket with an already-issued token is accepted too.
+    let mut again = connect(&gw, &a_token).await;
+    join(&mut again, "r").await;
+}
