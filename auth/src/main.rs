@@ -4,7 +4,7 @@ use anyhow::Context;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    init_tracing();
+    svc::init_tracing();
     let mut config =
         auth::Config::from_lookup(|k| std::env::var(k).ok()).context("reading configuration")?;
     if std::env::args().any(|a| a == "--dev") {
@@ -28,32 +28,5 @@ async fn main() -> anyhow::Result<()> {
             }
         }
     });
-    auth::serve(listener, state, shutdown_signal()).await
-}
-
-fn init_tracing() {
-    let filter =
-        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    if std::env::var("LOG_FORMAT").as_deref() == Ok("json") {
-        builder.json().init();
-    } else {
-        builder.init();
-    }
-}
-
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            let _ = tokio::signal::ctrl_c().await;
-            return;
-        }
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
-    }
-    tracing::info!("shutting down");
+    auth::serve(listener, state, svc::shutdown_signal()).await
 }

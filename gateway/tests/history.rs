@@ -237,7 +237,10 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
     seqs.extend(send_many(&mut sender, "r", "c", 1).await);
     let next = reader.recv_type("message").await.unwrap();
     assert_eq!(next["seq"], *seqs.last().unwrap());
-    let metrics = http_body(&format!("http://{}/metrics", cut_off.addr)).await;
+    let metrics = testkit::http_get(&format!("http://{}/metrics", cut_off.addr))
+        .await
+        .unwrap()
+        .1;
     assert!(
         !metrics.contains("gateway_gap_fills_total 0"),
         "a gap fill was counted"
@@ -338,22 +341,4 @@ async fn history_without_a_persister_is_unavailable() {
         (e["code"].as_str(), e["id"].as_str()),
         (Some("unavailable"), Some("h"))
     );
-}
-
-async fn http_body(url: &str) -> String {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap();
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    buf
 }

@@ -531,7 +531,7 @@ async fn health_ready_and_metrics_endpoints() {
     let get = |path: &str| {
         let url = format!("http://{}{path}", g.addr);
         async move {
-            let resp = http_get(&url).await;
+            let resp = testkit::http_get(&url).await.unwrap();
             (resp.0, resp.1)
         }
     };
@@ -549,28 +549,4 @@ async fn health_ready_and_metrics_endpoints() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get("/readyz").await.0, 503);
     assert_eq!(get("/healthz").await.0, 200);
-}
-
-/// A minimal HTTP/1.1 GET over a raw TCP stream, returning status and body.
-async fn http_get(url: &str) -> (u16, String) {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").unwrap();
-    let (host, path) = rest
-        .split_once('/')
-        .map(|(h, p)| (h, format!("/{p}")))
-        .unwrap();
-    let mut s = tokio::net::TcpStream::connect(host).await.unwrap();
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await
-    .unwrap();
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await.unwrap();
-    let status = buf.split(' ').nth(1).unwrap().parse().unwrap();
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
