@@ -38,6 +38,8 @@ pub use config::Config;
 
 /// How long `run` waits for the auth service's keys at start.
 const KEYS_WAIT: Duration = Duration::from_secs(30);
+/// How long `run` keeps trying to reach NATS and stream CHAT at start before giving up.
+const STARTUP_WAIT: Duration = Duration::from_secs(60);
 /// Longest pause between NATS reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -77,7 +79,16 @@ pub async fn run(
     let (reconnects_tx, reconnects) = tokio::sync::watch::channel(0u64);
     let nats = connect_nats(&config.nats_url, reconnects_tx).await?;
     let js = async_nats::jetstream::new(nats.clone());
-    publish::ensure_stream(&js, &config.stream).await?;
+    // A gateway may start before NATS or JetStream is ready (a fresh cluster, a rolling restart):
+    // keep trying for a bounded time, then fail so the supervisor sees it.
+    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    while let Err(e) = publish::ensure_stream(&js, &config.stream).await {
+        if tokio::time::Instant::now() >= deadline {
+            return Err(e.context(format!("stream CHAT not ready within {STARTUP_WAIT:?}")));
+        }
+        tracing::warn!(error = %format!("{e:#}"), "stream CHAT not ready yet; retrying");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 
     let metrics = Arc::new(metrics::Metrics::new());
     let backlog = backlog::Backlog::new(nats.clone(), metrics.clone());
@@ -185,6 +196,7 @@ async fn connect_nats(
                 }
             }
         })
+        .retry_on_initial_connect()
         .connect(servers)
         .await
         .with_context(|| format!("connecting to NATS at {url}"))

@@ -550,3 +550,41 @@ async fn health_ready_and_metrics_endpoints() {
     assert_eq!(get("/readyz").await.0, 503);
     assert_eq!(get("/healthz").await.0, 200);
 }
+
+#[tokio::test]
+async fn gateway_started_before_nats_waits_for_it() {
+    // A gateway started while NATS is down keeps trying and serves once NATS is up.
+    let stack = Stack::start();
+    let config = stack.config();
+    let common::Stack { mut nats, signer } = stack;
+    nats.stop();
+    let restarter = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(1));
+        nats.restart().unwrap();
+        nats
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let keys = auth::KeySet::new("liaotian");
+    keys.insert(signer.kid().to_owned(), signer.public_key());
+    let task = tokio::spawn(gateway::run(listener, config, keys, std::future::pending()));
+    let _nats = restarter.join().unwrap();
+    let token = signer.issue(
+        &protocol::UserId::parse("alice").unwrap(),
+        auth::token::now_secs(),
+        60,
+    );
+    let mut client = None;
+    for _ in 0..100 {
+        if let Ok((c, _)) = testkit::WsClient::connect(addr, &token).await {
+            client = Some(c);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut c = client.expect("gateway came up after NATS did");
+    join(&mut c, "r").await;
+    c.send(send("r", "hello", "m1")).await.unwrap();
+    assert_eq!(c.recv_type("ack").await.unwrap()["type"], "ack");
+    task.abort();
+}
