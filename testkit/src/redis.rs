@@ -12,6 +12,9 @@ pub fn redis_server_bin() -> String {
     std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned())
 }
 
+/// Ports tried before giving up on starting a server.
+const START_ATTEMPTS: usize = 5;
+
 /// A running redis-server without persistence, on a loopback port of its own. Killed on drop.
 pub struct RedisServer {
     child: Option<Child>,
@@ -22,12 +25,21 @@ impl RedisServer {
     /// Starts a server on a free loopback port and waits until it answers `PING`.
     pub fn start() -> anyhow::Result<Self> {
         // redis-server cannot report an ephemeral port, so pick one the kernel just handed out.
-        let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-        let child = spawn(port)?;
-        Ok(Self {
-            child: Some(child),
-            port,
-        })
+        // Another process (a parallel test) may take it before redis binds it: try a few ports.
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            match spawn(port) {
+                Ok(child) => {
+                    return Ok(Self {
+                        child: Some(child),
+                        port,
+                    });
+                }
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
     }
 
     /// `redis://127.0.0.1:<port>`.
