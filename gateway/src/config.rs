@@ -129,6 +129,8 @@ pub struct Config {
     pub presence_ttl: Duration,
     /// `GATEWAY_PRESENCE_GRACE_MS`.
     pub presence_grace: Duration,
+    /// `GATEWAY_PRESENCE_ROOM_EVENT_LIMIT` (default 500).
+    pub presence_room_event_limit: usize,
     /// `GATEWAY_MAX_RESUME`.
     pub max_resume: usize,
     /// Stream `CHAT` settings.
@@ -164,6 +166,7 @@ impl Default for Config {
             max_resume: DEFAULT_MAX_RESUME,
             presence_ttl: DEFAULT_HEARTBEAT * 3,
             presence_grace: DEFAULT_PRESENCE_GRACE,
+            presence_room_event_limit: crate::presence::DEFAULT_ROOM_EVENT_LIMIT,
             stream: StreamSettings::default(),
         }
     }
@@ -257,6 +260,9 @@ impl Config {
         }
         if let Some(n) = num("GATEWAY_PRESENCE_GRACE_MS")? {
             c.presence_grace = Duration::from_millis(n);
+        }
+        if let Some(n) = num("GATEWAY_PRESENCE_ROOM_EVENT_LIMIT")? {
+            c.presence_room_event_limit = usize_of(n);
         }
         if let Some(n) = num("GATEWAY_MAX_RESUME")? {
             c.max_resume = usize_of(n);

@@ -97,6 +97,7 @@ pub async fn run(
         presence::PresenceSettings {
             ttl: config.presence_ttl,
             grace: config.presence_grace,
+            room_event_limit: config.presence_room_event_limit,
         },
         config.stream.replicas,
         metrics.clone(),

@@ -28,6 +28,7 @@ pub struct Metrics {
     pub presence_write_errors: IntCounter,
     pub presence_events: IntCounter,
     pub presence_flaps_suppressed: IntCounter,
+    pub presence_events_suppressed: IntCounter,
     pub presence_watches: IntGauge,
     pub content_check_seconds: Histogram,
 }
@@ -206,6 +207,13 @@ impl Metrics {
                 counter(
                     "gateway_presence_flaps_suppressed_total",
                     "Offline/online pairs suppressed by the grace period.",
+                ),
+            ),
+            presence_events_suppressed: reg(
+                &r,
+                counter(
+                    "gateway_presence_room_events_suppressed_total",
+                    "Room presence events not sent because the room had more online members than the event limit.",
                 ),
             ),
             presence_watches: reg(

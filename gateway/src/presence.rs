@@ -43,6 +43,8 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `seen.<user>` outlives the user's last activity, so the bucket does not grow forever.
 pub const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+/// Default of [`PresenceSettings::room_event_limit`].
+pub const DEFAULT_ROOM_EVENT_LIMIT: usize = 500;
 /// Online users listed in `joined`; `online_count` gives the full number.
 pub const ONLINE_LIST_CAP: usize = 100;
 
@@ -53,6 +55,10 @@ pub struct PresenceSettings {
     pub ttl: Duration,
     /// Delay before an offline event, cancelled by a return.
     pub grace: Duration,
+    /// Above this many online members, a room's presence changes are no longer sent to every member
+    /// (that would be quadratic in the room size); clients of large rooms use `online_count` and
+    /// `presence_query` instead.
+    pub room_event_limit: usize,
 }
 
 impl PresenceSettings {
@@ -261,6 +267,7 @@ impl Presence {
                     members: Arc::new(Mutex::new(Arc::from(Vec::new()))),
                     state: State::default(),
                     grace: self.settings.grace,
+                    room_event_limit: self.settings.room_event_limit,
                     metrics: self.metrics.clone(),
                 };
                 let (mut messages, initial) = task.open().await?;
@@ -306,6 +313,7 @@ impl Presence {
             members: members.clone(),
             state: state.clone(),
             grace: self.settings.grace,
+            room_event_limit: self.settings.room_event_limit,
             metrics: self.metrics.clone(),
         };
         let handle = tokio::spawn(
@@ -328,6 +336,7 @@ struct WatchTask {
     members: Members,
     state: State,
     grace: Duration,
+    room_event_limit: usize,
     metrics: Arc<Metrics>,
 }
 
@@ -495,7 +504,17 @@ impl WatchTask {
 
     fn emit(&self, p: &PresenceEntry) {
         let room = match &self.key {
-            WatchKey::Room(r) => Some(r.clone()),
+            WatchKey::Room(r) => {
+                let online = {
+                    let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                    state.values().filter(|t| t.online).count()
+                };
+                if online > self.room_event_limit {
+                    self.metrics.presence_events_suppressed.inc();
+                    return;
+                }
+                Some(r.clone())
+            }
             WatchKey::User(_) => None,
         };
         let frame = ServerFrame::Presence {

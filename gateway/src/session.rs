@@ -80,18 +80,20 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         outbox: outbox.clone(),
         joined: HashSet::new(),
         watched: HashSet::new(),
-        last_refresh: Instant::now(),
+        next_refresh: Instant::now(),
         inflight: FuturesUnordered::new(),
     };
     // Subscribe to the user's direct messages before welcoming, so nothing sent after the welcome
     // is missed, and hold them back until the welcome is queued, so it stays the first frame.
     let hold = Arc::new(Gate::all());
-    if !session
-        .state
-        .hub
-        .join(user_topic.clone(), outbox.clone(), Some(hold.clone()))
-        .await
-    {
+    // Setup and teardown awaits are boxed: the session future lives as long as the connection,
+    // and should not carry their state inline.
+    let joined = Box::pin(session.state.hub.join(
+        user_topic.clone(),
+        outbox.clone(),
+        Some(hold.clone()),
+    ));
+    if !joined.await {
         tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
     }
     session.reply(ServerFrame::Welcome {
@@ -101,9 +103,9 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         server_time: now_ms(),
         protocol: protocol::PROTOCOL_VERSION,
     });
-    hold.release(&outbox, 0).await;
+    Box::pin(hold.release(&outbox, 0)).await;
     session.state.hub.set_gate(&user_topic, &outbox, None);
-    session.state.presence.put_conn(&user, &shared.conn).await;
+    Box::pin(session.state.presence.put_conn(&user, &shared.conn)).await;
     tracing::debug!("session open");
 
     let end = session.read_loop(&mut stream).await;
@@ -139,13 +141,13 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
             .hub
             .leave(&TopicKey::Room(room.clone()), &shared.conn);
         presence.unwatch(&WatchKey::Room(room.clone()), &shared.conn);
-        presence.delete_room(&room, &user, &shared.conn).await;
+        Box::pin(presence.delete_room(&room, &user, &shared.conn)).await;
     }
     for watched in session.watched.drain() {
         presence.unwatch(&WatchKey::User(watched), &shared.conn);
     }
     session.state.hub.leave(&user_topic, &shared.conn);
-    presence.delete_conn(&user, &shared.conn).await;
+    Box::pin(presence.delete_conn(&user, &shared.conn)).await;
     metrics.connections.dec();
     tracing::debug!(close = ?shared.close_reason(), "session closed");
 }
@@ -156,8 +158,8 @@ struct Session {
     joined: HashSet<RoomId>,
     /// Users whose presence this connection watches.
     watched: HashSet<UserId>,
-    /// When the presence keys were last refreshed.
-    last_refresh: Instant,
+    /// When the presence keys are due for a refresh.
+    next_refresh: Instant,
     bucket: TokenBucket,
     inflight: Inflight,
 }
@@ -276,11 +278,13 @@ impl Session {
 
     /// Refreshes this connection's presence keys, at most every third of their TTL, in the background.
     fn refresh_presence(&mut self) {
-        let presence = self.state.presence.clone();
-        if self.last_refresh.elapsed() < presence.settings().refresh_every() {
+        if Instant::now() < self.next_refresh {
             return;
         }
-        self.last_refresh = Instant::now();
+        let presence = self.state.presence.clone();
+        // Jittered (75–100 % of the period), so connections opened together do not refresh together.
+        let every = presence.settings().refresh_every();
+        self.next_refresh = Instant::now() + every.mul_f64(0.75 + rand::random::<f64>() * 0.25);
         let (user, conn) = (
             self.outbox.shared.user.clone(),
             self.outbox.shared.conn.clone(),
@@ -365,15 +369,19 @@ impl Session {
 
     async fn dispatch(&mut self, id: Option<FrameId>, frame: ClientFrame) {
         match frame {
-            ClientFrame::Watch { users } => self.watch(id, users).await,
+            // The rarer, larger handlers are boxed, so the session future (held for every idle
+            // connection) does not carry their state inline.
+            ClientFrame::Watch { users } => Box::pin(self.watch(id, users)).await,
             ClientFrame::Unwatch { users } => self.unwatch(id, users),
-            ClientFrame::PresenceQuery { target } => self.presence_query(id, target).await,
+            ClientFrame::PresenceQuery { target } => {
+                Box::pin(self.presence_query(id, target)).await;
+            }
             ClientFrame::Ping => self.reply(ServerFrame::Pong {
                 id,
                 server_time: now_ms(),
             }),
-            ClientFrame::Join { room, since } => self.join(id, room, since).await,
-            ClientFrame::Resume { with, since } => self.resume(id, with, since).await,
+            ClientFrame::Join { room, since } => Box::pin(self.join(id, room, since)).await,
+            ClientFrame::Resume { with, since } => Box::pin(self.resume(id, with, since)).await,
             ClientFrame::History {
                 target,
                 before,
@@ -388,9 +396,7 @@ impl Session {
                     let presence = &self.state.presence;
                     presence.unwatch(&WatchKey::Room(room.clone()), self.outbox.conn());
                     let shared = &self.outbox.shared;
-                    presence
-                        .delete_room(&room, &shared.user, &shared.conn)
-                        .await;
+                    Box::pin(presence.delete_room(&room, &shared.user, &shared.conn)).await;
                     self.reply(ServerFrame::Left { id, room });
                 } else {
                     self.error(id, ErrorCode::NotJoined, format!("not in room {room}"));
@@ -455,12 +461,13 @@ impl Session {
         let members = presence
             .watch(WatchKey::Room(room.clone()), self.outbox.clone())
             .await;
-        let online_count = members.len();
-        let online: Vec<UserId> = members
-            .into_iter()
-            .take(ONLINE_LIST_CAP)
-            .map(|p| p.user)
-            .collect();
+        let mut online: Vec<UserId> = members.into_iter().map(|p| p.user).collect();
+        // A watch already running here may not have seen this connection's own key yet.
+        if let Err(at) = online.binary_search(&shared.user) {
+            online.insert(at, shared.user.clone());
+        }
+        let online_count = online.len();
+        online.truncate(ONLINE_LIST_CAP);
         match (since, gate) {
             (Some(since), Some(gate)) => {
                 self.replay(&key, &conv, since, last, &gate, |recovered| {

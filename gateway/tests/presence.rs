@@ -152,6 +152,7 @@ async fn a_re_created_presence_key_still_expires() {
     let settings = gateway::presence::PresenceSettings {
         ttl: Duration::from_secs(1),
         grace: GRACE,
+        room_event_limit: 500,
     };
     let presence = gateway::presence::Presence::ensure(js, settings, 1, Default::default())
         .await
@@ -269,4 +270,36 @@ async fn bad_watch_requests_get_bad_request() {
         .await
         .unwrap();
     assert_eq!(c.recv_type("unwatched").await.unwrap()["watching"], 148);
+}
+
+#[tokio::test]
+async fn large_rooms_stop_per_member_presence_events() {
+    // Past the room event limit, joins are no longer announced to every member (no quadratic fan-out).
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            presence_room_event_limit: 2,
+            ..config(&stack)
+        })
+        .await;
+    let mut first = stack.connect(&g, "first").await;
+    join(&mut first, "big").await;
+    let mut second = stack.connect(&g, "second").await;
+    join(&mut second, "big").await;
+    let p = next_presence(&mut first, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(p["user"], "second", "within the limit, joins are announced");
+    let mut third = stack.connect(&g, "third").await;
+    let j = join(&mut third, "big").await;
+    assert_eq!(j["online_count"], 3, "joined still counts everyone");
+    assert_no_presence(&mut first, Duration::from_secs(1)).await;
+    let metrics = testkit::http_get(&format!("http://{}/metrics", g.addr))
+        .await
+        .unwrap()
+        .1;
+    assert!(
+        !metrics.contains("gateway_presence_room_events_suppressed_total 0"),
+        "suppression is counted"
+    );
 }

@@ -12,7 +12,7 @@ pub const DEFAULT_NATS_URL: &str = "nats://127.0.0.1:4222";
 /// Default history store: an embedded SQLite file under `.data/`.
 pub const DEFAULT_STORE: &str = "sqlite://.data/history.db";
 /// Most messages fetched (and written in one store transaction) per batch.
-pub const DEFAULT_BATCH_MAX: usize = 500;
+pub const DEFAULT_BATCH_MAX: usize = 2000;
 /// Longest wait for a batch to fill before the messages already fetched are written.
 pub const DEFAULT_BATCH_WAIT: Duration = Duration::from_millis(50);
 /// Time JetStream waits for the persister's ack before redelivering a message.
@@ -225,7 +225,7 @@ mod tests {
                 path: ".data/history.db".into()
             }
         );
-        assert_eq!(c.batch_max, 500);
+        assert_eq!(c.batch_max, 2000);
         assert_eq!(c.batch_wait, Duration::from_millis(50));
         assert_eq!(c.consumer, "persister");
     }

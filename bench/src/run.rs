@@ -1,0 +1,223 @@
+//! One run: spawn the worker processes, wait until every connection is up, start them together, and
+//! turn their reports and the servers' `/proc` readings into a [`RunResult`].
+//!
+//! The parent and a worker talk in JSON lines: the parent writes the [`WorkerSpec`] and later `go` to
+//! the worker's stdin; the worker writes [`WorkerLine::Ready`] and then [`WorkerLine::Report`] to its
+//! stdout. Everything else a worker says goes to stderr.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::client::unix_ns;
+use crate::plan::{Shape, WorkerSpec};
+use crate::procstat;
+use crate::report::{RunResult, ServerUsage, merge};
+use crate::stack::Stack;
+use crate::worker::{ReadyInfo, WorkerReport};
+
+/// A line a worker writes to its stdout.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "snake_case")]
+pub enum WorkerLine {
+    Ready(ReadyInfo),
+    Report(Box<WorkerReport>),
+}
+
+/// Extra time the parent allows beyond a run's own bounds before it kills the workers.
+const PARENT_SLACK: Duration = Duration::from_secs(60);
+
+/// What to run against a stack.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub scenario: String,
+    pub label: String,
+    pub shape: Shape,
+    pub procs: usize,
+    /// CPU list for the workers' `taskset -c`, or `None`.
+    pub gen_cpus: Option<String>,
+    pub send_ms: u64,
+    pub drain_ms: u64,
+    pub hold_ms: u64,
+    /// Pause between "all connected" and the memory reading (idle runs).
+    pub settle_ms: u64,
+    pub ramp_per_sec: u32,
+    pub max_connecting: usize,
+    pub text_bytes: usize,
+    pub source_ips: bool,
+    pub seed: [u8; 32],
+    pub issuer: String,
+}
+
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    lines: Lines<BufReader<ChildStdout>>,
+}
+
+/// Runs once against `stack` with `o.procs` worker processes.
+pub async fn run_once(stack: &Stack, o: &RunOptions) -> anyhow::Result<RunResult> {
+    let run = format!("{:x}", unix_ns() % (1 << 40));
+    let load_before = procstat::loadavg();
+    let before: Vec<_> = stack
+        .servers()
+        .map(|s| procstat::sample(s.pid).unwrap_or_default())
+        .collect();
+    let exe = std::env::current_exe().context("locating the bench binary")?;
+    let mut workers = Vec::new();
+    for shard in 0..o.procs {
+        let spec = WorkerSpec {
+            shape: o.shape.clone(),
+            shard,
+            shards: o.procs,
+            gateways: stack.gateway_addrs.clone(),
+            seed: o.seed,
+            issuer: o.issuer.clone(),
+            run: run.clone(),
+            source_ips: o.source_ips,
+            ramp_per_sec: o.ramp_per_sec,
+            max_connecting: o.max_connecting,
+            send_ms: o.send_ms,
+            drain_ms: o.drain_ms,
+            hold_ms: o.hold_ms,
+            text_bytes: o.text_bytes,
+        };
+        let mut cmd = match &o.gen_cpus {
+            Some(cpus) => {
+                let mut c = Command::new("taskset");
+                c.arg("-c").arg(cpus).arg(&exe);
+                c
+            }
+            None => Command::new(&exe),
+        };
+        let mut child = cmd
+            .arg("worker")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .context("spawning a worker")?;
+        let mut stdin = child.stdin.take().context("worker stdin")?;
+        let stdout = child.stdout.take().context("worker stdout")?;
+        stdin
+            .write_all(format!("{}\n", serde_json::to_string(&spec)?).as_bytes())
+            .await?;
+        workers.push(Worker {
+            child,
+            stdin,
+            lines: BufReader::new(stdout).lines(),
+        });
+    }
+
+    let clients = o.shape.clients() as u64;
+    let ramp_bound = Duration::from_secs_f64(clients as f64 / f64::from(o.ramp_per_sec.max(1)));
+    let ready_bound = ramp_bound + crate::client::CONNECT_TIMEOUT + PARENT_SLACK;
+    let mut ready = ReadyInfo::default();
+    for w in &mut workers {
+        match next_line(&mut w.lines, ready_bound).await? {
+            WorkerLine::Ready(r) => {
+                ready.clients += r.clients;
+                ready.connected += r.connected;
+                ready.failed += r.failed;
+            }
+            WorkerLine::Report(_) => bail!("worker reported before it was ready"),
+        }
+    }
+    tracing::info!(?ready, "all workers connected");
+    tokio::time::sleep(Duration::from_millis(o.settle_ms)).await;
+    let at_ready: Vec<_> = stack
+        .servers()
+        .map(|s| procstat::sample(s.pid).unwrap_or_default())
+        .collect();
+    for w in &mut workers {
+        w.stdin.write_all(b"go\n").await?;
+        w.stdin.flush().await?;
+    }
+    let run_bound = Duration::from_millis(o.send_ms + o.drain_ms.max(o.hold_ms)) + PARENT_SLACK;
+    let mut reports = Vec::new();
+    for w in &mut workers {
+        match next_line(&mut w.lines, run_bound).await? {
+            WorkerLine::Report(r) => reports.push(*r),
+            WorkerLine::Ready(_) => bail!("worker said ready twice"),
+        }
+    }
+    let end: Vec<_> = stack
+        .servers()
+        .map(|s| procstat::sample(s.pid).unwrap_or_default())
+        .collect();
+    for mut w in workers {
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
+    }
+
+    let totals = merge(&reports);
+    let servers: Vec<ServerUsage> = stack
+        .servers()
+        .zip(before.iter().zip(at_ready.iter().zip(end.iter())))
+        .map(|(s, (b, (r, e)))| ServerUsage {
+            name: s.name.clone(),
+            pid: s.pid,
+            cpu_s: e.cpu_s - r.cpu_s,
+            rss_before_kib: b.rss_kib,
+            rss_ready_kib: r.rss_kib,
+            rss_end_kib: e.rss_kib,
+            hwm_kib: e.hwm_kib,
+        })
+        .collect();
+    let server_cpu: f64 = servers.iter().map(|s| s.cpu_s).sum();
+    let cpu_per_delivery_us =
+        (totals.deliveries > 0).then(|| server_cpu * 1e6 / totals.deliveries as f64);
+    let gw: Vec<&ServerUsage> = servers
+        .iter()
+        .filter(|s| s.name.starts_with("gateway"))
+        .collect();
+    let gw_delta_kib: i64 = gw
+        .iter()
+        .map(|s| s.rss_ready_kib as i64 - s.rss_before_kib as i64)
+        .sum();
+    let gateway_rss_per_conn_bytes = (o.shape.senders == 0 && totals.connected > 0)
+        .then(|| gw_delta_kib as f64 * 1024.0 / totals.connected as f64);
+    let offered_msgs_per_sec =
+        (o.shape.rooms * o.shape.senders.min(o.shape.members)) as f64 * o.shape.rate_per_sender;
+    let offered_deliveries_per_sec = offered_msgs_per_sec * o.shape.members as f64;
+    let saturated = o.shape.senders > 0
+        && (totals.deliveries_per_sec < 0.9 * offered_deliveries_per_sec
+            || totals.sends_per_sec < 0.9 * offered_msgs_per_sec
+            || totals.lost > 0
+            || !totals.closed_early.is_empty());
+    Ok(RunResult {
+        scenario: o.scenario.clone(),
+        label: o.label.clone(),
+        run,
+        unix_time: unix_ns() / 1_000_000_000,
+        load_before,
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        shape: o.shape.clone(),
+        gateways: stack.gateway_addrs.len(),
+        procs: o.procs,
+        pinned: o.gen_cpus.is_some(),
+        send_s: o.send_ms as f64 / 1000.0,
+        offered_msgs_per_sec,
+        offered_deliveries_per_sec,
+        totals,
+        servers,
+        cpu_per_delivery_us,
+        gateway_rss_per_conn_bytes,
+        saturated,
+    })
+}
+
+async fn next_line(
+    lines: &mut Lines<BufReader<ChildStdout>>,
+    bound: Duration,
+) -> anyhow::Result<WorkerLine> {
+    let line = tokio::time::timeout(bound, lines.next_line())
+        .await
+        .context("worker did not answer in time")??
+        .context("worker exited early")?;
+    serde_json::from_str(&line).with_context(|| format!("worker said {line:?}"))
+}

@@ -1,0 +1,280 @@
+//! The servers under test, as real processes: nats-server with JetStream, and gateways.
+//!
+//! The bench serves the token keys itself (`GET /api/keys`, in the auth service's envelope), from the
+//! same Ed25519 seed its workers sign with, so no auth process is needed. Servers can be pinned to
+//! CPUs with `taskset`, and each is killed when the stack is dropped.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use auth::jwks::{Jwk, JwkSet};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// How long a server may take to come up.
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// A server process, killed on drop.
+pub struct Server {
+    pub name: String,
+    pub pid: u32,
+    /// `None` for a process the bench did not start (`--attach`), which it leaves alone.
+    child: Option<Child>,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.child {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// How to start the servers.
+#[derive(Debug, Clone)]
+pub struct StackOptions {
+    pub gateways: usize,
+    pub gateway_bin: PathBuf,
+    pub nats_bin: String,
+    /// CPU list for `taskset -c`, or `None` for no pinning.
+    pub server_cpus: Option<String>,
+    /// Extra environment of the gateways (`KEY=VALUE`).
+    pub gateway_env: Vec<(String, String)>,
+    pub seed: [u8; 32],
+    pub issuer: String,
+}
+
+/// Environment the bench gives every gateway before `gateway_env`: quiet logs, and a rate limit
+/// high enough that a fan-out publisher is not throttled (the limit is policy, not capacity).
+pub const GATEWAY_BENCH_ENV: &[(&str, &str)] = &[
+    ("RUST_LOG", "warn"),
+    ("GATEWAY_RATE_PER_SEC", "100000"),
+    ("GATEWAY_RATE_BURST", "100000"),
+];
+
+/// nats-server, the key server and the gateways.
+pub struct Stack {
+    /// nats-server first, then the gateways.
+    pub servers: Vec<Server>,
+    pub gateway_addrs: Vec<SocketAddr>,
+    pub nats_url: String,
+    keys: Option<tokio::task::JoinHandle<()>>,
+    _dir: Option<testkit::TempDir>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        if let Some(k) = &self.keys {
+            k.abort();
+        }
+    }
+}
+
+impl Stack {
+    pub async fn start(o: &StackOptions) -> anyhow::Result<Stack> {
+        let dir = testkit::TempDir::new("liaotian-bench")?;
+        let nats_port = free_port()?;
+        let store = dir.path().join("js");
+        let nats = spawn(
+            "nats-server",
+            &o.server_cpus,
+            Command::new(pinned_prog(&o.server_cpus, &o.nats_bin))
+                .args(pinned_args(&o.server_cpus, &o.nats_bin))
+                .args([
+                    "-js",
+                    "-a",
+                    "127.0.0.1",
+                    "-p",
+                    &nats_port.to_string(),
+                    "-sd",
+                ])
+                .arg(&store),
+            &dir.path().join("nats.log"),
+        )?;
+        wait_tcp(([127, 0, 0, 1], nats_port).into()).await?;
+        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+
+        let signer = auth::Signer::from_seed(&o.seed, o.issuer.clone());
+        let body = serde_json::json!({
+            "code": 0,
+            "message": "ok",
+            "data": JwkSet { keys: vec![Jwk::ed25519(signer.kid(), &signer.public_key())] },
+        })
+        .to_string();
+        let key_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let auth_url = format!("http://{}", key_listener.local_addr()?);
+        let keys = tokio::spawn(serve_keys(key_listener, body));
+
+        let mut gateways = Vec::new();
+        let mut gateway_addrs = Vec::new();
+        for i in 0..o.gateways {
+            let addr: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+            let bin = o.gateway_bin.to_string_lossy().into_owned();
+            let mut cmd = Command::new(pinned_prog(&o.server_cpus, &bin));
+            cmd.args(pinned_args(&o.server_cpus, &bin))
+                .envs(GATEWAY_BENCH_ENV.iter().copied())
+                .env("GATEWAY_LISTEN", addr.to_string())
+                .env("NATS_URL", &nats_url)
+                .env("GATEWAY_AUTH_URL", &auth_url)
+                .env("GATEWAY_JWT_ISSUER", &o.issuer)
+                .envs(o.gateway_env.iter().map(|(k, v)| (k, v)));
+            let name = format!("gateway{i}");
+            let log = dir.path().join(format!("{name}.log"));
+            gateways.push(spawn(&name, &o.server_cpus, &mut cmd, &log)?);
+            wait_ready(addr).await.with_context(|| {
+                format!("{name} did not become ready; log in {}", log.display())
+            })?;
+            gateway_addrs.push(addr);
+        }
+        let mut servers = vec![nats];
+        servers.extend(gateways);
+        Ok(Stack {
+            servers,
+            gateway_addrs,
+            nats_url,
+            keys: Some(keys),
+            _dir: Some(dir),
+        })
+    }
+
+    /// Servers started by someone else: gateways at `addrs` that trust the bench's seed, and
+    /// processes to read from `/proc` (`name=pid`; name nats-server or gateway…).
+    pub fn attach(addrs: Vec<SocketAddr>, pids: Vec<(String, u32)>) -> Stack {
+        Stack {
+            servers: pids
+                .into_iter()
+                .map(|(name, pid)| Server {
+                    name,
+                    pid,
+                    child: None,
+                })
+                .collect(),
+            gateway_addrs: addrs,
+            nats_url: String::new(),
+            keys: None,
+            _dir: None,
+        }
+    }
+
+    /// Every server process, nats-server first.
+    pub fn servers(&self) -> impl Iterator<Item = &Server> {
+        self.servers.iter()
+    }
+}
+
+fn pinned_prog(cpus: &Option<String>, bin: &str) -> String {
+    if cpus.is_some() {
+        "taskset".into()
+    } else {
+        bin.into()
+    }
+}
+
+fn pinned_args(cpus: &Option<String>, bin: &str) -> Vec<String> {
+    match cpus {
+        Some(c) => vec!["-c".into(), c.clone(), bin.into()],
+        None => Vec::new(),
+    }
+}
+
+fn spawn(
+    name: &str,
+    cpus: &Option<String>,
+    cmd: &mut Command,
+    log: &Path,
+) -> anyhow::Result<Server> {
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .with_context(|| format!("starting {name} ({cmd:?})"))?;
+    tracing::info!(name, pid = child.id(), cpus = ?cpus, "server started");
+    // taskset execs the program, so the pid is the server's own.
+    Ok(Server {
+        name: name.into(),
+        pid: child.id(),
+        child: Some(child),
+    })
+}
+
+/// A port that was free a moment ago.
+fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
+async fn wait_tcp(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    bail!("nothing listening on {addr}")
+}
+
+/// Waits until `GET /readyz` answers 200.
+async fn wait_ready(addr: SocketAddr) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    while tokio::time::Instant::now() < deadline {
+        if http_get_status(addr, "/readyz")
+            .await
+            .is_ok_and(|s| s == 200)
+        {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bail!("{addr}/readyz never answered 200")
+}
+
+async fn http_get_status(addr: SocketAddr, path: &str) -> anyhow::Result<u16> {
+    let mut s = tokio::net::TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await??;
+    let head = String::from_utf8_lossy(&buf);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .context("no HTTP status")
+}
+
+/// Answers every request with the key set: enough HTTP/1.1 for the gateway's key fetch.
+async fn serve_keys(listener: tokio::net::TcpListener, body: String) {
+    loop {
+        let Ok((mut s, _)) = listener.accept().await else {
+            continue;
+        };
+        let body = body.clone();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let mut n = 0;
+            while n < buf.len() {
+                match s.read(&mut buf[n..]).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(k) => n += k,
+                }
+                if buf[..n].windows(4).any(|w| w == b"\r\n\r\n") {
+                    break;
+                }
+            }
+            let resp = format!(
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = s.write_all(resp.as_bytes()).await;
+            let _ = s.shutdown().await;
+        });
+    }
+}
