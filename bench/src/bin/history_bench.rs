@@ -161,12 +161,17 @@ async fn caught_up(js: &jetstream::Context, p: &Persister, n: u64) -> anyhow::Re
     let t = Instant::now();
     let mut last_print = Instant::now();
     loop {
-        let persisted = p.metric("persister_messages_persisted_total").await.unwrap_or(0.0);
+        let persisted = p
+            .metric("persister_messages_persisted_total")
+            .await
+            .unwrap_or(0.0);
         if persisted as u64 >= n {
             let mut stream = js.get_stream("CHAT").await?;
             let _ = stream.info().await?;
-            let mut c: jetstream::consumer::PullConsumer =
-                stream.get_consumer("persister").await.map_err(|e| anyhow::anyhow!("{e}"))?;
+            let mut c: jetstream::consumer::PullConsumer = stream
+                .get_consumer("persister")
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?;
             let info = c.info().await?;
             if info.num_pending == 0 && info.num_ack_pending == 0 {
                 return Ok(t.elapsed());
@@ -329,7 +334,8 @@ async fn latency(n: u64, per_level: usize) -> anyhow::Result<()> {
             let barrier = Arc::new(tokio::sync::Barrier::new(identical));
             let mut tasks = tokio::task::JoinSet::new();
             for i in 0..identical {
-                let (c, req, barrier) = (conns[i % conns.len()].clone(), req.clone(), barrier.clone());
+                let (c, req, barrier) =
+                    (conns[i % conns.len()].clone(), req.clone(), barrier.clone());
                 tasks.spawn(async move {
                     barrier.wait().await;
                     let t0 = Instant::now();
@@ -355,7 +361,8 @@ async fn latency(n: u64, per_level: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 async fn ws_connect(addr: SocketAddr, token: &str) -> anyhow::Result<Ws> {
     let mut req = format!("ws://{addr}/ws").into_client_request()?;

@@ -130,8 +130,13 @@ fn nats_pid(port: u16) -> Option<u32> {
         }
         let cmd = std::fs::read_to_string(format!("/proc/{pid}/cmdline")).unwrap_or_default();
         let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-        let ppid = stat.rsplit(')').next().and_then(|s| s.split_whitespace().nth(1));
-        if cmd.contains("nats-server") && cmd.contains(&port.to_string()) || (cmd.contains("nats-server") && ppid == Some(me.as_str())) {
+        let ppid = stat
+            .rsplit(')')
+            .next()
+            .and_then(|s| s.split_whitespace().nth(1));
+        if cmd.contains("nats-server") && cmd.contains(&port.to_string())
+            || (cmd.contains("nats-server") && ppid == Some(me.as_str()))
+        {
             return Some(pid);
         }
     }
@@ -175,7 +180,13 @@ fn source_ip(i: usize) -> Ipv4Addr {
 }
 
 /// Keeps one connection heartbeating with `ping` every `every`, first after a staggered offset.
-async fn heartbeat(mut ws: Ws, every: Duration, offset: Duration, until: Instant, pongs: Arc<AtomicU64>) {
+async fn heartbeat(
+    mut ws: Ws,
+    every: Duration,
+    offset: Duration,
+    until: Instant,
+    pongs: Arc<AtomicU64>,
+) {
     tokio::time::sleep(offset).await;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -243,18 +254,32 @@ async fn clients(addr: SocketAddr, n: u64, ping_ms: u64, secs: u64) -> anyhow::R
 async fn writes(n: u64, ping_ms: u64, window: u64, ttl: u64) -> anyhow::Result<()> {
     let nats = NatsServer::start()?;
     let nats_cpu_pid = nats_pid(nats.port());
-    let gw = Gateway::start(nats.url(), Duration::from_secs(ttl), Duration::from_secs(10)).await?;
+    let gw = Gateway::start(
+        nats.url(),
+        Duration::from_secs(ttl),
+        Duration::from_secs(10),
+    )
+    .await?;
     let warmup = 5;
     let run_secs = window + warmup + 5;
     let exe = std::env::current_exe()?;
     let mut child = std::process::Command::new(exe)
-        .args(["clients", &gw.addr.to_string(), &n.to_string(), &ping_ms.to_string(), &run_secs.to_string()])
+        .args([
+            "clients",
+            &gw.addr.to_string(),
+            &n.to_string(),
+            &ping_ms.to_string(),
+            &run_secs.to_string(),
+        ])
         .stdout(std::process::Stdio::piped())
         .spawn()?;
     let stdout = child.stdout.take().context("child stdout")?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
             let _ = tx.send(line);
         }
     });
@@ -265,13 +290,19 @@ async fn writes(n: u64, ping_ms: u64, window: u64, ttl: u64) -> anyhow::Result<(
     tokio::time::sleep(Duration::from_secs(warmup)).await;
     let w0 = metric(gw.addr, "gateway_presence_writes_total").await?;
     let e0 = metric(gw.addr, "gateway_presence_write_errors_total").await?;
-    let (g0, c0) = (cpu_secs(std::process::id()), nats_cpu_pid.map_or(f64::NAN, cpu_secs));
+    let (g0, c0) = (
+        cpu_secs(std::process::id()),
+        nats_cpu_pid.map_or(f64::NAN, cpu_secs),
+    );
     let t0 = Instant::now();
     tokio::time::sleep(Duration::from_secs(window)).await;
     let dt = t0.elapsed().as_secs_f64();
     let w1 = metric(gw.addr, "gateway_presence_writes_total").await?;
     let e1 = metric(gw.addr, "gateway_presence_write_errors_total").await?;
-    let (g1, c1) = (cpu_secs(std::process::id()), nats_cpu_pid.map_or(f64::NAN, cpu_secs));
+    let (g1, c1) = (
+        cpu_secs(std::process::id()),
+        nats_cpu_pid.map_or(f64::NAN, cpu_secs),
+    );
     // Each refresh writes two keys: `conn.<user>.<conn>` and `seen.<user>`.
     let expected = 2.0 * n as f64 / (ttl as f64 / 3.0);
     println!(
@@ -318,7 +349,13 @@ async fn offline(users: usize) -> anyhow::Result<()> {
     for (i, name) in names.iter().enumerate() {
         let ws = ws_connect(a.addr, Some(source_ip(i)), name).await?;
         let every = Duration::from_millis(300);
-        hb.spawn(heartbeat(ws, every, every * i as u32 / users as u32, until, pongs.clone()));
+        hb.spawn(heartbeat(
+            ws,
+            every,
+            every * i as u32 / users as u32,
+            until,
+            pongs.clone(),
+        ));
     }
     let deadline = Instant::now() + Duration::from_secs(30);
     while online.len() < users && Instant::now() < deadline {
@@ -339,7 +376,12 @@ async fn offline(users: usize) -> anyhow::Result<()> {
     let mut offline_seen = std::collections::HashSet::new();
     let mut other = 0;
     while offline_seen.len() < users && t0.elapsed() < Duration::from_secs(30) {
-        match next_json(&mut watcher, Duration::from_secs(30).saturating_sub(t0.elapsed())).await {
+        match next_json(
+            &mut watcher,
+            Duration::from_secs(30).saturating_sub(t0.elapsed()),
+        )
+        .await
+        {
             Ok(v) if v["type"] == "presence" && v["online"] == false => {
                 if offline_seen.insert(v["user"].as_str().unwrap_or("").to_owned()) {
                     delays.push(t0.elapsed().as_secs_f64());
