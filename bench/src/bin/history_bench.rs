@@ -11,6 +11,9 @@
 //! history_bench storm   <clients> <missed>               # resume storm, persister up and down
 //! ```
 
+// A benchmark binary prints its results on stdout for the operator.
+#![allow(clippy::print_stdout)]
+
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -108,11 +111,11 @@ async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
 
 fn room_msg(room: &RoomId, i: u64) -> StoredMessage {
     StoredMessage {
-        from: UserId::parse(&format!("u{}", i % 1000)).expect("valid user"),
+        from: UserId::parse(format!("u{}", i % 1000)).expect("valid user"),
         room: Some(room.clone()),
         to: None,
         text: format!("benchmark message number {i} with some filler text to look like chat"),
-        client_msg_id: ClientMsgId::parse(&format!("c{i}")).expect("valid id"),
+        client_msg_id: ClientMsgId::parse(format!("c{i}")).expect("valid id"),
         ts: 1_764_000_000_000 + i,
     }
 }
@@ -194,7 +197,7 @@ async fn caught_up(js: &jetstream::Context, p: &Persister, n: u64) -> anyhow::Re
 async fn ingest(n: u64, batch_max: usize) -> anyhow::Result<()> {
     let (nats, _client, js) = nats_with_stream().await?;
     let rooms: Vec<RoomId> = (0..100)
-        .map(|i| RoomId::parse(&format!("r{i}")).expect("valid room"))
+        .map(|i| RoomId::parse(format!("r{i}")).expect("valid room"))
         .collect();
     let fill_time = fill(&js, n, &rooms).await?;
     println!(
@@ -442,7 +445,7 @@ async fn storm(clients: usize, missed: u64) -> anyhow::Result<()> {
         let mut set = tokio::task::JoinSet::new();
         for i in 0..clients {
             let token = signer.issue(
-                &UserId::parse(&format!("s{i}")).expect("valid user"),
+                &UserId::parse(format!("s{i}")).expect("valid user"),
                 auth::token::now_secs(),
                 3600,
             );

@@ -11,6 +11,9 @@
 //! presence_bench offline <users>
 //! ```
 
+// A benchmark binary prints its results on stdout for the operator.
+#![allow(clippy::print_stdout)]
+
 use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
