@@ -5,8 +5,14 @@
 //! stream may no longer hold the range (it starts after `since`) does the gateway ask the persisters'
 //! history service, which keeps everything.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use futures_util::FutureExt;
+use futures_util::future::{BoxFuture, Shared};
+use protocol::ServerFrame;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
@@ -58,8 +64,21 @@ pub struct Backlog {
     js: jetstream::Context,
     nats: async_nats::Client,
     stream: Arc<tokio::sync::OnceCell<stream::Stream>>,
+    /// Replays in progress, so that identical ones (a resume storm into one room) share one read.
+    replays: Arc<Mutex<HashMap<ReplayKey, SharedReplay>>>,
     metrics: Arc<Metrics>,
 }
+
+/// A replay, as the JSON bytes of its `message` frames, encoded once for every connection that
+/// asked for the same range.
+#[derive(Debug)]
+pub enum EncodedReplay {
+    Complete(Vec<(u64, Utf8Bytes)>),
+    TooMany,
+}
+
+type ReplayKey = (String, u64, u64, usize, bool);
+type SharedReplay = Shared<BoxFuture<'static, Result<Arc<EncodedReplay>, Arc<BacklogError>>>>;
 
 impl Backlog {
     pub fn new(nats: async_nats::Client, metrics: Arc<Metrics>) -> Self {
@@ -67,8 +86,55 @@ impl Backlog {
             js: jetstream::new(nats.clone()),
             nats,
             stream: Arc::default(),
+            replays: Arc::default(),
             metrics,
         }
+    }
+
+    /// [`replay`](Self::replay), encoded, with identical concurrent requests coalesced into one read
+    /// of the stream (or history service) and one encoding.
+    pub async fn replay_shared(
+        &self,
+        conv: &Conversation,
+        after: u64,
+        until: u64,
+        max: usize,
+        use_history: bool,
+    ) -> Result<Arc<EncodedReplay>, Arc<BacklogError>> {
+        let key = (conv.ingest_subject(), after, until, max, use_history);
+        let shared = {
+            let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(existing) = replays.get(&key) {
+                self.metrics.replays_coalesced.inc();
+                existing.clone()
+            } else {
+                let this = self.clone();
+                let conv = conv.clone();
+                let fut: BoxFuture<'static, _> = Box::pin(async move {
+                    match this.replay(&conv, after, until, max, use_history).await {
+                        Ok(Replay::Complete(frames)) => Ok(Arc::new(EncodedReplay::Complete(
+                            frames
+                                .into_iter()
+                                .map(|f| {
+                                    (f.seq, Utf8Bytes::from(ServerFrame::Message(f).to_json()))
+                                })
+                                .collect(),
+                        ))),
+                        Ok(Replay::TooMany) => Ok(Arc::new(EncodedReplay::TooMany)),
+                        Err(e) => Err(Arc::new(e)),
+                    }
+                });
+                let shared = fut.shared();
+                replays.insert(key.clone(), shared.clone());
+                shared
+            }
+        };
+        let result = shared.await;
+        self.replays
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&key);
+        result
     }
 
     async fn stream(&self) -> Result<&stream::Stream, BacklogError> {

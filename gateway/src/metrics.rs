@@ -24,6 +24,7 @@ pub struct Metrics {
     pub gap_fills: IntCounter,
     pub gap_filled_messages: IntCounter,
     pub resumes: IntCounterVec,
+    pub replays_coalesced: IntCounter,
     pub presence_writes: IntCounter,
     pub presence_write_errors: IntCounter,
     pub presence_events: IntCounter,
@@ -179,6 +180,13 @@ impl Metrics {
                     "gateway_resumes_total",
                     "Resumes (join with since, resume) by whether everything was recovered.",
                     &["recovered"],
+                ),
+            ),
+            replays_coalesced: reg(
+                &r,
+                counter(
+                    "gateway_replays_coalesced_total",
+                    "Resume replays served by an identical replay already in progress.",
                 ),
             ),
             presence_writes: reg(

@@ -19,7 +19,7 @@ use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Tar
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
-use crate::backlog::{BacklogError, LastSeq, Replay};
+use crate::backlog::{BacklogError, EncodedReplay, LastSeq};
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
 use crate::hub::{Gate, TopicKey};
 use crate::presence::{ONLINE_LIST_CAP, WatchKey};
@@ -547,21 +547,22 @@ impl Session {
         let replayed = if last.exact {
             self.state
                 .backlog
-                .replay(conv, since, last_seq, max, true)
+                .replay_shared(conv, since, last_seq, max, true)
                 .await
         } else {
-            Err(BacklogError::History(
+            Err(Arc::new(BacklogError::History(
                 "the newest sequence is unknown".into(),
-            ))
+            )))
         };
-        let (recovered, frames) = match replayed {
-            Ok(Replay::Complete(frames)) => (true, frames),
-            Ok(Replay::TooMany) => (false, Vec::new()),
+        let frames: Option<&[(u64, Utf8Bytes)]> = match replayed.as_deref() {
+            Ok(EncodedReplay::Complete(frames)) => Some(frames),
+            Ok(EncodedReplay::TooMany) => None,
             Err(e) => {
                 tracing::warn!(error = %e, since, last_seq, "resume could not read the backlog");
-                (false, Vec::new())
+                None
             }
         };
+        let recovered = frames.is_some();
         self.state
             .metrics
             .resumes
@@ -570,9 +571,12 @@ impl Session {
         self.reply(head(recovered));
         let patience = crate::hub::REPLAY_PATIENCE;
         let mut complete = true;
-        for frame in frames {
-            let json = Utf8Bytes::from(ServerFrame::Message(frame).to_json());
-            if !self.outbox.send_wait(Outbound::Text(json), patience).await {
+        for (_, json) in frames.unwrap_or_default() {
+            if !self
+                .outbox
+                .send_wait(Outbound::Text(json.clone()), patience)
+                .await
+            {
                 complete = false;
                 break;
             }
