@@ -342,3 +342,51 @@ async fn history_without_a_persister_is_unavailable() {
         (Some("unavailable"), Some("h"))
     );
 }
+
+#[tokio::test]
+async fn concurrent_identical_resumes_all_get_every_message() {
+    // Many clients resuming the same room from the same seq at once (they share one replay) each get
+    // every missed message once, in order, then live ones.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5000.0,
+            rate_burst: 5000.0,
+            ..stack.config()
+        })
+        .await;
+    let mut sender = stack.connect(&g, "sender").await;
+    let since = join(&mut sender, "storm").await["last_seq"]
+        .as_u64()
+        .unwrap();
+    let missed = send_many(&mut sender, "storm", "s", 50).await;
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let token = stack.token(&format!("r{i}"));
+        let addr = g.addr;
+        let missed = missed.clone();
+        tasks.push(tokio::spawn(async move {
+            let (mut c, _) = WsClient::connect(addr, &token).await.unwrap();
+            c.send(json!({"type": "join", "room": "storm", "since": since}))
+                .await
+                .unwrap();
+            let joined = c.recv_type("joined").await.unwrap();
+            assert_eq!(joined["recovered"], true);
+            let got = collect_messages(&mut c, missed.len()).await;
+            let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+            assert_eq!(seqs, missed);
+            c
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    sender.send(send("storm", "after", "after")).await.unwrap();
+    for c in &mut clients {
+        assert_eq!(
+            c.recv_type("message").await.unwrap()["client_msg_id"],
+            "after"
+        );
+    }
+}
