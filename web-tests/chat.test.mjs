@@ -39,7 +39,8 @@ before(async () => {
     [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
   dataDir = mkdtempSync(path.join(tmpdir(), "liaotian-web-"));
   gatewayUrl = `http://127.0.0.1:${gw}`;
-  stack = spawn(path.join(root, "target/debug/xtask"), ["dev"], {
+  const binDir = process.env.LIAOTIAN_BIN_DIR || path.join(root, "target/debug");
+  stack = spawn(path.join(binDir, "xtask"), ["dev"], {
     cwd: root,
     env: {
       ...process.env,

@@ -91,7 +91,7 @@ fn dev() -> anyhow::Result<()> {
         "-p",
         "persister",
     ]))?;
-    let bin = root.join("target/debug");
+    let bin = bin_dir(&root);
 
     let (signal_tx, signal_rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -263,7 +263,7 @@ fn miniprogram_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
     run(Command::new("node")
         .current_dir(&dir)
         .env("NATS_SERVER_BIN", nats_bin)
-        .env("LIAOTIAN_BIN_DIR", root.join("target/debug"))
+        .env("LIAOTIAN_BIN_DIR", bin_dir(root))
         .args(["--test", "--test-reporter=spec", "test/chat.test.js"]))
 }
 
@@ -310,8 +310,16 @@ fn browser_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
     run(Command::new("node")
         .current_dir(&web)
         .env("NATS_SERVER_BIN", nats_bin)
+        .env("LIAOTIAN_BIN_DIR", bin_dir(root))
         .env("CHROMIUM_PATH", &chromium)
         .args(["--test", "--test-reporter=spec"]))
+}
+
+/// Where `cargo build` puts debug binaries: `$CARGO_TARGET_DIR/debug`, or `target/debug`.
+fn bin_dir(root: &Path) -> PathBuf {
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map_or_else(|| root.join("target"), PathBuf::from)
+        .join("debug")
 }
 
 fn cargo() -> String {
