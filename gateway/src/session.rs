@@ -32,6 +32,8 @@ use protocol::history::{ConvRef, HistoryRequest};
 
 /// How long the writer may take to send the Close frame, and the reader to see the client's reply.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long a slow consumer's Close frame may wait for the client to read again.
+const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
 /// Frames written before one flush, when the queue has several waiting.
 const WRITE_BATCH: u64 = 64;
 
@@ -826,7 +828,14 @@ async fn write_loop(
             code,
             reason: Utf8Bytes::from_static(reason),
         };
-        let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+        // A slow consumer's socket is full: its Close frame goes out only once the client reads
+        // again, so it gets longer (still bounded) before the socket is dropped without one.
+        let patience = if code == close_code::SLOW_CONSUMER {
+            SLOW_CLOSE_TIMEOUT
+        } else {
+            CLOSE_TIMEOUT
+        };
+        let _ = tokio::time::timeout(patience, sink.send(Message::Close(Some(frame)))).await;
     }
     shared.closing.cancel();
 }

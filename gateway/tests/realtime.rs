@@ -588,3 +588,63 @@ async fn gateway_started_before_nats_waits_for_it() {
     assert_eq!(c.recv_type("ack").await.unwrap()["type"], "ack");
     task.abort();
 }
+
+#[tokio::test]
+async fn joining_more_rooms_than_the_limit_is_refused() {
+    // A connection may be in at most max_rooms_per_conn rooms; one more is bad_request and nothing breaks.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            max_rooms_per_conn: 2,
+            ..stack.config()
+        })
+        .await;
+    let mut c = stack.connect(&g, "alice").await;
+    join(&mut c, "a").await;
+    join(&mut c, "b").await;
+    c.send(json!({"type":"join","room":"c","id":"x"}))
+        .await
+        .unwrap();
+    let e = c.recv_type("error").await.unwrap();
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_str()),
+        (Some("bad_request"), Some("x"))
+    );
+    // Rejoining a room it is already in is not a new room.
+    join(&mut c, "a").await;
+    c.send(json!({"type":"leave","room":"b"})).await.unwrap();
+    c.recv_type("left").await.unwrap();
+    join(&mut c, "c").await;
+}
+
+#[tokio::test]
+async fn unanswered_content_check_follows_the_gateway_policy() {
+    // With no content-check service answering, fail-closed answers unavailable (nothing stored) and
+    // fail-open publishes.
+    let stack = Stack::start();
+    for (fail_open, expected) in [(false, "error"), (true, "ack")] {
+        let g = stack
+            .gateway_with(gateway::Config {
+                content_check: true,
+                content_check_timeout: Duration::from_millis(300),
+                content_check_fail_open: fail_open,
+                ..stack.config()
+            })
+            .await;
+        let mut c = stack.connect(&g, "alice").await;
+        join(&mut c, "r").await;
+        c.send(send("r", "hello", &format!("m{fail_open}")))
+            .await
+            .unwrap();
+        let v = loop {
+            let v = c.recv().await.unwrap();
+            if v["type"] == "ack" || v["type"] == "error" {
+                break v;
+            }
+        };
+        assert_eq!(v["type"], expected, "fail_open={fail_open}: {v}");
+        if expected == "error" {
+            assert_eq!(v["code"], "unavailable");
+        }
+    }
+}
