@@ -139,6 +139,10 @@ pub async fn run(
         }
         _ => {
             tracing::info!(addr = %local, "gateway listening (ws)");
+            // Frames are small and latency matters: no Nagle delay on client sockets.
+            let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
             tokio::spawn(async move {
                 axum::serve(listener, app)
                     .with_graceful_shutdown(serving)

@@ -70,6 +70,8 @@ impl TlsListener {
                         continue;
                     }
                 };
+                // Frames are small and latency matters: no Nagle delay on client sockets.
+                let _ = tcp.set_nodelay(true);
                 let Ok(slot) = slots.clone().acquire_owned().await else {
                     return;
                 };
