@@ -79,10 +79,8 @@ async fn resume_replays_500_missed_messages_without_the_persister() {
     let stack = Stack::start();
     let g = stack
         .gateway_with(gateway::Config {
-            rate_per_sec: 5000.0,
-            rate_burst: 5000.0,
             outbound_queue: 32,
-            ..stack.config()
+            ..stack.config_unlimited()
         })
         .await;
     let mut reader = stack.connect(&g, "late").await;
@@ -100,13 +98,7 @@ async fn resume_replays_500_missed_messages_without_the_persister() {
 async fn resume_reads_from_the_persister_when_the_stream_no_longer_holds_the_range() {
     // After the stream dropped old messages (here: a purge), a resume is served by the persister's history.
     let stack = Stack::start();
-    let g = stack
-        .gateway_with(gateway::Config {
-            rate_per_sec: 5000.0,
-            rate_burst: 5000.0,
-            ..stack.config()
-        })
-        .await;
+    let g = stack.gateway_with(stack.config_unlimited()).await;
     let _persister = stack.persister().await;
     let mut sender = stack.connect(&g, "sender").await;
     join(&mut sender, "old").await;
@@ -142,9 +134,7 @@ async fn resume_beyond_the_limit_is_not_recovered() {
     let g = stack
         .gateway_with(gateway::Config {
             max_resume: 20,
-            rate_per_sec: 5000.0,
-            rate_burst: 5000.0,
-            ..stack.config()
+            ..stack.config_unlimited()
         })
         .await;
     let mut sender = stack.connect(&g, "sender").await;
@@ -214,13 +204,7 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
             ..stack.config()
         })
         .await;
-    let g2 = stack
-        .gateway_with(gateway::Config {
-            rate_per_sec: 5000.0,
-            rate_burst: 5000.0,
-            ..stack.config()
-        })
-        .await;
+    let g2 = stack.gateway_with(stack.config_unlimited()).await;
     let mut reader = stack.connect(&cut_off, "reader").await;
     join(&mut reader, "r").await;
     let mut sender = stack.connect(&g2, "sender").await;
@@ -251,13 +235,7 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
 async fn history_pages_back_and_forth_through_the_gateway() {
     // history pages come from the persister in seq order with exact `more`; bad limits are bad_request.
     let stack = Stack::start();
-    let g = stack
-        .gateway_with(gateway::Config {
-            rate_per_sec: 5000.0,
-            rate_burst: 5000.0,
-            ..stack.config()
-        })
-        .await;
+    let g = stack.gateway_with(stack.config_unlimited()).await;
     let _persister = stack.persister().await;
     let mut c = stack.connect(&g, "alice").await;
     join(&mut c, "h").await;
@@ -348,13 +326,7 @@ async fn concurrent_identical_resumes_all_get_every_message() {
     // Many clients resuming the same room from the same seq at once (they share one replay) each get
     // every missed message once, in order, then live ones.
     let stack = Stack::start();
-    let g = stack
-        .gateway_with(gateway::Config {
-            rate_per_sec: 5000.0,
-            rate_burst: 5000.0,
-            ..stack.config()
-        })
-        .await;
+    let g = stack.gateway_with(stack.config_unlimited()).await;
     let mut sender = stack.connect(&g, "sender").await;
     let since = join(&mut sender, "storm").await["last_seq"]
         .as_u64()

@@ -63,6 +63,15 @@ impl Stack {
         }
     }
 
+    /// A config whose rate limit does not get in the way of tests that send many messages.
+    pub fn config_unlimited(&self) -> gateway::Config {
+        gateway::Config {
+            rate_per_sec: 100_000.0,
+            rate_burst: 100_000.0,
+            ..self.config()
+        }
+    }
+
     pub async fn gateway(&self) -> Gateway {
         self.gateway_with(self.config()).await
     }
