@@ -5,13 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, join};
+use common::{Stack, join, messages, send};
 use serde_json::{Value, json};
 use testkit::WsClient;
-
-fn send(room: &str, text: &str, cmid: &str) -> Value {
-    json!({"type": "send", "room": room, "text": text, "client_msg_id": cmid})
-}
 
 /// Sends `n` room messages from `c`, waiting for each ack; returns their seqs.
 async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<u64> {
@@ -23,18 +19,6 @@ async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<
         seqs.push(c.recv_type("ack").await.unwrap()["seq"].as_u64().unwrap());
     }
     seqs
-}
-
-/// Receives frames until `n` messages arrived, returning (messages, other frames seen before them).
-async fn collect_messages(c: &mut WsClient, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let v = c.recv().await.unwrap();
-        if v["type"] == "message" {
-            out.push(v);
-        }
-    }
-    out
 }
 
 /// Resumes `room` after `since` and checks the replay: every missed seq once, in order, then `live`.
@@ -55,7 +39,7 @@ async fn resume_and_check(
     let joined = c.recv_type("joined").await.unwrap();
     assert_eq!(joined["recovered"], true, "{joined}");
     assert_eq!(joined["last_seq"], *missed.last().unwrap());
-    let got = collect_messages(&mut c, missed.len()).await;
+    let got = messages(&mut c, missed.len()).await;
     let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(seqs, missed, "every missed message once, in order");
     // Live messages follow the replay without a seam.
@@ -174,7 +158,7 @@ async fn direct_message_thread_resumes_after_since() {
         .unwrap();
     let resumed = alice.recv_type("resumed").await.unwrap();
     assert_eq!(resumed["recovered"], true);
-    let got = collect_messages(&mut alice, 4).await;
+    let got = messages(&mut alice, 4).await;
     let texts: Vec<_> = got
         .iter()
         .map(|m| m["text"].as_str().unwrap().to_owned())
@@ -215,7 +199,7 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     proxy.restore();
     // No further message is needed: the reconnect itself triggers the check. One more follows anyway.
-    let got = collect_messages(&mut reader, 50).await;
+    let got = messages(&mut reader, 50).await;
     let got_seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
     assert_eq!(got_seqs, seqs, "all 50, in order, once");
     seqs.extend(send_many(&mut sender, "r", "c", 1).await);
@@ -344,7 +328,7 @@ async fn concurrent_identical_resumes_all_get_every_message() {
                 .unwrap();
             let joined = c.recv_type("joined").await.unwrap();
             assert_eq!(joined["recovered"], true);
-            let got = collect_messages(&mut c, missed.len()).await;
+            let got = messages(&mut c, missed.len()).await;
             let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
             assert_eq!(seqs, missed);
             c

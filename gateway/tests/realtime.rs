@@ -5,25 +5,9 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, join};
+use common::{Stack, join, messages, send};
 use serde_json::{Value, json};
 use testkit::ws::Ended;
-
-fn send(room: &str, text: &str, cmid: &str) -> Value {
-    json!({"type": "send", "room": room, "text": text, "client_msg_id": cmid, "id": cmid})
-}
-
-/// Collects `n` message frames, skipping other frames.
-async fn messages(c: &mut testkit::WsClient, n: usize) -> Vec<Value> {
-    let mut out = Vec::new();
-    while out.len() < n {
-        let v = c.recv().await.unwrap();
-        if v["type"] == "message" {
-            out.push(v);
-        }
-    }
-    out
-}
 
 #[tokio::test]
 async fn two_gateways_deliver_one_room_in_one_order() {

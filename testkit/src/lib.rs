@@ -18,6 +18,24 @@ pub use ws::WsClient;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 
+/// Calls `start` up to `attempts` times, `pause` apart, returning the first success or the last
+/// error: for servers whose port may still be held by the kernel, or taken by another test.
+pub(crate) fn retry<T>(
+    attempts: usize,
+    pause: std::time::Duration,
+    mut start: impl FnMut() -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let mut last = None;
+    for _ in 0..attempts {
+        match start() {
+            Ok(v) => return Ok(v),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(pause);
+    }
+    Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+}
+
 /// A fresh, empty directory under the system temp dir, removed by [`TempDir`]'s drop.
 pub struct TempDir(PathBuf);
 

@@ -54,18 +54,11 @@ impl NatsServer {
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
         // The port was ours a moment ago; retry briefly in case the kernel has not released it yet.
-        let mut last = None;
-        for _ in 0..50 {
-            match spawn(self.store.path(), Some(self.port)) {
-                Ok((child, _)) => {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("nats-server did not restart")))
+        let (child, _) = crate::retry(50, Duration::from_millis(100), || {
+            spawn(self.store.path(), Some(self.port))
+        })?;
+        self.child = Some(child);
+        Ok(())
     }
 }
 

@@ -26,20 +26,13 @@ impl RedisServer {
     pub fn start() -> anyhow::Result<Self> {
         // redis-server cannot report an ephemeral port, so pick one the kernel just handed out.
         // Another process (a parallel test) may take it before redis binds it: try a few ports.
-        let mut last = None;
-        for _ in 0..START_ATTEMPTS {
+        crate::retry(START_ATTEMPTS, Duration::ZERO, || {
             let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            match spawn(port) {
-                Ok(child) => {
-                    return Ok(Self {
-                        child: Some(child),
-                        port,
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not start")))
+            Ok(Self {
+                child: Some(spawn(port)?),
+                port,
+            })
+        })
     }
 
     /// `redis://127.0.0.1:<port>`.
@@ -62,18 +55,10 @@ impl RedisServer {
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) -> anyhow::Result<()> {
         self.stop();
-        let mut last = None;
-        for _ in 0..50 {
-            match spawn(self.port) {
-                Ok(child) => {
-                    self.child = Some(child);
-                    return Ok(());
-                }
-                Err(e) => last = Some(e),
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Err(last.unwrap_or_else(|| anyhow::anyhow!("redis-server did not restart")))
+        self.child = Some(crate::retry(50, Duration::from_millis(100), || {
+            spawn(self.port)
+        })?);
+        Ok(())
     }
 }
 

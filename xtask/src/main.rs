@@ -238,56 +238,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .current_dir(&root)
         .env("NATS_SERVER_BIN", &nats_bin)
         .args(["test", "--workspace"]))?;
-    miniprogram_test(&root, &nats_bin)?;
-    if args.iter().any(|a| a == "--no-browser") {
-        println!("xtask: SKIPPED the browser test (--no-browser)");
-        return Ok(());
-    }
-    browser_test(&root, &nats_bin)
-}
-
-/// The sample mini-program's logic, driven by Node's test runner against the real stack.
-fn miniprogram_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
-    println!("xtask: building auth and gateway for the mini-program test");
-    run(Command::new(cargo())
-        .current_dir(root)
-        .args(["build", "--quiet", "-p", "auth", "-p", "gateway"]))?;
-    let dir = root.join("miniprogram");
-    if !dir.join("node_modules/ws").exists() {
-        println!("xtask: installing miniprogram test dependencies (npm ci)");
-        run(Command::new("npm")
-            .current_dir(&dir)
-            .args(["ci", "--no-audit", "--no-fund"]))?;
-    }
-    println!("xtask: running the mini-program client test (Node, wx shim, real stack)");
-    run(Command::new("node")
-        .current_dir(&dir)
-        .env("NATS_SERVER_BIN", nats_bin)
-        .env("LIAOTIAN_BIN_DIR", bin_dir(root))
-        .args(["--test", "--test-reporter=spec", "test/chat.test.js"]))
-}
-
-/// Fails early, with the install command, when redis-server is missing.
-fn ensure_redis_server() -> anyhow::Result<()> {
-    let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned());
-    match Command::new(&bin).arg("--version").output() {
-        Ok(o) if o.status.success() => Ok(()),
-        _ => bail!(
-            "the auth tests need a real Redis: `apt-get install redis-server` (or set REDIS_SERVER_BIN)"
-        ),
-    }
-}
-
-fn browser_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
-    let chromium =
-        std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
-    if !Path::new(&chromium).exists() {
-        bail!(
-            "the browser test needs Chromium at {chromium}: `apt-get install chromium` (or set CHROMIUM_PATH)"
-        );
-    }
-    println!("xtask: building the dev stack for the browser test");
-    run(Command::new(cargo()).current_dir(root).args([
+    println!("xtask: building the service binaries for the Node tests");
+    run(Command::new(cargo()).current_dir(&root).args([
         "build",
         "--quiet",
         "-p",
@@ -299,20 +251,76 @@ fn browser_test(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
         "-p",
         "xtask",
     ]))?;
-    let web = root.join("web-tests");
-    if !web.join("node_modules/playwright-core").exists() {
-        println!("xtask: installing web-tests dependencies (npm ci)");
+    // The sample mini-program's logic, driven by Node's test runner against the real stack.
+    node_suite(
+        &root,
+        &nats_bin,
+        "miniprogram",
+        "ws",
+        &[],
+        &["test/chat.test.js"],
+    )?;
+    if args.iter().any(|a| a == "--no-browser") {
+        println!("xtask: SKIPPED the browser test (--no-browser)");
+        return Ok(());
+    }
+    let chromium =
+        std::env::var("CHROMIUM_PATH").unwrap_or_else(|_| "/usr/bin/chromium".to_owned());
+    if !Path::new(&chromium).exists() {
+        bail!(
+            "the browser test needs Chromium at {chromium}: `apt-get install chromium` (or set CHROMIUM_PATH)"
+        );
+    }
+    // Two headless-Chromium pages through `cargo xtask dev`.
+    node_suite(
+        &root,
+        &nats_bin,
+        "web-tests",
+        "playwright-core",
+        &[("CHROMIUM_PATH", &chromium)],
+        &[],
+    )
+}
+
+/// Runs the Node test suite in `dir`, installing its dependencies first (`npm ci`) when the
+/// `marker` package is missing. The suites find the binaries through `LIAOTIAN_BIN_DIR`.
+fn node_suite(
+    root: &Path,
+    nats_bin: &Path,
+    dir: &str,
+    marker: &str,
+    env: &[(&str, &str)],
+    files: &[&str],
+) -> anyhow::Result<()> {
+    let path = root.join(dir);
+    if !path.join("node_modules").join(marker).exists() {
+        println!("xtask: installing {dir} dependencies (npm ci)");
         run(Command::new("npm")
-            .current_dir(&web)
+            .current_dir(&path)
             .args(["ci", "--no-audit", "--no-fund"]))?;
     }
-    println!("xtask: running the browser test (headless Chromium)");
-    run(Command::new("node")
-        .current_dir(&web)
+    println!("xtask: running the Node tests in {dir}/");
+    let mut cmd = Command::new("node");
+    cmd.current_dir(&path)
         .env("NATS_SERVER_BIN", nats_bin)
         .env("LIAOTIAN_BIN_DIR", bin_dir(root))
-        .env("CHROMIUM_PATH", &chromium)
-        .args(["--test", "--test-reporter=spec"]))
+        .args(["--test", "--test-reporter=spec"])
+        .args(files);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    run(&mut cmd)
+}
+
+/// Fails early, with the install command, when redis-server is missing.
+fn ensure_redis_server() -> anyhow::Result<()> {
+    let bin = std::env::var("REDIS_SERVER_BIN").unwrap_or_else(|_| "redis-server".to_owned());
+    match Command::new(&bin).arg("--version").output() {
+        Ok(o) if o.status.success() => Ok(()),
+        _ => bail!(
+            "the auth tests need a real Redis: `apt-get install redis-server` (or set REDIS_SERVER_BIN)"
+        ),
+    }
 }
 
 /// Where `cargo build` puts debug binaries: `$CARGO_TARGET_DIR/debug`, or `target/debug`.

@@ -167,3 +167,20 @@ impl Drop for Persister {
         self.task.abort();
     }
 }
+
+/// A `send` frame to a room whose `id` is its `client_msg_id`.
+pub fn send(room: &str, text: &str, cmid: &str) -> serde_json::Value {
+    serde_json::json!({"type": "send", "room": room, "text": text, "client_msg_id": cmid, "id": cmid})
+}
+
+/// Collects `n` message frames, skipping other frames.
+pub async fn messages(c: &mut WsClient, n: usize) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    while out.len() < n {
+        let v = c.recv().await.unwrap();
+        if v["type"] == "message" {
+            out.push(v);
+        }
+    }
+    out
+}
