@@ -44,8 +44,6 @@ const MAX_TRACKED_SUBJECTS: usize = 4096;
 pub const GATE_BUFFER: usize = 4096;
 /// How long a replay waits for room in one connection's queue before closing it as slow.
 pub const REPLAY_PATIENCE: Duration = Duration::from_secs(10);
-/// Prefix of control subjects, which carry commands rather than chat messages.
-const CONTROL_PREFIX: &str = "chat.ctl.";
 
 /// What a topic is about.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -58,10 +56,7 @@ impl TopicKey {
     fn subjects(&self) -> Vec<String> {
         match self {
             TopicKey::Room(room) => vec![Conversation::Room(room.clone()).deliver_subject()],
-            TopicKey::User(user) => {
-                let [a, b] = protocol::subject::user_dm_subjects(user);
-                vec![a, b, protocol::subject::user_control_subject(user)]
-            }
+            TopicKey::User(user) => protocol::subject::user_dm_subjects(user).into(),
         }
     }
 }
@@ -246,6 +241,37 @@ impl Hub {
         }
     }
 
+    /// Subscribes every user's control subject once for this gateway, and routes each command to the
+    /// local connections of its user. Returns once the server has registered the subscription.
+    pub async fn start_control(&self) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+        use anyhow::Context;
+        let mut sub = self
+            .nats
+            .subscribe(protocol::subject::USER_CONTROL_WILDCARD)
+            .await
+            .context("subscribing to control subjects")?;
+        self.nats
+            .flush()
+            .await
+            .context("registering the control subscription")?;
+        let topics = self.topics.clone();
+        Ok(tokio::spawn(async move {
+            while let Some(msg) = sub.next().await {
+                let Some(user) = protocol::subject::user_of_control_subject(&msg.subject) else {
+                    continue;
+                };
+                let members = topics
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .get(&TopicKey::User(user))
+                    .map(|t| t.members.clone());
+                if let Some(members) = members {
+                    control(&members, &msg);
+                }
+            }
+        }))
+    }
+
     /// Number of topics with a live subscription on this gateway.
     pub fn topic_count(&self) -> usize {
         self.topics.lock().unwrap_or_else(|e| e.into_inner()).len()
@@ -316,7 +342,7 @@ impl TopicTask {
         // stored in between then shows up as a gap and is filled, never skipped.
         if let TopicKey::Room(room) = &key {
             let conv = Conversation::Room(room.clone());
-            if let Ok(last) = self.backlog.last_seq(&conv).await
+            if let Ok(last) = Box::pin(self.backlog.last_seq(&conv)).await
                 && last.exact
             {
                 self.last.insert(conv.deliver_subject(), last.seq);
@@ -355,17 +381,13 @@ impl TopicTask {
                     if changed.is_err() {
                         break;
                     }
-                    self.check_after_reconnect().await;
+                    Box::pin(self.check_after_reconnect()).await;
                 }
             }
         }
     }
 
     async fn on_message(&mut self, msg: async_nats::Message) {
-        if msg.subject.starts_with(CONTROL_PREFIX) {
-            self.control(&msg);
-            return;
-        }
         let Some(d) = decode_delivery(&msg) else {
             self.metrics.undecodable.inc();
             tracing::warn!(subject = %msg.subject, "undecodable delivery skipped");
@@ -377,7 +399,8 @@ impl TopicTask {
                 return;
             }
             if d.prev_seq > last {
-                self.fill(&d.subject, last, d.seq - 1).await;
+                // Boxed: rare, and its state would otherwise sit in every idle topic task.
+                Box::pin(self.fill(&d.subject, last, d.seq - 1)).await;
             }
         }
         self.deliver(&d.subject, d.seq, &d.frame);
@@ -461,24 +484,20 @@ impl TopicTask {
         }
         self.last.insert(subject.to_owned(), seq);
     }
+}
 
-    /// Applies a control command to every local connection of the topic.
-    fn control(&self, msg: &async_nats::Message) {
-        match serde_json::from_slice::<UserControl>(&msg.payload) {
-            Ok(UserControl::Logout) => {
-                let snapshot = self
-                    .members
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone();
-                tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
-                for m in snapshot.iter() {
-                    m.outbox.shared.close(close_code::LOGGED_OUT, "logged out");
-                }
+/// Applies a control command to every local connection of a user.
+fn control(members: &Members, msg: &async_nats::Message) {
+    match serde_json::from_slice::<UserControl>(&msg.payload) {
+        Ok(UserControl::Logout) => {
+            let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
+            for m in snapshot.iter() {
+                m.outbox.shared.close(close_code::LOGGED_OUT, "logged out");
             }
-            Err(e) => {
-                tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored")
-            }
+        }
+        Err(e) => {
+            tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored")
         }
     }
 }

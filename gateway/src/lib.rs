@@ -103,8 +103,11 @@ pub async fn run(
         metrics.clone(),
     )
     .await?;
-    let state = server::AppState {
-        hub: hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone()),
+    let hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
+    // Logout and other per-user commands: one subscription for the whole gateway, routed locally.
+    let control = hub.start_control().await?;
+    let state = server::AppState::new(server::AppStateInner {
+        hub,
         backlog,
         presence,
         publisher: publish::Publisher::new(js, config.publish_budget, metrics.clone()),
@@ -126,7 +129,7 @@ pub async fn run(
             .replace("__AUTH_URL__", &config.public_auth_url)
             .into(),
         config: config.clone(),
-    };
+    });
     let sessions = state.sessions.clone();
     let app = server::router(state);
     let local = listener.local_addr()?;
@@ -168,6 +171,7 @@ pub async fn run(
         );
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
+    control.abort();
     let _ = nats.flush().await;
     Ok(())
 }

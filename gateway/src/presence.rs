@@ -113,8 +113,9 @@ struct Watcher {
 #[derive(Clone)]
 pub struct Presence {
     js: jetstream::Context,
-    kv: kv::Store,
-    stream: stream::Stream,
+    // Behind `Arc`s: both hold their stream's whole `Info`, and a `Presence` is cloned per refresh.
+    kv: Arc<kv::Store>,
+    stream: Arc<stream::Stream>,
     settings: PresenceSettings,
     watchers: Arc<Mutex<HashMap<WatchKey, Watcher>>>,
     metrics: Arc<Metrics>,
@@ -150,8 +151,8 @@ impl Presence {
             .context("reading stream KV_presence")?;
         Ok(Self {
             js,
-            kv,
-            stream,
+            kv: Arc::new(kv),
+            stream: Arc::new(stream),
             settings,
             watchers: Arc::default(),
             metrics,
@@ -331,7 +332,7 @@ impl Presence {
 }
 
 struct WatchTask {
-    stream: stream::Stream,
+    stream: Arc<stream::Stream>,
     key: WatchKey,
     members: Members,
     state: State,

@@ -24,14 +24,32 @@ use crate::publish::Publisher;
 /// How much larger than our frame limit tungstenite's own limit is. Frames between the two are read
 /// and answered with `too_large` and 1009; tungstenite's limit only guards memory beyond that.
 const TUNGSTENITE_LIMIT_FACTOR: usize = 4;
-/// tungstenite's read buffer per connection. Chat frames are small; the default (128 KiB) is not.
-const READ_BUFFER: usize = 4 * 1024;
+/// tungstenite's read buffer per connection, allocated up front. Chat frames are small (a larger frame
+/// grows the buffer for itself); the default, 128 KiB, would cost that much per idle socket.
+const READ_BUFFER: usize = 1024;
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
 
-/// Everything a handler or session needs. Cheap to clone.
+/// Everything a handler or session needs. Cheap to clone: one reference count, since every
+/// connection holds one for its whole life.
 #[derive(Clone)]
-pub struct AppState {
+pub struct AppState(Arc<AppStateInner>);
+
+impl AppState {
+    pub fn new(inner: AppStateInner) -> Self {
+        Self(Arc::new(inner))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = AppStateInner;
+
+    fn deref(&self) -> &AppStateInner {
+        &self.0
+    }
+}
+
+pub struct AppStateInner {
     pub config: Arc<Config>,
     pub keys: KeySet,
     pub hub: Hub,

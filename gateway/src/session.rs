@@ -166,6 +166,12 @@ struct Session {
     inflight: Inflight,
 }
 
+/// What a client frame led to: done (with how the read loop goes on), or a handler that must wait.
+enum Step {
+    Done(Flow),
+    Async(Option<FrameId>, ClientFrame),
+}
+
 /// Whether the read loop goes on, and if not, how the connection ends.
 #[derive(Debug, PartialEq, Eq)]
 enum Flow {
@@ -209,7 +215,15 @@ impl Session {
                     last_activity = tokio::time::Instant::now();
                     self.refresh_presence();
                     let flow = match msg {
-                        Some(Ok(msg)) => self.on_message(msg).await,
+                        Some(Ok(msg)) => match self.on_message(msg) {
+                            Step::Done(flow) => flow,
+                            // Boxed: the session future, held by every idle connection, then
+                            // carries none of the rarer handlers' state inline.
+                            Step::Async(id, frame) => {
+                                Box::pin(self.dispatch_async(id, frame)).await;
+                                Flow::Continue
+                            }
+                        },
                         Some(Err(e)) if is_capacity_error(&e) => {
                             self.too_large(None);
                             Flow::Ordered
@@ -238,44 +252,51 @@ impl Session {
         end
     }
 
-    async fn on_message(&mut self, msg: Message) -> Flow {
+    /// Handles one client frame; the frames that need to wait (join, resume, watch, presence
+    /// queries, leave) come back as [`Step::Async`] for [`Session::dispatch_async`].
+    fn on_message(&mut self, msg: Message) -> Step {
+        self.on_frame(msg).unwrap_or(Step::Done(Flow::Continue))
+    }
+
+    fn on_frame(&mut self, msg: Message) -> Option<Step> {
+        let flow = |f| Some(Step::Done(f));
         let text = match msg {
             Message::Text(t) => t,
             Message::Binary(b) => {
                 self.state.metrics.frames_in.inc();
                 if b.len() > self.state.config.max_frame_bytes {
                     self.too_large(None);
-                    return Flow::Ordered;
+                    return flow(Flow::Ordered);
                 }
                 self.error(
                     None,
                     ErrorCode::BadRequest,
                     "binary frames are not supported; send JSON text frames",
                 );
-                return Flow::Continue;
+                return None;
             }
-            Message::Close(_) => return Flow::Stop,
-            Message::Ping(_) | Message::Pong(_) => return Flow::Continue,
+            Message::Close(_) => return flow(Flow::Stop),
+            Message::Ping(_) | Message::Pong(_) => return None,
         };
         self.state.metrics.frames_in.inc();
         if text.len() > self.state.config.max_frame_bytes {
             self.too_large(None);
-            return Flow::Ordered;
+            return flow(Flow::Ordered);
         }
         let parsed = ClientFrame::parse(text.as_str());
         if !self.bucket.try_take(Instant::now()) {
             let id = parsed.as_ref().ok().and_then(|(id, _)| id.clone());
             self.error(id, ErrorCode::RateLimited, "too many frames; slow down");
-            return Flow::Continue;
+            return None;
         }
         match parsed {
-            Ok((id, frame)) => self.dispatch(id, frame).await,
+            Ok((id, frame)) => return self.dispatch(id, frame),
             Err(e) => {
                 self.state.metrics.error(e.code);
                 self.reply(e.to_frame());
             }
         }
-        Flow::Continue
+        None
     }
 
     /// Refreshes this connection's presence keys, at most every third of their TTL, in the background.
@@ -369,27 +390,37 @@ impl Session {
         self.reply(ServerFrame::PresenceState { id, room, users });
     }
 
-    async fn dispatch(&mut self, id: Option<FrameId>, frame: ClientFrame) {
+    /// Answers the frames that need no waiting; hands back the others.
+    fn dispatch(&mut self, id: Option<FrameId>, frame: ClientFrame) -> Option<Step> {
         match frame {
-            // The rarer, larger handlers are boxed, so the session future (held for every idle
-            // connection) does not carry their state inline.
-            ClientFrame::Watch { users } => Box::pin(self.watch(id, users)).await,
             ClientFrame::Unwatch { users } => self.unwatch(id, users),
-            ClientFrame::PresenceQuery { target } => {
-                Box::pin(self.presence_query(id, target)).await;
-            }
             ClientFrame::Ping => self.reply(ServerFrame::Pong {
                 id,
                 server_time: now_ms(),
             }),
-            ClientFrame::Join { room, since } => Box::pin(self.join(id, room, since)).await,
-            ClientFrame::Resume { with, since } => Box::pin(self.resume(id, with, since)).await,
             ClientFrame::History {
                 target,
                 before,
                 after,
                 limit,
             } => self.history(id, target, before, after, limit),
+            ClientFrame::Send {
+                target,
+                text,
+                client_msg_id,
+            } => self.send(id, target, text, client_msg_id),
+            frame => return Some(Step::Async(id, frame)),
+        }
+        None
+    }
+
+    /// The frames that wait on NATS before they are answered.
+    async fn dispatch_async(&mut self, id: Option<FrameId>, frame: ClientFrame) {
+        match frame {
+            ClientFrame::Watch { users } => self.watch(id, users).await,
+            ClientFrame::PresenceQuery { target } => self.presence_query(id, target).await,
+            ClientFrame::Join { room, since } => self.join(id, room, since).await,
+            ClientFrame::Resume { with, since } => self.resume(id, with, since).await,
             ClientFrame::Leave { room } => {
                 if self.joined.remove(&room) {
                     self.state
@@ -398,17 +429,18 @@ impl Session {
                     let presence = &self.state.presence;
                     presence.unwatch(&WatchKey::Room(room.clone()), self.outbox.conn());
                     let shared = &self.outbox.shared;
-                    Box::pin(presence.delete_room(&room, &shared.user, &shared.conn)).await;
+                    presence
+                        .delete_room(&room, &shared.user, &shared.conn)
+                        .await;
                     self.reply(ServerFrame::Left { id, room });
                 } else {
                     self.error(id, ErrorCode::NotJoined, format!("not in room {room}"));
                 }
             }
-            ClientFrame::Send {
-                target,
-                text,
-                client_msg_id,
-            } => self.send(id, target, text, client_msg_id),
+            // Never handed here by `dispatch`, which answers these at once.
+            other => {
+                let _ = self.dispatch(id, other);
+            }
         }
     }
 

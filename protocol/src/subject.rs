@@ -96,6 +96,14 @@ pub fn user_control_subject(user: &UserId) -> String {
     format!("chat.ctl.user.{user}")
 }
 
+/// Every user's control subject: a gateway subscribes it once and routes commands to local users.
+pub const USER_CONTROL_WILDCARD: &str = "chat.ctl.user.*";
+
+/// The user a control subject addresses, if it is one.
+pub fn user_of_control_subject(subject: &str) -> Option<UserId> {
+    UserId::parse(subject.strip_prefix("chat.ctl.user.")?).ok()
+}
+
 /// The `Nats-Msg-Id` of a client message: `<sender>:<client_msg_id>`, so a resend is stored once.
 pub fn msg_id(from: &UserId, client_msg_id: &crate::ClientMsgId) -> String {
     format!("{from}:{client_msg_id}")
@@ -104,6 +112,17 @@ pub fn msg_id(from: &UserId, client_msg_id: &crate::ClientMsgId) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_subject_round_trips() {
+        let user = u("alice");
+        assert_eq!(
+            user_of_control_subject(&user_control_subject(&user)),
+            Some(user)
+        );
+        assert_eq!(user_of_control_subject("chat.ctl.room.alice"), None);
+        assert_eq!(user_of_control_subject("chat.ctl.user.a.b"), None);
+    }
 
     fn u(s: &str) -> UserId {
         UserId::parse(s).unwrap()
