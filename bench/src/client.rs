@@ -44,7 +44,7 @@ const TOKEN_TTL_SECS: u64 = 3600;
 /// Client read buffer: frames are small, and a 19k-connection worker must stay small too.
 const READ_BUFFER: usize = 4 * 1024;
 
-type Ws = WebSocketStream<TcpStream>;
+pub type Ws = WebSocketStream<TcpStream>;
 
 /// When the run started, shared by the clients of a worker.
 #[derive(Debug, Clone, Copy)]
@@ -74,8 +74,13 @@ pub struct Stats {
     pub unexpected: u64,
     pub markers_expected: u64,
     pub markers_got: u64,
+    pub dup_events: u64,
+    pub expected: u64,
+    pub lost: u64,
+    pub counters: BTreeMap<String, u64>,
     pub latency: Histogram,
     pub ack_latency: Histogram,
+    pub offline_latency: Histogram,
     pub got: BTreeMap<String, u64>,
     pub receivers: BTreeMap<String, u64>,
     pub acked_by: BTreeMap<String, u64>,
@@ -94,6 +99,14 @@ pub struct Ctx {
     /// Set when the worker reported `ready`: a client that connects later takes no part, so it
     /// cannot miss messages sent before it joined.
     pub late: std::cell::Cell<bool>,
+    /// What the churners and watchers of a presence-churn run recorded, matched at the end.
+    pub churn: RefCell<crate::churn::Record>,
+}
+
+impl Stats {
+    pub fn count(&mut self, name: &str, n: u64) {
+        *self.counters.entry(name.to_owned()).or_default() += n;
+    }
 }
 
 /// Runs one client from connect to close; everything it observes goes into `ctx.stats`.
@@ -135,28 +148,52 @@ pub async fn run(ctx: Rc<Ctx>, c: ClientSpec) {
     conn.run(ws).await;
 }
 
-fn fail(ctx: &Ctx, why: String) {
+pub fn fail(ctx: &Ctx, why: String) {
     let mut s = ctx.stats.borrow_mut();
     s.connect_failed += 1;
     *s.connect_errors.entry(why).or_default() += 1;
 }
 
 /// The first line of an error, short enough to be a map key.
-fn short(e: &str) -> String {
+pub fn short(e: &str) -> String {
     e.lines().next().unwrap_or("").chars().take(80).collect()
 }
 
 async fn setup(ctx: &Ctx, c: &ClientSpec) -> anyhow::Result<Ws> {
-    let addr = ctx.spec.gateways[c.gateway];
+    let mut ws = connect(ctx, c.gateway, source_ip(c.idx), &c.user).await?;
+    if let Some(room) = &c.join {
+        let frame = format!(r#"{{"type":"join","id":"j","room":"{room}"}}"#);
+        ws.send(Message::text(frame)).await?;
+        loop {
+            let t = next_text(&mut ws).await?;
+            if t.starts_with(r#"{"type":"joined""#) {
+                break;
+            }
+            if t.starts_with(r#"{"type":"error""#) {
+                bail!("join refused: {t}");
+            }
+        }
+    }
+    Ok(ws)
+}
+
+/// Opens a WebSocket as `user` to gateway `gateway`, from `source` when the spec says so, and reads
+/// the `welcome`.
+pub async fn connect(
+    ctx: &Ctx,
+    gateway: usize,
+    source: std::net::Ipv4Addr,
+    user: &str,
+) -> anyhow::Result<Ws> {
+    let addr = ctx.spec.gateways[gateway];
     let sock = TcpSocket::new_v4()?;
     if ctx.spec.source_ips {
-        sock.bind((source_ip(c.idx), 0).into())
-            .context("bind source")?;
+        sock.bind((source, 0).into()).context("bind source")?;
     }
     let tcp = sock.connect(addr).await.context("tcp connect")?;
     tcp.set_nodelay(true)?;
     let token = ctx.signer.issue(
-        &UserId::parse(&c.user)?,
+        &UserId::parse(user)?,
         auth::token::now_secs(),
         TOKEN_TTL_SECS,
     );
@@ -175,23 +212,10 @@ async fn setup(ctx: &Ctx, c: &ClientSpec) -> anyhow::Result<Ws> {
     if !welcome.starts_with(r#"{"type":"welcome""#) {
         bail!("expected welcome, got {welcome}");
     }
-    if let Some(room) = &c.join {
-        let frame = format!(r#"{{"type":"join","id":"j","room":"{room}"}}"#);
-        ws.send(Message::text(frame)).await?;
-        loop {
-            let t = next_text(&mut ws).await?;
-            if t.starts_with(r#"{"type":"joined""#) {
-                break;
-            }
-            if t.starts_with(r#"{"type":"error""#) {
-                bail!("join refused: {t}");
-            }
-        }
-    }
     Ok(ws)
 }
 
-async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
+pub async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     loop {
         match ws.next().await {
             Some(Ok(Message::Text(t))) => return Ok(t.to_string()),
@@ -526,7 +550,7 @@ impl Conn {
     }
 }
 
-fn close_label(code: Option<u16>) -> String {
+pub fn close_label(code: Option<u16>) -> String {
     code.map_or_else(|| "close".into(), |c| format!("close {c}"))
 }
 
@@ -536,17 +560,17 @@ fn close_label(code: Option<u16>) -> String {
 /// generator's own texts and ids hold no quotes or escapes, so slicing is exact for what it reads;
 /// anything else is reported as unexpected.
 #[derive(Debug, PartialEq)]
-struct MessageView<'a> {
-    room: Option<&'a str>,
-    to: Option<&'a str>,
-    from: &'a str,
-    text: &'a str,
-    seq: u64,
-    cmid: &'a str,
+pub struct MessageView<'a> {
+    pub room: Option<&'a str>,
+    pub to: Option<&'a str>,
+    pub from: &'a str,
+    pub text: &'a str,
+    pub seq: u64,
+    pub cmid: &'a str,
 }
 
 impl<'a> MessageView<'a> {
-    fn slice(t: &'a str) -> Option<Self> {
+    pub fn slice(t: &'a str) -> Option<Self> {
         let rest = t.strip_prefix(r#"{"type":"message""#)?;
         let (room, rest) = match rest.strip_prefix(r#","room":""#) {
             Some(r) => until_quote(r).map(|(v, r)| (Some(v), r))?,

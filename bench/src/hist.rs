@@ -48,8 +48,16 @@ pub struct Sparse {
 
 impl Histogram {
     pub fn record(&mut self, micros: u64) {
-        self.counts[index(micros)] += 1;
-        self.total += 1;
+        self.record_n(micros, 1);
+    }
+
+    /// Records `n` samples of the same value.
+    pub fn record_n(&mut self, micros: u64, n: u64) {
+        if n == 0 {
+            return;
+        }
+        self.counts[index(micros)] += n;
+        self.total += n;
         self.max = self.max.max(micros);
     }
 

@@ -9,14 +9,21 @@
 //! [`worker`] (the clients of one process), [`run`] (the parent: workers, barrier, `/proc`),
 //! [`stack`] (nats-server and gateway processes), [`report`] (merging, JSON lines, markdown),
 //! [`hist`] (latency histogram), [`procstat`] (`/proc` readings).
+//! Scenarios with their own clients: [`storm`] (resume storm), [`churn`] (presence churn), and
+//! [`catchup`] (persister catch-up, run by the parent alone); [`inject`] publishes straight into
+//! JetStream as a gateway would.
 
+pub mod catchup;
+pub mod churn;
 pub mod client;
 pub mod hist;
+pub mod inject;
 pub mod plan;
 pub mod procstat;
 pub mod report;
 pub mod run;
 pub mod stack;
+pub mod storm;
 pub mod worker;
 
 pub use plan::{Shape, WorkerSpec};

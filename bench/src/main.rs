@@ -6,6 +6,9 @@
 //! bench run pairs     --clients 2000 --rate 5 [--dm]
 //! bench run cross     --rooms 500 --rate 20
 //! bench run broadcast --conns 100000 --gateways 6 --procs 6 --rate 1
+//! bench run resume-storm      --clients 10000 --rooms 100 --missed 100 [--no-persister]
+//! bench run presence-churn    --rate 200 --duration 20 [--watchers 10] [--up 1] [--grace-ms 10000] [--ping-on-open]
+//! bench run persister-catchup --messages 200000 --rooms 100
 //! bench run idle      --attach 127.0.0.1:8080 --pids gateway=1234   (servers started by hand)
 //! bench table bench/results/*.jsonl
 //! bench worker        (internal: one worker process, driven by `run` over stdin/stdout)
@@ -14,11 +17,13 @@
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
-use bench::plan::Shape;
-use bench::report::{MARKDOWN_HEADER, RunResult};
-use bench::run::{RunOptions, WorkerLine, run_once};
+
+use bench::plan::{Mode, Shape};
+use bench::report::{FIGURES_HEADER, MARKDOWN_HEADER, RunResult};
+use bench::run::{CatchupOptions, RunOptions, WorkerLine, run_catchup, run_once, run_once_with};
 use bench::stack::{Stack, StackOptions};
 use tokio::io::AsyncBufReadExt;
 
@@ -48,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         }
         Some("table") => table(args),
         _ => bail!(
-            "usage: bench run <idle|fanout|pairs|cross|broadcast> [--flags] | bench table FILES"
+            "usage: bench run <idle|fanout|pairs|cross|broadcast|resume-storm|presence-churn|persister-catchup> [--flags] | bench table FILES"
         ),
     }
 }
@@ -103,8 +108,87 @@ impl Flags {
     }
 }
 
-/// A scenario's traffic and the gateway count it needs.
-fn scenario(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
+/// Margin on top of the grace period that a churning user stays down, so that its offline event
+/// has arrived before it opens again.
+const CHURN_MARGIN_MS: u64 = 2000;
+/// The gateways' default presence grace period (`GATEWAY_PRESENCE_GRACE_MS`).
+const GATEWAY_GRACE_MS: u64 = 10_000;
+
+/// A scenario's traffic, the gateway count it needs, its rates, and what its clients do.
+fn scenario(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>, Mode)> {
+    let gateways = |d: usize| f.get("gateways", d);
+    if let Some(mode) = special(name, f)? {
+        let shape = match &mode {
+            Mode::ResumeStorm { .. } => {
+                let clients = f.get("clients", 10_000usize)?;
+                let rooms = f.get("rooms", 100usize)?.clamp(1, clients.max(1));
+                Shape {
+                    rooms,
+                    members: clients / rooms,
+                    senders: 0,
+                    rate_per_sender: 0.0,
+                    dm: false,
+                    join: true,
+                }
+            }
+            Mode::PresenceChurn(plan) => Shape {
+                rooms: plan.watchers,
+                members: 1,
+                senders: 0,
+                rate_per_sender: 0.0,
+                dm: false,
+                join: false,
+            },
+            Mode::Traffic => unreachable!("special scenarios have their own mode"),
+        };
+        return Ok((shape, gateways(1)?, vec![0.0], mode));
+    }
+    let (shape, gateways, rates) = traffic(name, f)?;
+    Ok((shape, gateways, rates, Mode::Traffic))
+}
+
+/// The mode of a scenario with its own clients, or `None` for traffic.
+fn special(name: &str, f: &Flags) -> anyhow::Result<Option<Mode>> {
+    Ok(match name {
+        "resume-storm" => Some(Mode::ResumeStorm {
+            missed: f.get("missed", 100u64)?,
+        }),
+        "presence-churn" => {
+            let rate = f.get("rate", 100.0f64)?;
+            anyhow::ensure!(rate > 0.0, "--rate: opens per second, above 0");
+            let up_ms = (f.get("up", 1.0f64)? * 1000.0) as u64;
+            let grace_ms = f.get("grace-ms", GATEWAY_GRACE_MS)?;
+            let down_ms = grace_ms + CHURN_MARGIN_MS;
+            let min_users = (rate * (up_ms + down_ms) as f64 / 1000.0).ceil() as usize;
+            let users = f.get("users", min_users)?;
+            anyhow::ensure!(
+                users >= min_users,
+                "--users {users}: at --rate {rate} each user must stay down longer than the grace \
+                 period plus {CHURN_MARGIN_MS} ms, which needs at least {min_users} users"
+            );
+            let mut plan = bench::churn::ChurnPlan {
+                rate,
+                users,
+                watchers: 0,
+                up_ms,
+                grace_ms,
+                ping_on_open: f.on("ping-on-open"),
+            };
+            plan.watchers = f.get("watchers", plan.groups())?;
+            anyhow::ensure!(
+                plan.watchers >= plan.groups(),
+                "--watchers {}: {users} users need at least {} watchers (200 users each)",
+                plan.watchers,
+                plan.groups()
+            );
+            Some(Mode::PresenceChurn(plan))
+        }
+        _ => None,
+    })
+}
+
+/// A traffic scenario's shape, the gateway count it needs, and its rates per sender.
+fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
     let gateways = |d: usize| f.get("gateways", d);
     Ok(match name {
         "idle" => {
@@ -192,20 +276,38 @@ fn scenario(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
                 vec![f.get("rate", 1.0)?],
             )
         }
-        "resume-storm" => {
-            bail!("resume-storm needs history and `since` on join, which are not built yet")
-        }
-        "presence-churn" => bail!("presence-churn needs presence events, which are not built yet"),
-        "persister-catchup" => {
-            bail!("persister-catchup needs the persister, which is a stub today")
-        }
         other => bail!("unknown scenario {other:?}"),
     })
 }
 
 async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
-    let (shape, gateways, rates) = scenario(name, f)?;
+    let (shape, gateways, rates, mode) = if name == "persister-catchup" {
+        (
+            Shape::default(),
+            f.get("gateways", 1usize)?,
+            vec![],
+            Mode::Traffic,
+        )
+    } else {
+        scenario(name, f)?
+    };
     let exe = std::env::current_exe()?;
+    let persister_bin = match f.str("persister-bin") {
+        Some(p) => PathBuf::from(p),
+        None => exe.with_file_name("persister"),
+    };
+    let needs_persister = name == "persister-catchup"
+        || (matches!(mode, Mode::ResumeStorm { .. }) && !f.on("no-persister"));
+    anyhow::ensure!(
+        !needs_persister || persister_bin.exists(),
+        "{} not found: build it with `cargo build --release -p persister`, pass --persister-bin, \
+         or --no-persister (resume-storm)",
+        persister_bin.display()
+    );
+    anyhow::ensure!(
+        !(needs_persister || mode != Mode::Traffic) || f.str("attach").is_none(),
+        "{name} starts its own servers; --attach is for traffic scenarios"
+    );
     let gateway_bin = match f.str("gateway-bin") {
         Some(p) => PathBuf::from(p),
         None => exe.with_file_name("gateway"),
@@ -215,7 +317,7 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p gateway` or pass --gateway-bin",
         gateway_bin.display()
     );
-    let gateway_env = f
+    let mut gateway_env: Vec<(String, String)> = f
         .str("gw-env")
         .map(|s| {
             s.split(',')
@@ -226,6 +328,12 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
                 .collect()
         })
         .unwrap_or_default();
+    if let Mode::PresenceChurn(plan) = &mode {
+        gateway_env.push((
+            "GATEWAY_PRESENCE_GRACE_MS".into(),
+            plan.grace_ms.to_string(),
+        ));
+    }
     let stack_opts = StackOptions {
         gateways,
         gateway_bin,
@@ -236,8 +344,11 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         gateway_env,
         seed: BENCH_SEED,
         issuer: "liaotian".into(),
+        // The catch-up starts its persister itself, after the backlog.
+        persister_bin: (needs_persister && name != "persister-catchup")
+            .then(|| persister_bin.clone()),
     };
-    let stack = match f.str("attach") {
+    let mut stack = match f.str("attach") {
         // Gateways started by hand (for example under a profiler) that trust BENCH_SEED.
         Some(addrs) => Stack::attach(
             addrs
@@ -254,14 +365,43 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         None => Stack::start(&stack_opts).await?,
     };
     tracing::info!(gateways = ?stack.gateway_addrs, nats = %stack.nats_url, "servers ready");
-
-    let secs =
-        |name: &str, d: f64| -> anyhow::Result<u64> { Ok((f.get(name, d)? * 1000.0) as u64) };
-    let procs = f.get("procs", shape.clients().div_ceil(CONNS_PER_PROC).max(1))?;
     let out = PathBuf::from(
         f.str("out")
             .map_or_else(|| format!("bench/results/{name}.jsonl"), str::to_owned),
     );
+    if name == "persister-catchup" {
+        let o = CatchupOptions {
+            scenario: name.to_owned(),
+            label: f.str("label").unwrap_or("").to_owned(),
+            messages: f.get("messages", 200_000u64)?,
+            rooms: f.get("rooms", 100usize)?,
+            text_bytes: f.get("text-bytes", 64)?,
+            persister_bin,
+            bound: Duration::from_secs_f64(f.get("drain", 600.0)?),
+        };
+        let result = run_catchup(&mut stack, &o).await?;
+        return finish(&out, &result);
+    }
+
+    let secs =
+        |name: &str, d: f64| -> anyhow::Result<u64> { Ok((f.get(name, d)? * 1000.0) as u64) };
+    let procs = f.get("procs", shape.clients().div_ceil(CONNS_PER_PROC).max(1))?;
+    // Time bounds: traffic sends for --duration and drains; a storm has no send phase, only the
+    // catch-up bound (--drain) and a linger after catching up (--hold); watchers of a churn listen
+    // until the last close's offline event is due, plus --drain.
+    let (send_ms, drain_ms, hold_ms) = match &mode {
+        Mode::Traffic => (
+            secs("duration", if name == "idle" { 0.0 } else { 10.0 })?,
+            secs("drain", 15.0)?,
+            secs("hold", if name == "idle" { 5.0 } else { 0.0 })?,
+        ),
+        Mode::ResumeStorm { .. } => (0, secs("drain", 60.0)?, secs("hold", 0.5)?),
+        Mode::PresenceChurn(plan) => (
+            secs("duration", 10.0)?,
+            plan.up_ms + plan.grace_ms + secs("drain", 5.0)?,
+            0,
+        ),
+    };
     let stepping = rates.len() > 1;
     for rate in rates {
         let mut shape = shape.clone();
@@ -272,9 +412,9 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
             shape,
             procs,
             gen_cpus: f.cpus("gen-cpus", "1"),
-            send_ms: secs("duration", if name == "idle" { 0.0 } else { 10.0 })?,
-            drain_ms: secs("drain", 15.0)?,
-            hold_ms: secs("hold", if name == "idle" { 5.0 } else { 0.0 })?,
+            send_ms,
+            drain_ms,
+            hold_ms,
             settle_ms: secs("settle", if name == "idle" { 3.0 } else { 0.5 })?,
             ramp_per_sec: f.get("ramp", 2000)?,
             max_connecting: f.get("max-connecting", 200)?,
@@ -282,17 +422,137 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
             source_ips: !f.on("no-source-ips"),
             seed: BENCH_SEED,
             issuer: "liaotian".into(),
+            mode: mode.clone(),
         };
-        let result = run_once(&stack, &o).await?;
-        append(&out, &result)?;
-        tracing::info!(row = %result.markdown_row(), saturated = result.saturated, "run done");
-        tracing::info!(totals = %serde_json::to_string(&result.totals)?, "totals");
+        let result = match &mode {
+            Mode::Traffic => run_once(&stack, &o).await?,
+            Mode::ResumeStorm { missed } => storm_once(&stack, &o, *missed).await?,
+            Mode::PresenceChurn(plan) => churn_once(&stack, &o, plan).await?,
+        };
+        finish(&out, &result)?;
         if stepping && result.saturated {
             tracing::info!("saturated; not stepping further");
             break;
         }
     }
     Ok(())
+}
+
+/// Appends the result and logs its rows.
+fn finish(out: &PathBuf, result: &RunResult) -> anyhow::Result<()> {
+    append(out, result)?;
+    tracing::info!(row = %result.markdown_row(), saturated = result.saturated, "run done");
+    if result.has_figures() {
+        tracing::info!(row = %result.figures_row(), "figures");
+    }
+    tracing::info!(totals = %serde_json::to_string(&result.totals)?, "totals");
+    Ok(())
+}
+
+/// A resume storm: the burst is published between `ready` and `go`, straight into JetStream.
+async fn storm_once(stack: &Stack, o: &RunOptions, missed: u64) -> anyhow::Result<RunResult> {
+    let nats = async_nats::connect(&stack.nats_url)
+        .await
+        .context("connecting to nats-server")?;
+    let js = async_nats::jetstream::new(nats);
+    let rooms = o.shape.rooms;
+    let text_bytes = o.text_bytes;
+    let burst_s = std::cell::Cell::new(0.0);
+    let mut result = run_once_with(stack, o, |run| {
+        let (js, burst_s) = (js.clone(), &burst_s);
+        async move {
+            let batch = bench::inject::Batch {
+                rooms: (0..rooms)
+                    .map(|r| bench::plan::room_name(r, &run))
+                    .collect(),
+                per_room: missed,
+                from: format!("burst-{run}"),
+                text_bytes,
+                marker: true,
+            };
+            let published = bench::inject::publish(&js, &batch).await?;
+            burst_s.set(published.took.as_secs_f64());
+            tracing::info!(
+                messages = published.total(),
+                secs = burst_s.get(),
+                "burst published; resuming"
+            );
+            // What JetStream acked is what every resuming client of the room must get.
+            let mut report = bench::WorkerReport::default();
+            for (room, seqs) in batch.rooms.iter().zip(&published.seqs) {
+                report
+                    .acked_by
+                    .insert(format!("{room}|{}", bench::storm::BURST), seqs.len() as u64);
+            }
+            report.acked = published.total();
+            Ok(report)
+        }
+    })
+    .await?;
+    // The clients closed their first connections before `ready`, so RSS per connection means nothing.
+    result.gateway_rss_per_conn_bytes = None;
+    let t = &result.totals;
+    result.saturated = t.lost > 0
+        || t.dup_seq + t.dup_cmid > 0
+        || t.timed_out > 0
+        || !t.closed_early.is_empty()
+        || t.connect_failed > 0;
+    result.figures = [
+        ("missed_per_room", missed as f64),
+        ("rooms", rooms as f64),
+        ("burst_publish_s", burst_s.get()),
+        ("all_caught_up_s", t.latency_us.max as f64 / 1e6),
+        (
+            "persister",
+            f64::from(u8::from(stack.persister_http.is_some())),
+        ),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    Ok(result)
+}
+
+/// A presence churn: the workers do everything; the parent adds the figures.
+async fn churn_once(
+    stack: &Stack,
+    o: &RunOptions,
+    plan: &bench::churn::ChurnPlan,
+) -> anyhow::Result<RunResult> {
+    let mut result = run_once(stack, o).await?;
+    result.gateway_rss_per_conn_bytes = None;
+    let t = &result.totals;
+    let opens = t.counters.get("opens").copied().unwrap_or(0);
+    let send_s = o.send_ms as f64 / 1000.0;
+    result.saturated = t.lost > 0
+        || t.dup_events > 0
+        || !t.closed_early.is_empty()
+        || t.counters.get("open_failed").copied().unwrap_or(0) > 0
+        || (opens as f64) < 0.9 * plan.rate * send_s;
+    let off = &t.offline_latency_us;
+    result.figures = [
+        ("offered_opens_per_sec", plan.rate),
+        ("opens_per_sec", opens as f64 / send_s.max(1e-9)),
+        ("users", plan.users as f64),
+        ("watchers", plan.watchers as f64),
+        ("up_s", plan.up_ms as f64 / 1000.0),
+        ("grace_ms", plan.grace_ms as f64),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if off.count > 0 {
+        // The grace period is the design's delay; what is left is the system's.
+        let grace = plan.grace_ms as f64;
+        let (p50, p99) = (off.p50 as f64 / 1000.0, off.p99 as f64 / 1000.0);
+        result
+            .figures
+            .insert("offline_minus_grace_p50_ms".into(), p50 - grace);
+        result
+            .figures
+            .insert("offline_minus_grace_p99_ms".into(), p99 - grace);
+    }
+    Ok(result)
 }
 
 fn append(path: &PathBuf, r: &RunResult) -> anyhow::Result<()> {
@@ -308,16 +568,27 @@ fn append(path: &PathBuf, r: &RunResult) -> anyhow::Result<()> {
         .with_context(|| format!("writing {}", path.display()))
 }
 
-/// Prints the markdown table of every result in the given JSON-lines files.
+/// Prints the markdown table of every result in the given JSON-lines files, then a second table of
+/// the runs with their own figures (resume-storm, presence-churn, persister-catchup).
 fn table(files: impl Iterator<Item = String>) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{MARKDOWN_HEADER}")?;
+    let mut results = Vec::new();
     for file in files {
         let text = std::fs::read_to_string(&file).with_context(|| format!("reading {file}"))?;
         for line in text.lines().filter(|l| !l.trim().is_empty()) {
             let r: RunResult =
                 serde_json::from_str(line).with_context(|| format!("a line of {file}"))?;
-            writeln!(out, "{}", r.markdown_row())?;
+            results.push(r);
+        }
+    }
+    writeln!(out, "{MARKDOWN_HEADER}")?;
+    for r in &results {
+        writeln!(out, "{}", r.markdown_row())?;
+    }
+    if results.iter().any(RunResult::has_figures) {
+        writeln!(out, "\n{FIGURES_HEADER}")?;
+        for r in results.iter().filter(|r| r.has_figures()) {
+            writeln!(out, "{}", r.figures_row())?;
         }
     }
     Ok(())

@@ -66,6 +66,25 @@ pub struct WorkerSpec {
     pub hold_ms: u64,
     /// Length of each message text in bytes (a timestamp and padding).
     pub text_bytes: usize,
+    /// What the clients do: traffic by default, or one of the scenarios with their own client.
+    #[serde(default)]
+    pub mode: Mode,
+}
+
+/// What the clients of a run do.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Mode {
+    /// The [`Shape`]'s senders send and its members receive ([`crate::client`]).
+    #[default]
+    Traffic,
+    /// Every client joins its room, records `last_seq` and disconnects; the parent publishes a burst
+    /// of `missed` messages and an end marker into every room; on `go` every client reconnects at
+    /// once and resumes with `since` ([`crate::storm`]).
+    ResumeStorm { missed: u64 },
+    /// Users open and close connections on a fixed schedule while watchers count their presence
+    /// events ([`crate::churn`]).
+    PresenceChurn(crate::churn::ChurnPlan),
 }
 
 /// One client connection.
@@ -107,7 +126,7 @@ impl WorkerSpec {
         let room_no = idx / s.members;
         let j = idx % s.members;
         let user = self.user(idx);
-        let room = format!("r{room_no}-{}", self.run);
+        let room = room_name(room_no, &self.run);
         let first = room_no * s.members;
         let expect_from: Vec<String> = (0..s.senders.min(s.members))
             .map(|k| self.user(first + k))
@@ -140,6 +159,11 @@ impl WorkerSpec {
             conv,
         }
     }
+}
+
+/// The id of room `no` of run `run`.
+pub fn room_name(no: usize, run: &str) -> String {
+    format!("r{no}-{run}")
 }
 
 /// The key of a DM thread, the same from both ends.
@@ -176,6 +200,7 @@ mod tests {
             drain_ms: 1,
             hold_ms: 0,
             text_bytes: 64,
+            mode: Mode::Traffic,
         }
     }
 

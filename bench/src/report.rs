@@ -40,8 +40,14 @@ pub struct Totals {
     pub unexpected: u64,
     pub markers_expected: u64,
     pub markers_got: u64,
+    /// Events seen more than once (presence-churn: a second event of the same kind in one cycle).
+    pub dup_events: u64,
+    /// Scenario counters, added up over workers (for example `online_lost`, `not_recovered`).
+    pub counters: BTreeMap<String, u64>,
     pub latency_us: Summary,
     pub ack_latency_us: Summary,
+    /// presence-churn: close → offline event at a watcher, grace period included.
+    pub offline_latency_us: Summary,
     /// Deliveries per second from `go` to the last delivery.
     pub deliveries_per_sec: f64,
     /// Sends per second from the first send to the last.
@@ -53,6 +59,7 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
     let mut t = Totals::default();
     let mut lat = Histogram::default();
     let mut ack = Histogram::default();
+    let mut offline = Histogram::default();
     let mut got: BTreeMap<&str, u64> = BTreeMap::new();
     let mut receivers: BTreeMap<&str, u64> = BTreeMap::new();
     let mut acked_by: BTreeMap<&str, u64> = BTreeMap::new();
@@ -82,8 +89,13 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
         t.unexpected += r.unexpected;
         t.markers_expected += r.markers_expected;
         t.markers_got += r.markers_got;
+        t.dup_events += r.dup_events;
+        t.expected += r.expected;
+        t.lost += r.lost;
+        add(&mut t.counters, &r.counters);
         lat.add_sparse(&r.latency);
         ack.add_sparse(&r.ack_latency);
+        offline.add_sparse(&r.offline_latency);
         for (k, v) in &r.got {
             *got.entry(k).or_default() += v;
         }
@@ -93,7 +105,9 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
         for (k, v) in &r.acked_by {
             *acked_by.entry(k).or_default() += v;
         }
-        go = go.min(r.go_unix_ns);
+        if r.go_unix_ns > 0 {
+            go = go.min(r.go_unix_ns);
+        }
         if r.first_send_unix_ns > 0 {
             first_send = first_send.min(r.first_send_unix_ns);
         }
@@ -116,6 +130,7 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
     }
     t.latency_us = lat.summary();
     t.ack_latency_us = ack.summary();
+    t.offline_latency_us = offline.summary();
     if last_delivery > go && go != u64::MAX {
         t.deliveries_per_sec = t.deliveries as f64 / ((last_delivery - go) as f64 / 1e9);
     }
@@ -168,6 +183,10 @@ pub struct RunResult {
     pub gateway_rss_per_conn_bytes: Option<f64>,
     /// Whether the run fell short of its offered load or lost anything.
     pub saturated: bool,
+    /// Figures of the scenarios that are not traffic (resume-storm, presence-churn,
+    /// persister-catchup), by name; `bench table` prints them in a second table.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub figures: BTreeMap<String, f64>,
 }
 
 impl RunResult {
@@ -211,7 +230,7 @@ impl RunResult {
             t.deliveries_per_sec,
             t.deliveries,
             t.lost,
-            t.dup_seq + t.dup_cmid,
+            t.dup_seq + t.dup_cmid + t.dup_events,
             t.latency_us.p50 as f64 / 1000.0,
             t.latency_us.p90 as f64 / 1000.0,
             t.latency_us.p99 as f64 / 1000.0,
@@ -226,6 +245,87 @@ impl RunResult {
         )
     }
 }
+
+impl RunResult {
+    /// Whether the row belongs in the second table: a scenario with its own figures, or a run with a
+    /// persister.
+    pub fn has_figures(&self) -> bool {
+        !self.figures.is_empty() || self.servers.iter().any(|s| s.name == "persister")
+    }
+
+    /// The row of the second table: every server's CPU and peak RSS, and the scenario's figures.
+    pub fn figures_row(&self) -> String {
+        let of = |name: &str, f: fn(&ServerUsage) -> String| {
+            let v: Vec<String> = self
+                .servers
+                .iter()
+                .filter(|s| s.name.starts_with(name))
+                .map(f)
+                .collect();
+            if v.is_empty() {
+                "–".to_owned()
+            } else {
+                v.join(" + ")
+            }
+        };
+        let cpu = |s: &ServerUsage| format!("{:.1}", s.cpu_s);
+        let hwm = |s: &ServerUsage| format!("{}", s.hwm_kib / 1024);
+        let t = &self.totals;
+        let mut figures: Vec<String> = self
+            .figures
+            .iter()
+            .map(|(k, v)| {
+                if v.fract() == 0.0 && v.abs() < 1e15 {
+                    format!("{k} {v:.0}")
+                } else {
+                    format!("{k} {v:.2}")
+                }
+            })
+            .collect();
+        figures.extend(
+            t.counters
+                .iter()
+                .filter(|(_, v)| **v > 0)
+                .map(|(k, v)| format!("{k} {v}")),
+        );
+        let offline = if t.offline_latency_us.count > 0 {
+            let o = &t.offline_latency_us;
+            format!(
+                "{:.0} / {:.0} / {:.0} / {:.0}",
+                o.p50 as f64 / 1000.0,
+                o.p90 as f64 / 1000.0,
+                o.p99 as f64 / 1000.0,
+                o.max as f64 / 1000.0
+            )
+        } else {
+            "–".to_owned()
+        };
+        format!(
+            "| {} | {} | {} | {} / {} | {:.1} / {:.1} / {:.1} / {:.1} | {} | {} / {} / {} | {} / {} / {} | {} | {:.2} |",
+            self.scenario,
+            self.label,
+            t.clients,
+            t.lost,
+            t.dup_seq + t.dup_cmid + t.dup_events,
+            t.latency_us.p50 as f64 / 1000.0,
+            t.latency_us.p90 as f64 / 1000.0,
+            t.latency_us.p99 as f64 / 1000.0,
+            t.latency_us.max as f64 / 1000.0,
+            offline,
+            of("gateway", cpu),
+            of("nats-server", cpu),
+            of("persister", cpu),
+            of("gateway", hwm),
+            of("nats-server", hwm),
+            of("persister", hwm),
+            figures.join(", "),
+            self.load_before[0],
+        )
+    }
+}
+
+/// Header of the second table (scenarios with their own figures; see `docs/benchmarks.md`).
+pub const FIGURES_HEADER: &str = "| scenario | label | clients | lost / dup | latency p50 / p90 / p99 / max ms | offline-event latency p50 / p90 / p99 / max ms | CPU s gw / nats / persister | peak RSS MiB gw / nats / persister | figures | load 1m |\n|---|---|---|---|---|---|---|---|---|---|";
 
 /// Header of the markdown table.
 pub const MARKDOWN_HEADER: &str = "| scenario | label | clients | connected/gateways | offered msg/s | sent msg/s | deliveries/s | deliveries | lost / dup | latency p50 / p90 / p99 / max ms | ack p99 ms | CPU s gw / nats | CPU per delivery | gw peak RSS | gw RSS/conn | load 1m |\n|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|";

@@ -14,9 +14,9 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, Lines};
 use tokio::process::{Child, ChildStdin, ChildStdout, Command};
 
 use crate::client::unix_ns;
-use crate::plan::{Shape, WorkerSpec};
+use crate::plan::{Mode, Shape, WorkerSpec};
 use crate::procstat;
-use crate::report::{RunResult, ServerUsage, merge};
+use crate::report::{RunResult, ServerUsage, Totals, merge};
 use crate::stack::Stack;
 use crate::worker::{ReadyInfo, WorkerReport};
 
@@ -51,6 +51,7 @@ pub struct RunOptions {
     pub source_ips: bool,
     pub seed: [u8; 32],
     pub issuer: String,
+    pub mode: Mode,
 }
 
 struct Worker {
@@ -61,6 +62,21 @@ struct Worker {
 
 /// Runs once against `stack` with `o.procs` worker processes.
 pub async fn run_once(stack: &Stack, o: &RunOptions) -> anyhow::Result<RunResult> {
+    run_once_with(stack, o, |_| async { Ok(WorkerReport::default()) }).await
+}
+
+/// Runs once, calling `before_go` with the run id once every worker is ready and before `go`; the
+/// report it returns is merged with the workers' (the resume storm publishes its burst there and
+/// reports what JetStream acked). The servers' CPU is counted from after `before_go`.
+pub async fn run_once_with<F, Fut>(
+    stack: &Stack,
+    o: &RunOptions,
+    before_go: F,
+) -> anyhow::Result<RunResult>
+where
+    F: FnOnce(String) -> Fut,
+    Fut: Future<Output = anyhow::Result<WorkerReport>>,
+{
     let run = format!("{:x}", unix_ns() % (1 << 40));
     let load_before = procstat::loadavg();
     let before: Vec<_> = stack
@@ -85,6 +101,7 @@ pub async fn run_once(stack: &Stack, o: &RunOptions) -> anyhow::Result<RunResult
             drain_ms: o.drain_ms,
             hold_ms: o.hold_ms,
             text_bytes: o.text_bytes,
+            mode: o.mode.clone(),
         };
         let mut cmd = match &o.gen_cpus {
             Some(cpus) => {
@@ -130,6 +147,7 @@ pub async fn run_once(stack: &Stack, o: &RunOptions) -> anyhow::Result<RunResult
     }
     tracing::info!(?ready, "all workers connected");
     tokio::time::sleep(Duration::from_millis(o.settle_ms)).await;
+    let parent_report = before_go(run.clone()).await?;
     let at_ready: Vec<_> = stack
         .servers()
         .map(|s| procstat::sample(s.pid).unwrap_or_default())
@@ -154,6 +172,7 @@ pub async fn run_once(stack: &Stack, o: &RunOptions) -> anyhow::Result<RunResult
         let _ = tokio::time::timeout(Duration::from_secs(10), w.child.wait()).await;
     }
 
+    reports.push(parent_report);
     let totals = merge(&reports);
     let servers: Vec<ServerUsage> = stack
         .servers()
@@ -208,6 +227,7 @@ pub async fn run_once(stack: &Stack, o: &RunOptions) -> anyhow::Result<RunResult
         cpu_per_delivery_us,
         gateway_rss_per_conn_bytes,
         saturated,
+        figures: Default::default(),
     })
 }
 
@@ -220,4 +240,157 @@ async fn next_line(
         .context("worker did not answer in time")??
         .context("worker exited early")?;
     serde_json::from_str(&line).with_context(|| format!("worker said {line:?}"))
+}
+
+/// A persister catch-up run (see [`crate::catchup`]).
+#[derive(Debug, Clone)]
+pub struct CatchupOptions {
+    pub scenario: String,
+    pub label: String,
+    /// Backlog size, spread evenly over `rooms` (rounded down to a multiple of `rooms`).
+    pub messages: u64,
+    pub rooms: usize,
+    pub text_bytes: usize,
+    pub persister_bin: std::path::PathBuf,
+    /// Longest wait for the catch-up.
+    pub bound: Duration,
+}
+
+/// Publishes the backlog with no persister running, starts the persister, and measures its catch-up.
+pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Result<RunResult> {
+    anyhow::ensure!(
+        stack.persister_http.is_none(),
+        "the persister must not run before the backlog is published"
+    );
+    let run = format!("{:x}", unix_ns() % (1 << 40));
+    let load_before = procstat::loadavg();
+    let nats = async_nats::connect(&stack.nats_url)
+        .await
+        .context("connecting to nats-server")?;
+    let js = async_nats::jetstream::new(nats.clone());
+    let rooms: Vec<String> = (0..o.rooms.max(1))
+        .map(|r| crate::plan::room_name(r, &run))
+        .collect();
+    let batch = crate::inject::Batch {
+        per_room: o.messages / rooms.len() as u64,
+        rooms: rooms.clone(),
+        from: format!("backlog-{run}"),
+        text_bytes: o.text_bytes,
+        marker: false,
+    };
+    let before: Vec<_> = stack
+        .servers()
+        .map(|s| procstat::sample(s.pid).unwrap_or_default())
+        .collect();
+    let published = crate::inject::publish(&js, &batch).await?;
+    let n = published.total();
+    tracing::info!(
+        messages = n,
+        secs = published.took.as_secs_f64(),
+        "backlog published"
+    );
+    let at_start: Vec<_> = stack
+        .servers()
+        .map(|s| procstat::sample(s.pid).unwrap_or_default())
+        .collect();
+
+    let started = std::time::Instant::now();
+    stack.start_persister(&o.persister_bin)?;
+    let http = stack.persister_http.context("persister address")?;
+    let progress = crate::catchup::wait_caught_up(
+        &js,
+        http,
+        persister::config::DEFAULT_CONSUMER,
+        n,
+        started,
+        o.bound,
+    )
+    .await?;
+    let end: Vec<_> = stack
+        .servers()
+        .map(|s| procstat::sample(s.pid).unwrap_or_default())
+        .collect();
+    tracing::info!(
+        secs = progress.took.as_secs_f64(),
+        "caught up; checking the store"
+    );
+    let verify_started = std::time::Instant::now();
+    let check = crate::catchup::verify(&nats, &rooms, &published).await?;
+    let verify_s = verify_started.elapsed().as_secs_f64();
+
+    let servers: Vec<ServerUsage> = stack
+        .servers()
+        .enumerate()
+        .map(|(i, s)| {
+            let zero = procstat::Sample::default();
+            // The persister started after the first two readings: its whole life is the catch-up.
+            let b = before.get(i).unwrap_or(&zero);
+            let a = at_start.get(i).unwrap_or(&zero);
+            let e = end.get(i).copied().unwrap_or_default();
+            ServerUsage {
+                name: s.name.clone(),
+                pid: s.pid,
+                cpu_s: e.cpu_s - a.cpu_s,
+                rss_before_kib: b.rss_kib,
+                rss_ready_kib: a.rss_kib,
+                rss_end_kib: e.rss_kib,
+                hwm_kib: e.hwm_kib,
+            }
+        })
+        .collect();
+    let took = progress.took.as_secs_f64();
+    let mut totals = Totals {
+        deliveries: check.found,
+        expected: check.expected,
+        lost: check.lost,
+        dup_cmid: check.dup,
+        unexpected: check.unexpected,
+        latency_us: progress.stored.summary(),
+        deliveries_per_sec: n as f64 / took.max(1e-9),
+        ..Totals::default()
+    };
+    totals
+        .counters
+        .insert("out_of_order".into(), check.out_of_order);
+    let db_bytes = stack
+        .persister_db
+        .as_ref()
+        .and_then(|p| std::fs::metadata(p).ok())
+        .map_or(0, |m| m.len());
+    let mut figures: std::collections::BTreeMap<String, f64> = [
+        ("backlog", n as f64),
+        ("rooms", rooms.len() as f64),
+        ("publish_s", published.took.as_secs_f64()),
+        ("catch_up_s", took),
+        ("catch_up_msgs_per_sec", n as f64 / took.max(1e-9)),
+        ("verify_s", verify_s),
+        ("sqlite_mib", db_bytes as f64 / 1048576.0),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    if let Some(up) = progress.http_up {
+        figures.insert("persister_http_up_s".into(), up.as_secs_f64());
+    }
+    Ok(RunResult {
+        scenario: o.scenario.clone(),
+        label: o.label.clone(),
+        run,
+        unix_time: unix_ns() / 1_000_000_000,
+        load_before,
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        shape: Shape::default(),
+        gateways: stack.gateway_addrs.len(),
+        procs: 0,
+        pinned: false,
+        send_s: published.took.as_secs_f64(),
+        offered_msgs_per_sec: 0.0,
+        offered_deliveries_per_sec: 0.0,
+        saturated: check.lost > 0 || check.dup > 0 || check.unexpected > 0,
+        totals,
+        servers,
+        cpu_per_delivery_us: None,
+        gateway_rss_per_conn_bytes: None,
+        figures,
+    })
 }

@@ -1,4 +1,5 @@
-//! The servers under test, as real processes: nats-server with JetStream, and gateways.
+//! The servers under test, as real processes: nats-server with JetStream, gateways, and the persister
+//! when a scenario needs history.
 //!
 //! The bench serves the token keys itself (`GET /api/keys`, in the auth service's envelope), from the
 //! same Ed25519 seed its workers sign with, so no auth process is needed. Servers can be pinned to
@@ -45,7 +46,12 @@ pub struct StackOptions {
     pub gateway_env: Vec<(String, String)>,
     pub seed: [u8; 32],
     pub issuer: String,
+    /// The persister binary, started with the stack when set (see [`Stack::start_persister`]).
+    pub persister_bin: Option<PathBuf>,
 }
+
+/// Environment the bench gives the persister: quiet logs; everything else is its default.
+pub const PERSISTER_BENCH_ENV: &[(&str, &str)] = &[("RUST_LOG", "warn")];
 
 /// Environment the bench gives every gateway before `gateway_env`: quiet logs, and a rate limit
 /// high enough that a fan-out publisher is not throttled (the limit is policy, not capacity).
@@ -57,10 +63,15 @@ pub const GATEWAY_BENCH_ENV: &[(&str, &str)] = &[
 
 /// nats-server, the key server and the gateways.
 pub struct Stack {
-    /// nats-server first, then the gateways.
+    /// nats-server first, then the gateways, then the persister if it runs.
     pub servers: Vec<Server>,
     pub gateway_addrs: Vec<SocketAddr>,
     pub nats_url: String,
+    /// The persister's HTTP listener (`/metrics`), once it runs.
+    pub persister_http: Option<SocketAddr>,
+    /// The persister's SQLite file, once it runs.
+    pub persister_db: Option<PathBuf>,
+    server_cpus: Option<String>,
     keys: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<testkit::TempDir>,
 }
@@ -131,13 +142,59 @@ impl Stack {
         }
         let mut servers = vec![nats];
         servers.extend(gateways);
-        Ok(Stack {
+        let mut stack = Stack {
             servers,
             gateway_addrs,
             nats_url,
+            persister_http: None,
+            persister_db: None,
+            server_cpus: o.server_cpus.clone(),
             keys: Some(keys),
             _dir: Some(dir),
-        })
+        };
+        if let Some(bin) = &o.persister_bin {
+            stack.start_persister(bin)?;
+            stack.wait_persister_ready().await?;
+        }
+        Ok(stack)
+    }
+
+    /// Spawns the persister (`persister` binary) with a fresh SQLite store in the stack's directory,
+    /// pinned like the other servers; it does not wait for it to be ready.
+    pub fn start_persister(&mut self, bin: &Path) -> anyhow::Result<()> {
+        let dir = self
+            ._dir
+            .as_ref()
+            .context("no persister with --attach")?
+            .path()
+            .to_owned();
+        let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
+        let db = dir.join("history.db");
+        let bin = bin.to_string_lossy().into_owned();
+        let mut cmd = Command::new(pinned_prog(&self.server_cpus, &bin));
+        cmd.args(pinned_args(&self.server_cpus, &bin))
+            .envs(PERSISTER_BENCH_ENV.iter().copied())
+            .env("PERSISTER_LISTEN", http.to_string())
+            .env("NATS_URL", &self.nats_url)
+            .env("PERSISTER_STORE", format!("sqlite://{}", db.display()));
+        let server = spawn(
+            "persister",
+            &self.server_cpus,
+            &mut cmd,
+            &dir.join("persister.log"),
+        )?;
+        self.servers.push(server);
+        self.persister_http = Some(http);
+        self.persister_db = Some(db);
+        Ok(())
+    }
+
+    /// Waits until the persister's `/readyz` answers 200 (its consumer is bound to `CHAT`).
+    pub async fn wait_persister_ready(&self) -> anyhow::Result<()> {
+        let http = self.persister_http.context("no persister running")?;
+        wait_ready(http)
+            .await
+            .context("the persister did not become ready")
     }
 
     /// Servers started by someone else: gateways at `addrs` that trust the bench's seed, and
@@ -154,6 +211,9 @@ impl Stack {
                 .collect(),
             gateway_addrs: addrs,
             nats_url: String::new(),
+            persister_http: None,
+            persister_db: None,
+            server_cpus: None,
             keys: None,
             _dir: None,
         }

@@ -16,12 +16,21 @@ use tokio::sync::{Semaphore, watch};
 use tokio::task::LocalSet;
 use tokio::time::Instant;
 
+use crate::churn::{self, ChurnPlan};
 use crate::client::{self, CONNECT_TIMEOUT, Ctx, Phase, Stats, unix_ns};
 use crate::hist::Sparse;
-use crate::plan::WorkerSpec;
+use crate::plan::{ClientSpec, Mode, WorkerSpec};
+use crate::storm;
 
 /// Slack on top of a run's own bounds before a worker gives up on its clients.
 const RUN_SLACK: Duration = Duration::from_secs(15);
+
+/// A connection the worker ramps before `ready`.
+enum Start {
+    Client(ClientSpec),
+    Storm(ClientSpec, u64),
+    Watcher(ChurnPlan, usize),
+}
 
 /// What a worker tells the parent once its connections are up.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -63,10 +72,26 @@ pub struct WorkerReport {
     pub unexpected: u64,
     pub markers_expected: u64,
     pub markers_got: u64,
-    /// Send → delivery to another user, in µs.
+    /// Events seen more than once (presence-churn).
+    #[serde(default)]
+    pub dup_events: u64,
+    /// Expected and lost items of a scenario that accounts its loss itself (presence-churn); added
+    /// to the totals' `expected` and `lost`.
+    #[serde(default)]
+    pub expected: u64,
+    #[serde(default)]
+    pub lost: u64,
+    /// Scenario counters, by name.
+    #[serde(default)]
+    pub counters: BTreeMap<String, u64>,
+    /// Send → delivery to another user, in µs (resume-storm: `go` → caught up, per client;
+    /// presence-churn: connect → online event at a watcher).
     pub latency: Sparse,
     /// Send → ack, in µs.
     pub ack_latency: Sparse,
+    /// presence-churn: close → offline event at a watcher, in µs, grace period included.
+    #[serde(default)]
+    pub offline_latency: Sparse,
     /// `conv|sender` → deliveries summed over the receivers of `conv`.
     pub got: BTreeMap<String, u64>,
     /// `conv` → connections that received it.
@@ -94,8 +119,21 @@ async fn run_local(
     ready: impl FnOnce(ReadyInfo),
     go: impl Future<Output = ()>,
 ) -> anyhow::Result<WorkerReport> {
-    let clients = spec.my_clients();
-    let total = clients.len();
+    // The connections ramped before `ready`: clients, or the watchers of a presence-churn run.
+    let starts: Vec<Start> = match &spec.mode {
+        Mode::Traffic => spec.my_clients().into_iter().map(Start::Client).collect(),
+        Mode::ResumeStorm { missed } => spec
+            .my_clients()
+            .into_iter()
+            .map(|c| Start::Storm(c, *missed))
+            .collect(),
+        Mode::PresenceChurn(plan) => plan
+            .my_watchers(&spec)
+            .into_iter()
+            .map(|w| Start::Watcher(plan.clone(), w))
+            .collect(),
+    };
+    let total = starts.len();
     let (go_tx, go_rx) = watch::channel(None);
     let signer = auth::Signer::from_seed(&spec.seed, spec.issuer.clone());
     let ctx = Rc::new(Ctx {
@@ -104,6 +142,7 @@ async fn run_local(
         go: go_rx,
         connecting: Semaphore::new(spec.max_connecting.max(1)),
         late: std::cell::Cell::new(false),
+        churn: RefCell::default(),
         spec,
     });
 
@@ -111,12 +150,17 @@ async fn run_local(
     let rate = (f64::from(ctx.spec.ramp_per_sec.max(1)) / ctx.spec.shards.max(1) as f64).max(1.0);
     let started = Instant::now();
     let mut tasks = Vec::with_capacity(total);
-    let mut clients = clients.into_iter();
+    let mut starts = starts.into_iter();
     while tasks.len() < total {
         let due = ((started.elapsed().as_secs_f64() * rate) as usize + 1).min(total);
         while tasks.len() < due {
-            let Some(c) = clients.next() else { break };
-            tasks.push(tokio::task::spawn_local(client::run(ctx.clone(), c)));
+            let Some(start) = starts.next() else { break };
+            let ctx = ctx.clone();
+            tasks.push(match start {
+                Start::Client(c) => tokio::task::spawn_local(client::run(ctx, c)),
+                Start::Storm(c, missed) => tokio::task::spawn_local(storm::run(ctx, c, missed)),
+                Start::Watcher(plan, w) => tokio::task::spawn_local(churn::watcher(ctx, plan, w)),
+            });
         }
         if tasks.len() < total {
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -148,11 +192,17 @@ async fn run_local(
         go_unix_ns: unix_ns(),
     };
     let _ = go_tx.send(Some(phase));
+    if let Mode::PresenceChurn(plan) = &ctx.spec.mode {
+        tasks.extend(churn::start(&ctx, plan, phase));
+    }
     let bound = Duration::from_millis(ctx.spec.send_ms + ctx.spec.drain_ms.max(ctx.spec.hold_ms))
         + RUN_SLACK;
     let all = futures_util::future::join_all(tasks);
     if tokio::time::timeout(bound, all).await.is_err() {
         tracing::warn!("clients still running past the run's bound; reporting what they saw");
+    }
+    if let Mode::PresenceChurn(plan) = &ctx.spec.mode {
+        churn::account(&ctx, plan);
     }
     let s = ctx.stats.take();
     Ok(WorkerReport {
@@ -175,8 +225,13 @@ async fn run_local(
         unexpected: s.unexpected,
         markers_expected: s.markers_expected,
         markers_got: s.markers_got,
+        dup_events: s.dup_events,
+        expected: s.expected,
+        lost: s.lost,
+        counters: s.counters,
         latency: s.latency.to_sparse(),
         ack_latency: s.ack_latency.to_sparse(),
+        offline_latency: s.offline_latency.to_sparse(),
         got: s.got,
         receivers: s.receivers,
         acked_by: s.acked_by,
