@@ -171,8 +171,9 @@ async fn resume_storm_catches_every_client_up_exactly_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_churn_watchers_see_every_transition_once() {
     // Proves that two watchers see one online and one offline event per open/close cycle of 20
-    // churning users (40 cycles), with a 300 ms grace period. The churners ping on open: without
-    // it, the gateway's first presence refresh races the close's delete (see `ChurnPlan`).
+    // churning users (40 cycles), with a 300 ms grace period. The churners close without sending
+    // anything first, which once let a presence refresh started by the Close frame land after the
+    // close's delete (the user then stayed online until the TTL).
     let nats = NatsServer::start().expect("start nats-server");
     let config = gateway::Config {
         presence_grace: Duration::from_millis(300),
@@ -185,7 +186,7 @@ async fn presence_churn_watchers_see_every_transition_once() {
         watchers: 2,
         up_ms: 200,
         grace_ms: 300,
-        ping_on_open: true,
+        ping_on_open: false,
     };
     let mut s = spec(
         addr,

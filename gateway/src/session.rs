@@ -72,6 +72,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         tokio::spawn(write_loop(sink, rx, shared.clone(), metrics.clone()).in_current_span());
 
     let user_topic = TopicKey::User(user.clone());
+    let next_refresh = Instant::now() + refresh_period(&state.presence);
     let mut session = Session {
         bucket: TokenBucket::new(
             state.config.rate_per_sec,
@@ -82,7 +83,9 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         outbox: outbox.clone(),
         joined: HashSet::new(),
         watched: HashSet::new(),
-        next_refresh: Instant::now(),
+        // The keys are written at open; the first refresh is due a (jittered) period later.
+        next_refresh,
+        refreshing: None,
         inflight: FuturesUnordered::new(),
     };
     // Subscribe to the user's direct messages before welcoming, so nothing sent after the welcome
@@ -137,6 +140,10 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         .await;
     }
     let presence = session.state.presence.clone();
+    if let Some(refreshing) = session.refreshing.take() {
+        // Its writes are bounded by the presence write timeout.
+        let _ = refreshing.await;
+    }
     for room in session.joined.drain() {
         session
             .state
@@ -162,8 +169,20 @@ struct Session {
     watched: HashSet<UserId>,
     /// When the presence keys are due for a refresh.
     next_refresh: Instant,
+    /// The refresh running in the background, if any: teardown waits for it before deleting the
+    /// keys, so a late refresh cannot re-create them and leave the user online until the TTL.
+    refreshing: Option<tokio::task::JoinHandle<()>>,
     bucket: TokenBucket,
     inflight: Inflight,
+}
+
+/// Time until a connection's next presence refresh: jittered (75–100 % of the period), so
+/// connections opened together do not refresh together.
+fn refresh_period(presence: &crate::presence::Presence) -> std::time::Duration {
+    presence
+        .settings()
+        .refresh_every()
+        .mul_f64(0.75 + rand::random::<f64>() * 0.25)
 }
 
 /// What a client frame led to: done (with how the read loop goes on), or a handler that must wait.
@@ -301,19 +320,19 @@ impl Session {
 
     /// Refreshes this connection's presence keys, at most every third of their TTL, in the background.
     fn refresh_presence(&mut self) {
-        if Instant::now() < self.next_refresh {
+        if Instant::now() < self.next_refresh
+            || self.refreshing.as_ref().is_some_and(|r| !r.is_finished())
+        {
             return;
         }
         let presence = self.state.presence.clone();
-        // Jittered (75–100 % of the period), so connections opened together do not refresh together.
-        let every = presence.settings().refresh_every();
-        self.next_refresh = Instant::now() + every.mul_f64(0.75 + rand::random::<f64>() * 0.25);
+        self.next_refresh = Instant::now() + refresh_period(&presence);
         let (user, conn) = (
             self.outbox.shared.user.clone(),
             self.outbox.shared.conn.clone(),
         );
         let rooms: Vec<RoomId> = self.joined.iter().cloned().collect();
-        tokio::spawn(
+        self.refreshing = Some(tokio::spawn(
             async move {
                 presence.put_conn(&user, &conn).await;
                 for room in rooms {
@@ -321,7 +340,7 @@ impl Session {
                 }
             }
             .in_current_span(),
-        );
+        ));
     }
 
     async fn watch(&mut self, id: Option<FrameId>, users: Vec<UserId>) {

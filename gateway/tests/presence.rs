@@ -303,3 +303,35 @@ async fn large_rooms_stop_per_member_presence_events() {
         "suppression is counted"
     );
 }
+
+#[tokio::test]
+async fn a_close_as_the_first_frame_still_goes_offline_after_the_grace_period() {
+    // A client that closes before sending anything else goes offline after the grace period, not
+    // after the TTL. (A presence refresh started by the Close frame used to be able to land after
+    // the close's delete; this test rarely loses that race, `bench/tests/smoke.rs`'s presence churn,
+    // with 40 such closes, reliably did.)
+    let stack = Stack::start();
+    let long_ttl = Duration::from_secs(60);
+    let g = stack
+        .gateway_with(gateway::Config {
+            presence_ttl: long_ttl,
+            ..config(&stack)
+        })
+        .await;
+    let mut watcher = stack.connect(&g, "watcher").await;
+    watch(&mut watcher, &["alice"]).await;
+    for cycle in 0..5 {
+        let mut alice = stack.connect(&g, "alice").await;
+        let on = next_presence(&mut watcher, Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert_eq!(on["online"], true, "cycle {cycle}: {on}");
+        alice.inner().close(None).await.unwrap();
+        let off = next_presence(&mut watcher, GRACE + Duration::from_secs(3))
+            .await
+            .unwrap_or_else(|e| {
+                panic!("cycle {cycle}: no offline event within the grace period: {e}")
+            });
+        assert_eq!(off["online"], false, "cycle {cycle}: {off}");
+    }
+}
