@@ -39,6 +39,10 @@ pub const BUCKET: &str = "presence";
 const MARKER_TTL: Duration = Duration::from_secs(5);
 /// How long a watch waits for its snapshot before answering with what it has.
 const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
+/// Consumers allowed on the bucket's stream: one per room with local members and per watched user,
+/// on every gateway. nats-server 2.15 otherwise applies its default of 1000 per stream, which a
+/// few watchers of 200 contacts each exhaust.
+pub const MAX_CONSUMERS: i32 = 1_000_000;
 /// Longest wait for a presence write's ack.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `seen.<user>` outlives the user's last activity, so the bucket does not grow forever.
@@ -145,10 +149,25 @@ impl Presence {
                 .await
                 .context("creating KV bucket presence (needs nats-server >= 2.11)")?,
         };
-        let stream = js
+        let mut stream = js
             .get_stream(format!("KV_{BUCKET}"))
             .await
             .context("reading stream KV_presence")?;
+        // Every watch is a consumer; nats-server 2.15 caps a stream at 1000 unless it says otherwise.
+        let config = &stream.cached_info().config;
+        if config.max_consumers != MAX_CONSUMERS {
+            let config = stream::Config {
+                max_consumers: MAX_CONSUMERS,
+                ..config.clone()
+            };
+            js.update_stream(config)
+                .await
+                .context("raising the consumer limit of stream KV_presence")?;
+            stream = js
+                .get_stream(format!("KV_{BUCKET}"))
+                .await
+                .context("reading stream KV_presence")?;
+        }
         Ok(Self {
             js,
             kv: Arc::new(kv),

@@ -18,6 +18,8 @@ use crate::metrics::Metrics;
 /// First pause between publish attempts; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
+/// Consumers allowed on stream `CHAT` (the persister's durable one, and the gateways' replays).
+pub const MAX_CONSUMERS: i32 = 100_000;
 /// Longest wait for one attempt's ack.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -54,6 +56,9 @@ pub fn stream_config(s: &StreamSettings) -> stream::Config {
         storage: stream::StorageType::File,
         discard: stream::DiscardPolicy::Old,
         allow_direct: true,
+        // Replays and gap fills are ordered consumers, many at once in a resume storm; nats-server
+        // 2.15 otherwise caps a stream at 1000 consumers.
+        max_consumers: MAX_CONSUMERS,
         ..Default::default()
     }
 }

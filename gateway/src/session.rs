@@ -355,21 +355,22 @@ impl Session {
                 format!("a connection may watch at most {MAX_WATCHED} users"),
             );
         }
-        for user in new {
-            let state = self
-                .state
-                .presence
-                .watch(WatchKey::User(user.clone()), self.outbox.clone())
-                .await;
-            self.watched.insert(user);
-            for p in state {
-                self.reply(ServerFrame::Presence {
-                    room: None,
-                    user: p.user,
-                    online: p.online,
-                    last_seen: p.last_seen,
-                });
-            }
+        // The watches start together: each waits for its own snapshot (a consumer created at the
+        // server), and one after another, 200 of them took seconds.
+        let presence = self.state.presence.clone();
+        let states = futures_util::future::join_all(
+            new.iter()
+                .map(|user| presence.watch(WatchKey::User(user.clone()), self.outbox.clone())),
+        )
+        .await;
+        self.watched.extend(new);
+        for p in states.into_iter().flatten() {
+            self.reply(ServerFrame::Presence {
+                room: None,
+                user: p.user,
+                online: p.online,
+                last_seen: p.last_seen,
+            });
         }
         let watching = self.watched.len();
         self.reply(ServerFrame::Watched { id, watching });

@@ -335,3 +335,29 @@ async fn a_close_as_the_first_frame_still_goes_offline_after_the_grace_period() 
         assert_eq!(off["online"], false, "cycle {cycle}: {off}");
     }
 }
+
+#[tokio::test]
+async fn more_than_a_thousand_watches_all_work() {
+    // nats-server 2.15 caps a stream at 1000 consumers unless the stream sets its own limit; every
+    // watched user is a consumer. Six connections watching 200 distinct users each need 1200.
+    let stack = Stack::start();
+    let g = stack.gateway_with(config(&stack)).await;
+    let mut watchers = Vec::new();
+    for w in 0..6 {
+        let mut c = stack.connect(&g, &format!("watcher{w}")).await;
+        let users: Vec<String> = (0..200).map(|i| format!("u{w}x{i}")).collect();
+        let refs: Vec<&str> = users.iter().map(String::as_str).collect();
+        let states = watch(&mut c, &refs).await;
+        assert_eq!(states.len(), 200, "watcher {w}");
+        watchers.push(c);
+    }
+    // The last user watched comes online: its watcher hears of it.
+    let _last = stack.connect(&g, "u5x199").await;
+    let on = next_presence(&mut watchers[5], Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(
+        (on["user"].as_str(), on["online"].as_bool()),
+        (Some("u5x199"), Some(true))
+    );
+}
