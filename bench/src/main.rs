@@ -528,6 +528,8 @@ async fn churn_once(
         || t.dup_events > 0
         || !t.closed_early.is_empty()
         || t.counters.get("open_failed").copied().unwrap_or(0) > 0
+        // A watcher that never connected hears nothing, and its silence is not "nothing lost".
+        || t.connect_failed > 0
         || (opens as f64) < 0.9 * plan.rate * send_s;
     let off = &t.offline_latency_us;
     result.figures = [

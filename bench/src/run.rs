@@ -203,11 +203,13 @@ where
     let offered_msgs_per_sec =
         (o.shape.rooms * o.shape.senders.min(o.shape.members)) as f64 * o.shape.rate_per_sender;
     let offered_deliveries_per_sec = offered_msgs_per_sec * o.shape.members as f64;
-    let saturated = o.shape.senders > 0
-        && (totals.deliveries_per_sec < 0.9 * offered_deliveries_per_sec
-            || totals.sends_per_sec < 0.9 * offered_msgs_per_sec
-            || totals.lost > 0
-            || !totals.closed_early.is_empty());
+    // Clients that never connected make any run's figures meaningless, idle runs included.
+    let saturated = totals.connect_failed > 0
+        || (o.shape.senders > 0
+            && (totals.deliveries_per_sec < 0.9 * offered_deliveries_per_sec
+                || totals.sends_per_sec < 0.9 * offered_msgs_per_sec
+                || totals.lost > 0
+                || !totals.closed_early.is_empty()));
     Ok(RunResult {
         scenario: o.scenario.clone(),
         label: o.label.clone(),

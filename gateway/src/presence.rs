@@ -251,6 +251,17 @@ impl Presence {
     /// Adds a connection to a watch (starting the watch if it is the first) and returns the current
     /// state once the watch has read its snapshot.
     pub async fn watch(&self, key: WatchKey, member: Outbox) -> Vec<PresenceEntry> {
+        self.watch_capped(key, member, usize::MAX).await.0
+    }
+
+    /// [`Presence::watch`], listing at most `cap` entries (the first by user id) and counting all
+    /// online ones. A join into a room of n members then costs O(n), not a sorted copy of the room.
+    pub async fn watch_capped(
+        &self,
+        key: WatchKey,
+        member: Outbox,
+        cap: usize,
+    ) -> (Vec<PresenceEntry>, usize) {
         let (mut ready, state) = {
             let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
             let w = watchers
@@ -268,7 +279,20 @@ impl Presence {
             (w.ready.clone(), w.state.clone())
         };
         let _ = tokio::time::timeout(SNAPSHOT_WAIT, ready.wait_for(|r| *r)).await;
-        view(&key, &state)
+        view_capped(&key, &state, cap)
+    }
+
+    /// Whether this gateway's watch of `room` already counts `user` as online.
+    pub fn is_online_in(&self, room: &RoomId, user: &UserId) -> bool {
+        let state = {
+            let watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
+            match watchers.get(&WatchKey::Room(room.clone())) {
+                Some(w) => w.state.clone(),
+                None => return false,
+            }
+        };
+        let state = state.lock().unwrap_or_else(|e| e.into_inner());
+        state.get(user).is_some_and(|t| t.online)
     }
 
     /// The current state without subscribing: from the local watch if there is one, otherwise from a
@@ -577,6 +601,36 @@ fn view(key: &WatchKey, state: &State) -> Vec<PresenceEntry> {
     out
 }
 
+/// Like [`view`], but at most `cap` entries (the first by user id), with the number of online users
+/// (for a user key, 1 if online). Keeps only `cap` candidates while it scans.
+fn view_capped(key: &WatchKey, state: &State, cap: usize) -> (Vec<PresenceEntry>, usize) {
+    if cap == usize::MAX || matches!(key, WatchKey::User(_)) {
+        let all = view(key, state);
+        let online = all.iter().filter(|p| p.online).count();
+        let mut all = all;
+        all.truncate(cap);
+        return (all, online);
+    }
+    let state = state.lock().unwrap_or_else(|e| e.into_inner());
+    let mut online = 0;
+    let mut first: std::collections::BinaryHeap<&UserId> = std::collections::BinaryHeap::new();
+    for (user, _) in state.iter().filter(|(_, t)| t.online) {
+        online += 1;
+        if first.len() < cap {
+            first.push(user);
+        } else if first.peek().is_some_and(|largest| user < *largest) {
+            first.pop();
+            first.push(user);
+        }
+    }
+    let out = first
+        .into_sorted_vec()
+        .into_iter()
+        .map(|u| state[u].view(u))
+        .collect();
+    (out, online)
+}
+
 /// Whether a KV message removes its key: a delete, a purge, or a TTL/limit marker.
 fn is_removal(msg: &jetstream::Message) -> bool {
     let Some(h) = msg.headers.as_ref() else {
@@ -593,5 +647,35 @@ async fn sleep_until_opt(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
         None => std::future::pending().await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capped_room_view_lists_the_first_online_users_and_counts_all() {
+        let state: State = Arc::default();
+        {
+            let mut s = state.lock().unwrap();
+            for i in 0..250 {
+                let online = i % 5 != 0; // 200 online, 50 offline
+                let tracked = Tracked {
+                    online,
+                    ..Tracked::default()
+                };
+                s.insert(UserId::parse(format!("u{i:03}")).unwrap(), tracked);
+            }
+        }
+        let room = WatchKey::Room(RoomId::parse("big").unwrap());
+        let (listed, online) = view_capped(&room, &state, 100);
+        assert_eq!(online, 200);
+        let full: Vec<PresenceEntry> = view(&room, &state);
+        assert_eq!(full.len(), 200);
+        assert_eq!(listed, full[..100].to_vec());
+        assert!(listed.iter().all(|p| p.online));
+        let (all, _) = view_capped(&room, &state, usize::MAX);
+        assert_eq!(all, full);
     }
 }

@@ -512,16 +512,25 @@ impl Session {
         let shared = self.outbox.shared.clone();
         let presence = self.state.presence.clone();
         presence.put_room(&room, &shared.user, &shared.conn).await;
-        let members = presence
-            .watch(WatchKey::Room(room.clone()), self.outbox.clone())
+        let (members, mut online_count) = presence
+            .watch_capped(
+                WatchKey::Room(room.clone()),
+                self.outbox.clone(),
+                ONLINE_LIST_CAP,
+            )
             .await;
         let mut online: Vec<UserId> = members.into_iter().map(|p| p.user).collect();
         // A watch already running here may not have seen this connection's own key yet.
         if let Err(at) = online.binary_search(&shared.user) {
-            online.insert(at, shared.user.clone());
+            // Online but not listed: either not seen yet, or listed past the cap.
+            if at < ONLINE_LIST_CAP {
+                online.insert(at, shared.user.clone());
+                online.truncate(ONLINE_LIST_CAP);
+            }
+            if !presence.is_online_in(&room, &shared.user) {
+                online_count += 1;
+            }
         }
-        let online_count = online.len();
-        online.truncate(ONLINE_LIST_CAP);
         match (since, gate) {
             (Some(since), Some(gate)) => {
                 self.replay(&key, &conv, since, last, &gate, |recovered| {
