@@ -16,6 +16,7 @@
 //! the offline event waits `grace`; a key coming back within it cancels the pair.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -313,6 +314,8 @@ impl Presence {
                     grace: self.settings.grace,
                     room_event_limit: self.settings.room_event_limit,
                     metrics: self.metrics.clone(),
+                    online: AtomicUsize::new(0),
+                    due: Mutex::new(None),
                 };
                 let (mut messages, initial) = task.open().await?;
                 for _ in 0..initial {
@@ -359,6 +362,8 @@ impl Presence {
             grace: self.settings.grace,
             room_event_limit: self.settings.room_event_limit,
             metrics: self.metrics.clone(),
+            online: AtomicUsize::new(0),
+            due: Mutex::new(None),
         };
         let handle = tokio::spawn(
             task.run(ready_tx)
@@ -382,6 +387,12 @@ struct WatchTask {
     grace: Duration,
     room_event_limit: usize,
     metrics: Arc<Metrics>,
+    /// Users online in `state`, kept as they change: a room's event limit is checked per event, and
+    /// counting a room of n users each time made n joins cost n².
+    online: AtomicUsize,
+    /// The earliest grace deadline (possibly one already cancelled by a return), so the task does not
+    /// scan the whole state after every message.
+    due: Mutex<Option<Instant>>,
 }
 
 /// What a presence key means to a watcher.
@@ -492,9 +503,14 @@ impl WatchTask {
                         if t.conns.is_empty() && t.online && t.gone.is_none() {
                             let now_ms = crate::publish::now_ms();
                             if live {
-                                t.gone = Some((Instant::now() + self.grace, now_ms));
+                                let due = Instant::now() + self.grace;
+                                t.gone = Some((due, now_ms));
+                                let mut earliest =
+                                    self.due.lock().unwrap_or_else(|e| e.into_inner());
+                                *earliest = Some(earliest.map_or(due, |d| d.min(due)));
                             } else {
                                 t.online = false;
+                                self.online.fetch_sub(1, Ordering::Relaxed);
                             }
                         }
                     } else {
@@ -504,6 +520,7 @@ impl WatchTask {
                             self.metrics.presence_flaps_suppressed.inc();
                         } else if !t.online {
                             t.online = true;
+                            self.online.fetch_add(1, Ordering::Relaxed);
                             if live {
                                 events.push(t.view(&user));
                             }
@@ -518,11 +535,7 @@ impl WatchTask {
     }
 
     fn next_due(&self) -> Option<Instant> {
-        let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-        state
-            .values()
-            .filter_map(|t| t.gone.map(|(due, _)| due))
-            .min()
+        *self.due.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn expire_graces(&self) {
@@ -536,10 +549,13 @@ impl WatchTask {
                 {
                     t.gone = None;
                     t.online = false;
+                    self.online.fetch_sub(1, Ordering::Relaxed);
                     t.last_seen = Some(t.last_seen.unwrap_or(0).max(gone_ms));
                     events.push(t.view(user));
                 }
             }
+            *self.due.lock().unwrap_or_else(|e| e.into_inner()) =
+                state.values().filter_map(|t| t.gone.map(|(d, _)| d)).min();
         }
         for e in events {
             self.emit(&e);
@@ -549,11 +565,7 @@ impl WatchTask {
     fn emit(&self, p: &PresenceEntry) {
         let room = match &self.key {
             WatchKey::Room(r) => {
-                let online = {
-                    let state = self.state.lock().unwrap_or_else(|e| e.into_inner());
-                    state.values().filter(|t| t.online).count()
-                };
-                if online > self.room_event_limit {
+                if self.online.load(Ordering::Relaxed) > self.room_event_limit {
                     self.metrics.presence_events_suppressed.inc();
                     return;
                 }
