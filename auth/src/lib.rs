@@ -82,7 +82,8 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await?;
     if let Some(nats) = nats {
-        let _ = nats.flush().await;
+        // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
     }
     Ok(())
 }

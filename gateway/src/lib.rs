@@ -40,6 +40,8 @@ pub use config::Config;
 const KEYS_WAIT: Duration = Duration::from_secs(30);
 /// How long `run` keeps trying to reach NATS and stream CHAT at start before giving up.
 const STARTUP_WAIT: Duration = Duration::from_secs(60);
+/// How long shutdown waits to flush what is buffered for NATS.
+const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between NATS reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -172,7 +174,8 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     control.abort();
-    let _ = nats.flush().await;
+    // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
+    let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, nats.flush()).await;
     Ok(())
 }
 

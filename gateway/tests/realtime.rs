@@ -441,6 +441,26 @@ async fn send_is_unavailable_while_nats_is_down_and_recovers() {
 }
 
 #[tokio::test]
+async fn shutdown_returns_even_when_nats_is_gone() {
+    // A gateway whose NATS server died still stops on SIGTERM: nothing in shutdown waits for NATS.
+    let mut stack = Stack::start();
+    let mut g = stack
+        .gateway_with(gateway::Config {
+            shutdown_grace: Duration::from_secs(2),
+            ..stack.config()
+        })
+        .await;
+    let mut a = stack.connect(&g, "alice").await;
+    join(&mut a, "r").await;
+    stack.nats.stop();
+    g.shutdown();
+    let done = tokio::time::timeout(Duration::from_secs(10), &mut g.task)
+        .await
+        .expect("run returns although NATS is gone");
+    done.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn graceful_shutdown_closes_sockets_with_1001() {
     // On shutdown every socket gets close 1001 and run() returns within the grace period.
     let stack = Stack::start();

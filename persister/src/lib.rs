@@ -137,7 +137,8 @@ pub async fn run(
             }
         }
     };
-    let _ = nats.flush().await;
+    // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
     http?;
     service?;
     Ok(())
