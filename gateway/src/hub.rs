@@ -160,7 +160,10 @@ pub struct Member {
     pub gate: Option<Arc<Gate>>,
 }
 
-type Members = Arc<Mutex<Arc<[Member]>>>;
+/// Copy-on-write: fan-out clones the `Arc` and iterates outside the lock; joins and leaves change
+/// the list in place (`Arc::make_mut`) unless a fan-out holds a snapshot at that moment, so n joins
+/// into a room cost O(n), not O(n²).
+type Members = Arc<Mutex<Arc<Vec<Member>>>>;
 
 struct Topic {
     members: Members,
@@ -205,8 +208,7 @@ impl Hub {
             let topic = topics
                 .entry(key.clone())
                 .or_insert_with(|| self.spawn_topic(key));
-            let conn = outbox.conn().clone();
-            update(&topic.members, &conn, Some(Member { outbox, gate }));
+            add(&topic.members, Member { outbox, gate });
             topic.ready.clone()
         };
         tokio::time::timeout(SUBSCRIBE_WAIT, ready.wait_for(|r| *r))
@@ -218,13 +220,12 @@ impl Hub {
     pub fn set_gate(&self, key: &TopicKey, outbox: &Outbox, gate: Option<Arc<Gate>>) {
         let topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(topic) = topics.get(key) {
-            update(
+            add(
                 &topic.members,
-                outbox.conn(),
-                Some(Member {
+                Member {
                     outbox: outbox.clone(),
                     gate,
-                }),
+                },
             );
         }
     }
@@ -233,7 +234,7 @@ impl Hub {
     pub fn leave(&self, key: &TopicKey, conn: &protocol::ConnId) {
         let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
         let Some(topic) = topics.get(key) else { return };
-        if update(&topic.members, conn, None) == 0
+        if remove(&topic.members, conn) == 0
             && let Some(topic) = topics.remove(key)
         {
             topic.task.abort();
@@ -278,7 +279,7 @@ impl Hub {
     }
 
     fn spawn_topic(&self, key: TopicKey) -> Topic {
-        let members: Members = Arc::new(Mutex::new(Arc::from(Vec::new())));
+        let members: Members = Arc::default();
         let (ready_tx, ready) = watch::channel(false);
         let span = tracing::debug_span!("topic", key = ?key);
         let task = TopicTask {
@@ -301,16 +302,26 @@ impl Hub {
     }
 }
 
-/// Replaces (or with `None` removes) the member for `conn`; returns the new member count.
-fn update(members: &Members, conn: &protocol::ConnId, member: Option<Member>) -> usize {
+/// Adds `member`, or replaces the entry of its connection; returns the member count.
+fn add(members: &Members, member: Member) -> usize {
     let mut guard = members.lock().unwrap_or_else(|e| e.into_inner());
-    let mut next: Vec<Member> = guard
+    let list = Arc::make_mut(&mut guard);
+    match list
         .iter()
-        .filter(|m| m.outbox.conn() != conn)
-        .cloned()
-        .collect();
-    next.extend(member);
-    *guard = next.into();
+        .position(|m| Arc::ptr_eq(&m.outbox.shared, &member.outbox.shared))
+    {
+        Some(i) => list[i] = member,
+        None => list.push(member),
+    }
+    list.len()
+}
+
+/// Removes the member for `conn`, if any; returns the member count.
+fn remove(members: &Members, conn: &protocol::ConnId) -> usize {
+    let mut guard = members.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = guard.iter().position(|m| m.outbox.conn() == conn) {
+        Arc::make_mut(&mut guard).swap_remove(i);
+    }
     guard.len()
 }
 

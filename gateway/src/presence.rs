@@ -50,6 +50,8 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 pub const SEEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// Default of [`PresenceSettings::room_event_limit`].
 pub const DEFAULT_ROOM_EVENT_LIMIT: usize = 500;
+/// How long a join into a room above the event limit may reuse the room's last `joined` view.
+pub const LARGE_ROOM_VIEW_REUSE: Duration = Duration::from_millis(250);
 /// Online users listed in `joined`; `online_count` gives the full number.
 pub const ONLINE_LIST_CAP: usize = 100;
 
@@ -104,7 +106,8 @@ impl Tracked {
     }
 }
 
-type Members = Arc<Mutex<Arc<[Outbox]>>>;
+/// Copy-on-write like the hub's member lists: changed in place unless an event holds a snapshot.
+type Members = Arc<Mutex<Arc<Vec<Outbox>>>>;
 type State = Arc<Mutex<HashMap<UserId, Tracked>>>;
 
 struct Watcher {
@@ -112,6 +115,15 @@ struct Watcher {
     state: State,
     ready: watch::Receiver<bool>,
     task: AbortHandle,
+    /// The last capped view of a large room, reused by joins for [`LARGE_ROOM_VIEW_REUSE`].
+    large_view: Arc<Mutex<Option<CachedView>>>,
+}
+
+/// A capped room view, when it was taken, and the online count then.
+struct CachedView {
+    at: Instant,
+    entries: Vec<PresenceEntry>,
+    online: usize,
 }
 
 /// Writes and watches presence. Cheap to clone.
@@ -263,24 +275,44 @@ impl Presence {
         member: Outbox,
         cap: usize,
     ) -> (Vec<PresenceEntry>, usize) {
-        let (mut ready, state) = {
+        let (mut ready, state, large_view) = {
             let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
             let w = watchers
                 .entry(key.clone())
                 .or_insert_with(|| self.spawn_watcher(key.clone()));
             let mut members = w.members.lock().unwrap_or_else(|e| e.into_inner());
-            let mut next: Vec<Outbox> = members
+            let list = Arc::make_mut(&mut members);
+            match list
                 .iter()
-                .filter(|m| m.conn() != member.conn())
-                .cloned()
-                .collect();
-            next.push(member);
-            *members = next.into();
+                .position(|m| Arc::ptr_eq(&m.shared, &member.shared))
+            {
+                Some(i) => list[i] = member,
+                None => list.push(member),
+            }
             drop(members);
-            (w.ready.clone(), w.state.clone())
+            (w.ready.clone(), w.state.clone(), w.large_view.clone())
         };
         let _ = tokio::time::timeout(SNAPSHOT_WAIT, ready.wait_for(|r| *r)).await;
-        view_capped(&key, &state, cap)
+        if cap == usize::MAX || matches!(key, WatchKey::User(_)) {
+            return view_capped(&key, &state, cap);
+        }
+        // Building the view scans the whole room, so n joins into a room of n would cost n². Above
+        // the event limit (where members no longer get every change either) a view is reused for a
+        // moment; below it, every join sees the exact state.
+        let mut cached = large_view.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(c) = cached.as_ref()
+            && c.at.elapsed() < LARGE_ROOM_VIEW_REUSE
+            && c.entries.len() >= cap
+        {
+            return (c.entries.clone(), c.online);
+        }
+        let (entries, online) = view_capped(&key, &state, cap);
+        *cached = (online > self.settings.room_event_limit).then(|| CachedView {
+            at: Instant::now(),
+            entries: entries.clone(),
+            online,
+        });
+        (entries, online)
     }
 
     /// Whether this gateway's watch of `room` already counts `user` as online.
@@ -309,7 +341,7 @@ impl Presence {
                 let task = WatchTask {
                     stream: self.stream.clone(),
                     key: key.clone(),
-                    members: Arc::new(Mutex::new(Arc::from(Vec::new()))),
+                    members: Arc::default(),
                     state: State::default(),
                     grace: self.settings.grace,
                     room_event_limit: self.settings.room_event_limit,
@@ -336,12 +368,9 @@ impl Presence {
         let Some(w) = watchers.get(key) else { return };
         let empty = {
             let mut members = w.members.lock().unwrap_or_else(|e| e.into_inner());
-            let next: Vec<Outbox> = members
-                .iter()
-                .filter(|m| m.conn() != conn)
-                .cloned()
-                .collect();
-            *members = next.into();
+            if let Some(i) = members.iter().position(|m| m.conn() == conn) {
+                Arc::make_mut(&mut members).swap_remove(i);
+            }
             members.is_empty()
         };
         if empty && let Some(w) = watchers.remove(key) {
@@ -351,7 +380,7 @@ impl Presence {
     }
 
     fn spawn_watcher(&self, key: WatchKey) -> Watcher {
-        let members: Members = Arc::new(Mutex::new(Arc::from(Vec::new())));
+        let members: Members = Arc::default();
         let state: State = Arc::default();
         let (ready_tx, ready) = watch::channel(false);
         let task = WatchTask {
@@ -375,6 +404,7 @@ impl Presence {
             state,
             ready,
             task: handle.abort_handle(),
+            large_view: Arc::default(),
         }
     }
 }
