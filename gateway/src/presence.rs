@@ -44,6 +44,9 @@ const SNAPSHOT_WAIT: Duration = Duration::from_secs(5);
 /// on every gateway. nats-server 2.15 otherwise applies its default of 1000 per stream, which a
 /// few watchers of 200 contacts each exhaust.
 pub const MAX_CONSUMERS: i32 = 1_000_000;
+/// Attempts to open the bucket at start, and the pause between them.
+const ENSURE_ATTEMPTS: u32 = 5;
+const ENSURE_RETRY: Duration = Duration::from_millis(200);
 /// Longest wait for a presence write's ack.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long `seen.<user>` outlives the user's last activity, so the bucket does not grow forever.
@@ -146,6 +149,35 @@ impl Presence {
         replicas: usize,
         metrics: Arc<Metrics>,
     ) -> anyhow::Result<Self> {
+        // Gateways starting together race to create and configure the bucket: a loser's create or
+        // update fails against the winner's result, and a second look finds the bucket ready.
+        let mut attempt = 1;
+        let (kv, stream) = loop {
+            match Self::open_bucket(&js, replicas).await {
+                Ok(opened) => break opened,
+                Err(e) if attempt < ENSURE_ATTEMPTS => {
+                    tracing::debug!(error = %e, attempt, "presence bucket not ready; retrying");
+                    attempt += 1;
+                    tokio::time::sleep(ENSURE_RETRY).await;
+                }
+                Err(e) => return Err(e),
+            }
+        };
+        Ok(Self {
+            js,
+            kv: Arc::new(kv),
+            stream: Arc::new(stream),
+            settings,
+            watchers: Arc::default(),
+            metrics,
+        })
+    }
+
+    /// Opens the bucket, creating it and raising its consumer limit if needed.
+    async fn open_bucket(
+        js: &jetstream::Context,
+        replicas: usize,
+    ) -> anyhow::Result<(kv::Store, stream::Stream)> {
         use anyhow::Context;
         let kv = match js.get_key_value(BUCKET).await {
             Ok(kv) => kv,
@@ -181,14 +213,7 @@ impl Presence {
                 .await
                 .context("reading stream KV_presence")?;
         }
-        Ok(Self {
-            js,
-            kv: Arc::new(kv),
-            stream: Arc::new(stream),
-            settings,
-            watchers: Arc::default(),
-            metrics,
-        })
+        Ok((kv, stream))
     }
 
     pub fn settings(&self) -> PresenceSettings {

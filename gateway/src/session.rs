@@ -101,6 +101,9 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     if !joined.await {
         tracing::warn!("direct-message subscription not confirmed; NATS unreachable");
     }
+    // The presence key is stored before the welcome, so a client that has its welcome is online
+    // for every watch that reads the bucket afterwards.
+    Box::pin(session.state.presence.put_conn(&user, &shared.conn)).await;
     session.reply(ServerFrame::Welcome {
         user: user.clone(),
         conn: shared.conn.clone(),
@@ -110,7 +113,6 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     });
     Box::pin(hold.release(&outbox, 0)).await;
     session.state.hub.set_gate(&user_topic, &outbox, None);
-    Box::pin(session.state.presence.put_conn(&user, &shared.conn)).await;
     tracing::debug!("session open");
 
     let end = session.read_loop(&mut stream).await;

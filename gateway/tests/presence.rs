@@ -361,3 +361,33 @@ async fn more_than_a_thousand_watches_all_work() {
         (Some("u5x199"), Some(true))
     );
 }
+
+#[tokio::test]
+async fn gateways_starting_together_on_a_fresh_server_all_come_up() {
+    // They race to create the presence bucket and raise its consumer limit; none may give up.
+    let stack = Stack::start();
+    let mut starts = Vec::new();
+    for _ in 0..3 {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let keys = auth::KeySet::new("liaotian");
+        keys.insert(stack.signer.kid().to_owned(), stack.signer.public_key());
+        let task = tokio::spawn(gateway::run(
+            listener,
+            config(&stack),
+            keys,
+            std::future::pending(),
+        ));
+        starts.push((addr, task));
+    }
+    for (addr, task) in &starts {
+        common::wait_ready(*addr).await;
+        assert!(!task.is_finished(), "gateway at {addr} stopped");
+        let (mut c, welcome) = WsClient::connect(*addr, &stack.token("alice"))
+            .await
+            .unwrap();
+        assert_eq!(welcome["type"], "welcome");
+        c.send(json!({"type":"ping","id":"p"})).await.unwrap();
+        assert_eq!(c.recv_type("pong").await.unwrap()["id"], "p");
+    }
+}

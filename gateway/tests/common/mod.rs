@@ -107,9 +107,10 @@ impl Stack {
 }
 
 /// Waits until the gateway answers /healthz.
-async fn wait_ready(addr: SocketAddr) {
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+pub async fn wait_ready(addr: SocketAddr) {
+    // A TCP connect is not enough: the listener is bound before `run` has set up NATS and serves.
+    for _ in 0..400 {
+        if let Ok((200, _)) = testkit::http_get(&format!("http://{addr}/healthz")).await {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
