@@ -82,10 +82,16 @@ impl Stack {
         let keys = KeySet::new("liaotian");
         keys.insert(self.signer.kid().to_owned(), self.signer.public_key());
         let (tx, rx) = oneshot::channel();
+        let tls = config.tls_cert.is_some();
         let task = tokio::spawn(gateway::run(listener, config, keys, async {
             let _ = rx.await;
         }));
-        wait_ready(addr).await;
+        if tls {
+            // `/healthz` is behind TLS there; the test's own wss client waits for the handshake.
+            wait_listening(addr).await;
+        } else {
+            wait_ready(addr).await;
+        }
         Gateway {
             addr,
             stop: Some(tx),
@@ -107,6 +113,16 @@ impl Stack {
 }
 
 /// Waits until the gateway answers /healthz.
+async fn wait_listening(addr: SocketAddr) {
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("gateway at {addr} is not listening");
+}
+
 pub async fn wait_ready(addr: SocketAddr) {
     // A TCP connect is not enough: the listener is bound before `run` has set up NATS and serves.
     for _ in 0..400 {
