@@ -10,10 +10,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
-use async_nats::jetstream::{self, context::PublishAckFuture, message::PublishMessage};
+use async_nats::jetstream::{self, context::PublishAckFuture};
 use bytes::Bytes;
-use protocol::subject::{self, Conversation};
-use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
+use gateway::publish::{publish_message, stored_message};
+use protocol::subject::Conversation;
+use protocol::{ClientMsgId, RoomId, Target, UserId};
 
 /// Publishes waiting for their JetStream ack at once.
 pub const PUBLISH_WINDOW: usize = 1024;
@@ -89,22 +90,12 @@ pub async fn publish(js: &jetstream::Context, b: &Batch) -> anyhow::Result<Publi
             } else {
                 (text(i, b.text_bytes), format!("r{r}-{i}"))
             };
-            let msg = StoredMessage {
-                from: from.clone(),
-                room: Some(room.clone()),
-                to: None,
-                text,
-                client_msg_id: ClientMsgId::parse(cmid)?,
-                ts: crate::client::unix_ns() / 1_000_000,
-            };
-            let pm = PublishMessage::build()
-                .payload(Bytes::from(msg.encode()))
-                .message_id(subject::msg_id(&msg.from, &msg.client_msg_id))
-                .header(subject::HDR_FROM, msg.from.as_str())
-                .header("Content-Type", subject::CONTENT_TYPE_MSGPACK)
-                .header(subject::HDR_ROOM, room.as_str());
+            let target = Target::Room(room.clone());
+            let msg = stored_message(from.clone(), &target, text, ClientMsgId::parse(cmid)?);
+            let conv = Conversation::Room(room.clone());
+            let pm = publish_message(&conv, &msg, Bytes::from(msg.encode()));
             let ack = js
-                .send_publish(Conversation::Room(room.clone()).ingest_subject(), pm)
+                .send_publish(conv.ingest_subject(), pm)
                 .await
                 .context("publishing")?;
             acks.push_back((r, (!is_marker).then_some(i), ack));

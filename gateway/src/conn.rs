@@ -4,7 +4,7 @@
 //! waits for a socket. A full queue means the client does not read fast enough; that one connection is
 //! then closed with 4008 and nothing else slows down or grows.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
 use protocol::{ConnId, UserId};
@@ -121,4 +121,29 @@ impl Outbox {
     pub fn conn(&self) -> &ConnId {
         &self.shared.conn
     }
+}
+
+/// A copy-on-write list of local connections (a hub topic's members, a presence watch's watchers):
+/// a fan-out clones the `Arc` under the lock and iterates outside it; changes happen in place
+/// (`Arc::make_mut`) unless a fan-out holds a snapshot at that moment, so n joins cost O(n) in all.
+pub type ConnList<T> = Mutex<Arc<Vec<T>>>;
+
+/// Adds `item`, or replaces the entry `same` finds; returns the list's length.
+pub fn upsert<T: Clone>(list: &ConnList<T>, item: T, same: impl Fn(&T) -> bool) -> usize {
+    let mut guard = list.lock().unwrap_or_else(|e| e.into_inner());
+    let items = Arc::make_mut(&mut guard);
+    match items.iter().position(same) {
+        Some(i) => items[i] = item,
+        None => items.push(item),
+    }
+    items.len()
+}
+
+/// Removes the first entry `which` finds, if any; returns the list's length.
+pub fn remove<T: Clone>(list: &ConnList<T>, which: impl Fn(&T) -> bool) -> usize {
+    let mut guard = list.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(i) = guard.iter().position(which) {
+        Arc::make_mut(&mut guard).swap_remove(i);
+    }
+    guard.len()
 }

@@ -29,7 +29,7 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::backlog::{Backlog, Replay};
-use crate::conn::{Outbound, Outbox, Pushed, close_code};
+use crate::conn::{self, Outbound, Outbox, Pushed, close_code};
 use crate::metrics::Metrics;
 
 /// How long a join waits for its subscription to be registered at the server.
@@ -160,10 +160,7 @@ pub struct Member {
     pub gate: Option<Arc<Gate>>,
 }
 
-/// Copy-on-write: fan-out clones the `Arc` and iterates outside the lock; joins and leaves change
-/// the list in place (`Arc::make_mut`) unless a fan-out holds a snapshot at that moment, so n joins
-/// into a room cost O(n), not O(n²).
-type Members = Arc<Mutex<Arc<Vec<Member>>>>;
+type Members = Arc<conn::ConnList<Member>>;
 
 struct Topic {
     members: Members,
@@ -304,25 +301,13 @@ impl Hub {
 
 /// Adds `member`, or replaces the entry of its connection; returns the member count.
 fn add(members: &Members, member: Member) -> usize {
-    let mut guard = members.lock().unwrap_or_else(|e| e.into_inner());
-    let list = Arc::make_mut(&mut guard);
-    match list
-        .iter()
-        .position(|m| Arc::ptr_eq(&m.outbox.shared, &member.outbox.shared))
-    {
-        Some(i) => list[i] = member,
-        None => list.push(member),
-    }
-    list.len()
+    let shared = member.outbox.shared.clone();
+    conn::upsert(members, member, |m| Arc::ptr_eq(&m.outbox.shared, &shared))
 }
 
 /// Removes the member for `conn`, if any; returns the member count.
 fn remove(members: &Members, conn: &protocol::ConnId) -> usize {
-    let mut guard = members.lock().unwrap_or_else(|e| e.into_inner());
-    if let Some(i) = guard.iter().position(|m| m.outbox.conn() == conn) {
-        Arc::make_mut(&mut guard).swap_remove(i);
-    }
-    guard.len()
+    conn::remove(members, |m| m.outbox.conn() == conn)
 }
 
 /// A decoded delivery, encoded once for every local socket.

@@ -31,7 +31,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::conn::{Outbound, Outbox, Pushed};
+use crate::conn::{self, Outbound, Outbox, Pushed};
 use crate::metrics::Metrics;
 
 /// The KV bucket.
@@ -109,8 +109,7 @@ impl Tracked {
     }
 }
 
-/// Copy-on-write like the hub's member lists: changed in place unless an event holds a snapshot.
-type Members = Arc<Mutex<Arc<Vec<Outbox>>>>;
+type Members = Arc<conn::ConnList<Outbox>>;
 type State = Arc<Mutex<HashMap<UserId, Tracked>>>;
 
 struct Watcher {
@@ -305,16 +304,8 @@ impl Presence {
             let w = watchers
                 .entry(key.clone())
                 .or_insert_with(|| self.spawn_watcher(key.clone()));
-            let mut members = w.members.lock().unwrap_or_else(|e| e.into_inner());
-            let list = Arc::make_mut(&mut members);
-            match list
-                .iter()
-                .position(|m| Arc::ptr_eq(&m.shared, &member.shared))
-            {
-                Some(i) => list[i] = member,
-                None => list.push(member),
-            }
-            drop(members);
+            let shared = member.shared.clone();
+            conn::upsert(&w.members, member, |m| Arc::ptr_eq(&m.shared, &shared));
             (w.ready.clone(), w.state.clone(), w.large_view.clone())
         };
         let _ = tokio::time::timeout(SNAPSHOT_WAIT, ready.wait_for(|r| *r)).await;
@@ -391,13 +382,7 @@ impl Presence {
     pub fn unwatch(&self, key: &WatchKey, conn: &protocol::ConnId) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         let Some(w) = watchers.get(key) else { return };
-        let empty = {
-            let mut members = w.members.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(i) = members.iter().position(|m| m.conn() == conn) {
-                Arc::make_mut(&mut members).swap_remove(i);
-            }
-            members.is_empty()
-        };
+        let empty = { conn::remove(&w.members, |m| m.conn() == conn) == 0 };
         if empty && let Some(w) = watchers.remove(key) {
             w.task.abort();
             self.metrics.presence_watches.dec();

@@ -105,21 +105,9 @@ impl Publisher {
         let started = Instant::now();
         let payload = Bytes::from(msg.encode());
         let subject = conv.ingest_subject();
-        let msg_id = subject::msg_id(&msg.from, &msg.client_msg_id);
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let mut pm = PublishMessage::build()
-                .payload(payload.clone())
-                .message_id(&msg_id)
-                .header(subject::HDR_FROM, msg.from.as_str())
-                .header("Content-Type", subject::CONTENT_TYPE_MSGPACK);
-            pm = match conv {
-                Conversation::Room(room) => pm.header(subject::HDR_ROOM, room.as_str()),
-                Conversation::Dm { .. } => match &msg.to {
-                    Some(to) => pm.header(subject::HDR_TO, to.as_str()),
-                    None => pm,
-                },
-            };
+            let pm = publish_message(conv, msg, payload.clone());
             match self.attempt(subject.clone(), pm).await {
                 Ok(ack) => {
                     self.metrics
@@ -169,6 +157,23 @@ impl Publisher {
             .ok()?;
         let raw = stream.direct_get(seq).await.ok()?;
         StoredMessage::decode(&raw.payload).ok().map(|m| m.ts)
+    }
+}
+
+/// How a message is stored in `conv`: its encoded `payload`, `Nats-Msg-Id: <sender>:<client_msg_id>`
+/// (so a resend is stored once) and the readable headers operators follow with the `nats` CLI.
+pub fn publish_message(conv: &Conversation, msg: &StoredMessage, payload: Bytes) -> PublishMessage {
+    let pm = PublishMessage::build()
+        .payload(payload)
+        .message_id(subject::msg_id(&msg.from, &msg.client_msg_id))
+        .header(subject::HDR_FROM, msg.from.as_str())
+        .header("Content-Type", subject::CONTENT_TYPE_MSGPACK);
+    match conv {
+        Conversation::Room(room) => pm.header(subject::HDR_ROOM, room.as_str()),
+        Conversation::Dm { .. } => match &msg.to {
+            Some(to) => pm.header(subject::HDR_TO, to.as_str()),
+            None => pm,
+        },
     }
 }
 
