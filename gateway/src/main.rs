@@ -2,12 +2,6 @@
 
 use anyhow::Context;
 
-/// mimalloc instead of glibc's allocator: the send path allocates per frame, and glibc's `malloc`,
-/// `free` and `malloc_consolidate` were about a tenth of the gateway's CPU under load
-/// (docs/benchmarks.md).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     svc::init_tracing();
