@@ -66,6 +66,22 @@ impl Default for StreamSettings {
     }
 }
 
+/// How a gateway subscribes to direct messages (`GATEWAY_DM_SUBSCRIPTION`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DmSubscription {
+    /// `per-user` (the default): two subscriptions per local user, `chat.out.dm.<user>.*` and
+    /// `chat.out.dm.*.<user>`, so NATS sends a gateway only its own users' direct messages. Costs about
+    /// 12 KB of gateway memory per connected user (two async-nats subscription channels) and two
+    /// subscriptions at the server.
+    #[default]
+    PerUser,
+    /// `shared`: one `chat.out.dm.>` subscription per gateway, routed to local users by subject. No
+    /// per-user memory or server interest, but every gateway receives every direct message of the
+    /// cluster and drops those with no local user: for deployments with few gateways, or a direct
+    /// message rate small enough to send to each of them.
+    Shared,
+}
+
 /// Where the gateway gets the public keys that verify tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeySource {
@@ -133,6 +149,8 @@ pub struct Config {
     pub presence_room_event_limit: usize,
     /// `GATEWAY_MAX_RESUME`.
     pub max_resume: usize,
+    /// `GATEWAY_DM_SUBSCRIPTION`: `per-user` (default) or `shared`.
+    pub dm_subscription: DmSubscription,
     /// Stream `CHAT` settings.
     pub stream: StreamSettings,
 }
@@ -167,6 +185,7 @@ impl Default for Config {
             presence_ttl: DEFAULT_HEARTBEAT * 3,
             presence_grace: DEFAULT_PRESENCE_GRACE,
             presence_room_event_limit: crate::presence::DEFAULT_ROOM_EVENT_LIMIT,
+            dm_subscription: DmSubscription::default(),
             stream: StreamSettings::default(),
         }
     }
@@ -291,6 +310,18 @@ impl Config {
         if let Some(n) = num("GATEWAY_CONTENT_CHECK_TIMEOUT_MS")? {
             c.content_check_timeout = Duration::from_millis(n);
         }
+        if let Some(v) = get("GATEWAY_DM_SUBSCRIPTION") {
+            c.dm_subscription = match v.trim() {
+                "per-user" => DmSubscription::PerUser,
+                "shared" => DmSubscription::Shared,
+                _ => {
+                    return Err(ConfigError {
+                        var: "GATEWAY_DM_SUBSCRIPTION",
+                        problem: format!("expected per-user or shared, got {v:?}"),
+                    });
+                }
+            };
+        }
         c.tls_cert = get("GATEWAY_TLS_CERT");
         c.tls_key = get("GATEWAY_TLS_KEY");
         if c.tls_cert.is_some() != c.tls_key.is_some() {
@@ -337,6 +368,19 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));
+        assert_eq!(c.dm_subscription, DmSubscription::PerUser);
+    }
+
+    #[test]
+    fn dm_subscription_is_per_user_or_shared() {
+        let shared = cfg(&[("GATEWAY_DM_SUBSCRIPTION", "shared")]).unwrap();
+        assert_eq!(shared.dm_subscription, DmSubscription::Shared);
+        let per_user = cfg(&[("GATEWAY_DM_SUBSCRIPTION", "per-user")]).unwrap();
+        assert_eq!(per_user.dm_subscription, DmSubscription::PerUser);
+        assert_eq!(
+            cfg(&[("GATEWAY_DM_SUBSCRIPTION", "all")]).unwrap_err().var,
+            "GATEWAY_DM_SUBSCRIPTION"
+        );
     }
 
     #[test]

@@ -1,14 +1,16 @@
 //! The handle other tasks hold to push frames to one connection.
 //!
-//! Every connection has a bounded queue of outbound frames. Fan-out pushes with `try_send`: it never
+//! Every connection has a bounded queue of outbound frames. Fan-out pushes without waiting: it never
 //! waits for a socket. A full queue means the client does not read fast enough; that one connection is
 //! then closed with 4008 and nothing else slows down or grows.
 
+use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, OnceLock};
+use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::Utf8Bytes;
 use protocol::{ConnId, UserId};
-use tokio::sync::mpsc;
+use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 /// Close codes the gateway uses.
@@ -68,10 +70,108 @@ impl ConnShared {
     }
 }
 
+/// Queue storage kept when a queue drains; more is given back, so a connection that once had a
+/// burst does not keep its size.
+const QUEUE_KEEP: usize = 16;
+
+/// One connection's bounded queue of outbound frames, filled by any task and emptied by its writer.
+///
+/// Its storage grows with what is queued and is given back when it drains: an idle connection holds
+/// a few hundred bytes here (a tokio channel allocates a block of 32 slots up front, about 1.8 KB
+/// with its cache padding, which was the largest item of an idle connection after its DM
+/// subscriptions).
+#[derive(Debug)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    /// Woken when frames are taken out while a pusher waits for room.
+    space: Notify,
+    capacity: usize,
+}
+
+#[derive(Debug, Default)]
+struct QueueState {
+    frames: VecDeque<Outbound>,
+    closed: bool,
+    /// The writer, waiting for a frame.
+    reader: Option<Waker>,
+    /// A push found the queue full since the last pop.
+    blocked: bool,
+}
+
+/// Why a frame was not queued.
+enum Refused {
+    Full(Outbound),
+    Closed,
+}
+
+impl Queue {
+    pub fn new(capacity: usize) -> Arc<Self> {
+        Arc::new(Self {
+            state: Mutex::default(),
+            space: Notify::new(),
+            capacity: capacity.max(1),
+        })
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, QueueState> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn try_push(&self, frame: Outbound) -> Result<(), Refused> {
+        let reader = {
+            let mut s = self.lock();
+            if s.closed {
+                return Err(Refused::Closed);
+            }
+            if s.frames.len() >= self.capacity {
+                s.blocked = true;
+                return Err(Refused::Full(frame));
+            }
+            s.frames.push_back(frame);
+            s.reader.take()
+        };
+        if let Some(reader) = reader {
+            reader.wake();
+        }
+        Ok(())
+    }
+
+    /// The next frame, or pending until one is pushed.
+    pub fn poll_pop(&self, cx: &mut Context<'_>) -> Poll<Outbound> {
+        let mut s = self.lock();
+        let Some(frame) = s.frames.pop_front() else {
+            if !s.reader.as_ref().is_some_and(|w| w.will_wake(cx.waker())) {
+                s.reader = Some(cx.waker().clone());
+            }
+            return Poll::Pending;
+        };
+        if s.frames.is_empty() && s.frames.capacity() > QUEUE_KEEP {
+            s.frames = VecDeque::new();
+        }
+        let wake_pushers = std::mem::take(&mut s.blocked);
+        drop(s);
+        if wake_pushers {
+            self.space.notify_waiters();
+        }
+        Poll::Ready(frame)
+    }
+
+    /// Refuses further frames and drops the queued ones: the writer stopped.
+    pub fn close(&self) {
+        let dropped = {
+            let mut s = self.lock();
+            s.closed = true;
+            std::mem::take(&mut s.frames)
+        };
+        drop(dropped);
+        self.space.notify_waiters();
+    }
+}
+
 /// A cloneable sender to one connection.
 #[derive(Debug, Clone)]
 pub struct Outbox {
-    tx: mpsc::Sender<Outbound>,
+    queue: Arc<Queue>,
     pub shared: Arc<ConnShared>,
 }
 
@@ -86,20 +186,20 @@ pub enum Pushed {
 }
 
 impl Outbox {
-    pub fn new(tx: mpsc::Sender<Outbound>, shared: Arc<ConnShared>) -> Self {
-        Self { tx, shared }
+    pub fn new(queue: Arc<Queue>, shared: Arc<ConnShared>) -> Self {
+        Self { queue, shared }
     }
 
     /// Queues a frame without waiting. A full queue closes the connection as a slow consumer.
     pub fn push(&self, frame: Outbound) -> Pushed {
-        match self.tx.try_send(frame) {
+        match self.queue.try_push(frame) {
             Ok(()) => Pushed::Queued,
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(Refused::Full(_)) => {
                 self.shared
                     .close(close_code::SLOW_CONSUMER, "slow consumer");
                 Pushed::Overflow
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => Pushed::Gone,
+            Err(Refused::Closed) => Pushed::Gone,
         }
     }
 
@@ -107,13 +207,21 @@ impl Outbox {
     /// replays, which may be longer than the queue. A client that does not drain in time is closed as
     /// a slow consumer.
     pub async fn send_wait(&self, frame: Outbound, patience: std::time::Duration) -> bool {
-        match tokio::time::timeout(patience, self.tx.send(frame)).await {
-            Ok(Ok(())) => true,
-            Ok(Err(_)) => false,
-            Err(_) => {
+        let deadline = tokio::time::Instant::now() + patience;
+        let mut frame = frame;
+        loop {
+            // Registered before trying, so a pop between the try and the wait is not missed.
+            let mut room = std::pin::pin!(self.queue.space.notified());
+            room.as_mut().enable();
+            match self.queue.try_push(frame) {
+                Ok(()) => return true,
+                Err(Refused::Closed) => return false,
+                Err(Refused::Full(f)) => frame = f,
+            }
+            if tokio::time::timeout_at(deadline, room).await.is_err() {
                 self.shared
                     .close(close_code::SLOW_CONSUMER, "slow consumer");
-                false
+                return false;
             }
         }
     }
@@ -146,4 +254,108 @@ pub fn remove<T: Clone>(list: &ConnList<T>, which: impl Fn(&T) -> bool) -> usize
         Arc::make_mut(&mut guard).swap_remove(i);
     }
     guard.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn outbox(capacity: usize) -> (Arc<Queue>, Outbox) {
+        let queue = Queue::new(capacity);
+        let shared = Arc::new(ConnShared::new(
+            ConnId::parse("c1").unwrap(),
+            UserId::parse("u1").unwrap(),
+        ));
+        (queue.clone(), Outbox::new(queue, shared))
+    }
+
+    fn text(s: &'static str) -> Outbound {
+        Outbound::Text(Utf8Bytes::from_static(s))
+    }
+
+    fn pop(queue: &Queue) -> Option<String> {
+        let mut cx = Context::from_waker(Waker::noop());
+        match queue.poll_pop(&mut cx) {
+            Poll::Ready(Outbound::Text(t)) => Some(t.to_string()),
+            Poll::Ready(other) => Some(format!("{other:?}")),
+            Poll::Pending => None,
+        }
+    }
+
+    #[test]
+    fn a_full_queue_closes_the_connection_as_a_slow_consumer() {
+        let (queue, outbox) = outbox(2);
+        assert_eq!(outbox.push(text("a")), Pushed::Queued);
+        assert_eq!(outbox.push(text("b")), Pushed::Queued);
+        assert_eq!(outbox.push(text("c")), Pushed::Overflow);
+        assert_eq!(
+            outbox.shared.close_reason(),
+            Some((close_code::SLOW_CONSUMER, "slow consumer"))
+        );
+        assert_eq!(pop(&queue).as_deref(), Some("a"));
+        assert_eq!(pop(&queue).as_deref(), Some("b"));
+        assert_eq!(pop(&queue), None);
+        queue.close();
+        assert_eq!(outbox.push(text("d")), Pushed::Gone);
+    }
+
+    #[test]
+    fn a_drained_queue_gives_its_storage_back() {
+        let (queue, outbox) = outbox(1024);
+        for _ in 0..500 {
+            assert_eq!(outbox.push(text("x")), Pushed::Queued);
+        }
+        assert!(queue.lock().frames.capacity() >= 500);
+        while pop(&queue).is_some() {}
+        assert!(queue.lock().frames.capacity() <= QUEUE_KEEP);
+    }
+
+    #[tokio::test]
+    async fn send_wait_waits_for_room_and_fails_once_the_writer_stopped() {
+        let (queue, outbox) = outbox(1);
+        assert_eq!(outbox.push(text("first")), Pushed::Queued);
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                outbox
+                    .send_wait(text("second"), Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "the queue is full: it waits");
+        assert_eq!(pop(&queue).as_deref(), Some("first"));
+        assert!(waiting.await.unwrap(), "queued once there was room");
+        assert_eq!(pop(&queue).as_deref(), Some("second"));
+
+        assert_eq!(outbox.push(text("third")), Pushed::Queued);
+        let waiting = {
+            let outbox = outbox.clone();
+            tokio::spawn(async move {
+                outbox
+                    .send_wait(text("fourth"), Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        queue.close();
+        assert!(!waiting.await.unwrap(), "a closed queue refuses at once");
+        assert_eq!(outbox.shared.close_reason(), None);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn send_wait_gives_up_after_its_patience_as_a_slow_consumer() {
+        let (_queue, outbox) = outbox(1);
+        assert_eq!(outbox.push(text("first")), Pushed::Queued);
+        assert!(
+            !outbox
+                .send_wait(text("second"), Duration::from_secs(10))
+                .await
+        );
+        assert_eq!(
+            outbox.shared.close_reason(),
+            Some((close_code::SLOW_CONSUMER, "slow consumer"))
+        );
+    }
 }

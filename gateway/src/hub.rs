@@ -7,6 +7,10 @@
 //! never holds a lock across an `.await`. When the last member leaves, the topic is removed and its task
 //! is aborted, which drops the subscription (an UNSUB to the server).
 //!
+//! With `GATEWAY_DM_SUBSCRIPTION=shared`, a user's topic has no subscription of its own: one task
+//! subscribes `chat.out.dm.>` for the gateway and routes each direct message to the member lists of
+//! its two users, dropping those with no local user before decoding them.
+//!
 //! RePublish is core NATS and at most once, so the topic task also keeps, per subject, the last
 //! sequence it delivered. A message whose `prev_seq` is newer than that reveals a gap (this gateway was
 //! disconnected or fell behind); the task reads the missing range from the stream and delivers it
@@ -29,6 +33,7 @@ use tokio::task::AbortHandle;
 use tracing::Instrument;
 
 use crate::backlog::{Backlog, Replay};
+use crate::config::DmSubscription;
 use crate::conn::{self, Outbound, Outbox, Pushed, close_code};
 use crate::metrics::Metrics;
 
@@ -40,6 +45,9 @@ const SUBSCRIBE_RETRY: Duration = Duration::from_millis(500);
 pub const MAX_GAP_FILL: usize = 1000;
 /// Subjects whose last delivered sequence a topic remembers (a user topic sees one per DM thread).
 const MAX_TRACKED_SUBJECTS: usize = 4096;
+/// The same for the gateway's shared DM subscription, which sees every thread with a local user
+/// (about 100 bytes each).
+const MAX_TRACKED_SUBJECTS_SHARED: usize = 262_144;
 /// Frames a gate buffers while its connection resumes; past it the connection is closed (4008).
 pub const GATE_BUFFER: usize = 4096;
 /// How long a replay waits for room in one connection's queue before closing it as slow.
@@ -161,22 +169,27 @@ pub struct Member {
 }
 
 type Members = Arc<conn::ConnList<Member>>;
+type Topics = Arc<Mutex<HashMap<TopicKey, Topic>>>;
 
 struct Topic {
     members: Members,
     ready: watch::Receiver<bool>,
-    task: AbortHandle,
+    /// The topic's own subscription task; `None` for a user topic served by the shared DM
+    /// subscription.
+    task: Option<AbortHandle>,
 }
 
 /// The registry of topics. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
-    topics: Arc<Mutex<HashMap<TopicKey, Topic>>>,
+    topics: Topics,
     nats: async_nats::Client,
     backlog: Backlog,
     /// Bumped on every NATS (re)connect; topic tasks then look for gaps.
     reconnects: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
+    /// Whether the shared DM subscription is registered, when the gateway runs one.
+    shared_dm: Option<watch::Receiver<bool>>,
 }
 
 impl Hub {
@@ -192,7 +205,33 @@ impl Hub {
             backlog,
             reconnects,
             metrics,
+            shared_dm: None,
         }
+    }
+
+    /// With [`DmSubscription::Shared`], starts the gateway's one direct-message subscription, which
+    /// user topics then use instead of their own. Call before the hub is cloned.
+    pub fn start_dm(&mut self, mode: DmSubscription) -> Option<tokio::task::JoinHandle<()>> {
+        if mode == DmSubscription::PerUser {
+            return None;
+        }
+        let (ready_tx, ready) = watch::channel(false);
+        let task = TopicTask {
+            nats: self.nats.clone(),
+            backlog: self.backlog.clone(),
+            route: Route::Dm(self.topics.clone()),
+            metrics: self.metrics.clone(),
+            last: HashMap::new(),
+            max_tracked: MAX_TRACKED_SUBJECTS_SHARED,
+        };
+        let subjects = vec![protocol::subject::DM_DELIVER_WILDCARD.to_owned()];
+        let handle = tokio::spawn(
+            task.run(subjects, None, ready_tx, self.reconnects.clone())
+                .instrument(tracing::debug_span!("shared_dm")),
+        );
+        self.metrics.subscriptions.inc();
+        self.shared_dm = Some(ready);
+        Some(handle)
     }
 
     /// Adds a connection to the topic, subscribing if it is the first local member, and waits until
@@ -202,9 +241,14 @@ impl Hub {
     pub async fn join(&self, key: TopicKey, outbox: Outbox, gate: Option<Arc<Gate>>) -> bool {
         let mut ready = {
             let mut topics = self.topics.lock().unwrap_or_else(|e| e.into_inner());
-            let topic = topics
-                .entry(key.clone())
-                .or_insert_with(|| self.spawn_topic(key));
+            let topic = topics.entry(key.clone()).or_insert_with(|| match &key {
+                TopicKey::User(_) if let Some(ready) = &self.shared_dm => Topic {
+                    members: Arc::default(),
+                    ready: ready.clone(),
+                    task: None,
+                },
+                _ => self.spawn_topic(key),
+            });
             add(&topic.members, Member { outbox, gate });
             topic.ready.clone()
         };
@@ -233,8 +277,9 @@ impl Hub {
         let Some(topic) = topics.get(key) else { return };
         if remove(&topic.members, conn) == 0
             && let Some(topic) = topics.remove(key)
+            && let Some(task) = topic.task
         {
-            topic.task.abort();
+            task.abort();
             self.metrics.subscriptions.dec();
         }
     }
@@ -270,7 +315,7 @@ impl Hub {
         }))
     }
 
-    /// Number of topics with a live subscription on this gateway.
+    /// Number of topics (rooms and users with local connections) on this gateway.
     pub fn topic_count(&self) -> usize {
         self.topics.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -282,19 +327,24 @@ impl Hub {
         let task = TopicTask {
             nats: self.nats.clone(),
             backlog: self.backlog.clone(),
-            members: members.clone(),
+            route: Route::Members(members.clone()),
             metrics: self.metrics.clone(),
             last: HashMap::new(),
+            max_tracked: MAX_TRACKED_SUBJECTS,
+        };
+        let room = match &key {
+            TopicKey::Room(room) => Some(room.clone()),
+            TopicKey::User(_) => None,
         };
         let handle = tokio::spawn(
-            task.run(key, ready_tx, self.reconnects.clone())
+            task.run(key.subjects(), room, ready_tx, self.reconnects.clone())
                 .instrument(span),
         );
         self.metrics.subscriptions.inc();
         Topic {
             members,
             ready,
-            task: handle.abort_handle(),
+            task: Some(handle.abort_handle()),
         }
     }
 }
@@ -318,26 +368,74 @@ struct Delivery {
     frame: Utf8Bytes,
 }
 
+/// Where a topic task's messages go.
+enum Route {
+    /// To the members of its topic.
+    Members(Members),
+    /// Every direct message of the cluster (the shared DM subscription): each to the local
+    /// connections of its two users, if any.
+    Dm(Topics),
+}
+
+impl Route {
+    /// Whether a message on `subject` may have a local receiver.
+    fn has_local(&self, subject: &str) -> bool {
+        match self {
+            Route::Members(_) => true,
+            Route::Dm(topics) => {
+                let Some(Conversation::Dm { lo, hi }) = Conversation::from_subject(subject) else {
+                    return false;
+                };
+                let topics = topics.lock().unwrap_or_else(|e| e.into_inner());
+                topics.contains_key(&TopicKey::User(lo)) || topics.contains_key(&TopicKey::User(hi))
+            }
+        }
+    }
+
+    /// Snapshots of the member lists a message on `subject` goes to.
+    fn targets(&self, subject: &str) -> [Option<Arc<Vec<Member>>>; 2] {
+        let snapshot = |m: &Members| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        match self {
+            Route::Members(members) => [Some(snapshot(members)), None],
+            Route::Dm(topics) => {
+                let Some(Conversation::Dm { lo, hi }) = Conversation::from_subject(subject) else {
+                    return [None, None];
+                };
+                let topics = topics.lock().unwrap_or_else(|e| e.into_inner());
+                let of = |user| {
+                    topics
+                        .get(&TopicKey::User(user))
+                        .map(|t| snapshot(&t.members))
+                };
+                [of(lo), of(hi)]
+            }
+        }
+    }
+}
+
 struct TopicTask {
     nats: async_nats::Client,
     backlog: Backlog,
-    members: Members,
+    route: Route,
     metrics: Arc<Metrics>,
     /// Per deliver subject, the last sequence delivered to local sockets.
     last: HashMap<String, u64>,
+    /// Bound on `last`.
+    max_tracked: usize,
 }
 
 impl TopicTask {
     async fn run(
         mut self,
-        key: TopicKey,
+        subjects: Vec<String>,
+        room: Option<RoomId>,
         ready: watch::Sender<bool>,
         mut reconnects: watch::Receiver<u64>,
     ) {
         // A room's chain starts at its newest stored message, read before subscribing: a message
         // stored in between then shows up as a gap and is filled, never skipped.
-        if let TopicKey::Room(room) = &key {
-            let conv = Conversation::Room(room.clone());
+        if let Some(room) = room {
+            let conv = Conversation::Room(room);
             if let Ok(last) = Box::pin(self.backlog.last_seq(&conv)).await
                 && last.exact
             {
@@ -345,7 +443,7 @@ impl TopicTask {
             }
         }
         let mut subs = Vec::new();
-        for subject in key.subjects() {
+        for subject in subjects {
             loop {
                 match self.nats.subscribe(subject.clone()).await {
                     Ok(sub) => {
@@ -384,6 +482,13 @@ impl TopicTask {
     }
 
     async fn on_message(&mut self, msg: async_nats::Message) {
+        if !self.route.has_local(&msg.subject) {
+            // A direct message between users of other gateways (shared subscription). Its thread
+            // is forgotten, so a local user who connects later starts a fresh chain, as with a
+            // user topic of its own.
+            self.last.remove(msg.subject.as_str());
+            return;
+        }
         let Some(d) = decode_delivery(&msg) else {
             self.metrics.undecodable.inc();
             tracing::warn!(subject = %msg.subject, "undecodable delivery skipped");
@@ -457,13 +562,9 @@ impl TopicTask {
     }
 
     fn deliver(&mut self, subject: &str, seq: u64, frame: &Utf8Bytes) {
-        let snapshot = self
-            .members
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
+        let targets = self.route.targets(subject);
         let mut queued = 0;
-        for m in snapshot.iter() {
+        for m in targets.iter().flatten().flat_map(|list| list.iter()) {
             if let Some(gate) = &m.gate
                 && gate.offer(subject, seq, frame)
             {
@@ -474,7 +575,7 @@ impl TopicTask {
             }
         }
         self.metrics.delivered.inc_by(queued);
-        if self.last.len() >= MAX_TRACKED_SUBJECTS && !self.last.contains_key(subject) {
+        if self.last.len() >= self.max_tracked && !self.last.contains_key(subject) {
             // Forgetting only loses gap detection for threads until their next message.
             self.last.clear();
         }

@@ -22,6 +22,7 @@ pub mod ratelimit;
 pub mod server;
 pub mod session;
 pub mod tls;
+pub mod writer;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -105,7 +106,8 @@ pub async fn run(
         metrics.clone(),
     )
     .await?;
-    let hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
+    let mut hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
+    let shared_dm = hub.start_dm(config.dm_subscription);
     // Logout and other per-user commands: one subscription for the whole gateway, routed locally.
     let control = hub.start_control().await?;
     let state = server::AppState::new(server::AppStateInner {
@@ -174,6 +176,9 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     control.abort();
+    if let Some(shared_dm) = shared_dm {
+        shared_dm.abort();
+    }
     // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
     let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, nats.flush()).await;
     Ok(())

@@ -1,41 +1,38 @@
-//! One WebSocket connection: a reader loop that owns the session state, and a writer task that owns
-//! the socket's sink.
+//! One WebSocket connection, one task: a read loop that owns the session state, and the
+//! [`Writer`] that owns the socket's sink, polled by the same task.
 //!
-//! The reader is a single `select!` over a closed set of events: a client frame, a finished publish,
-//! the ping timer, the idle deadline, a close request, and shutdown. Everything the connection sends,
-//! replies and fan-out alike, goes through one bounded queue to the writer. When either half ends, it
-//! cancels the connection's token and the other half stops.
+//! The read loop is a single `select!` over a closed set of events: a client frame, a finished
+//! publish, the ping timer, the idle deadline, the writer stopping, a close request, and shutdown.
+//! Everything the connection sends, replies and fan-out alike, goes through one bounded queue to the
+//! writer. When the writer stops, or the connection's token is cancelled, the loop ends.
 
 use std::collections::HashSet;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
-use futures_util::stream::{FuturesUnordered, SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
+use futures_util::StreamExt;
+use futures_util::stream::{FuturesUnordered, SplitStream};
 use protocol::subject::Conversation;
 use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Target, UserId};
-use tokio::sync::mpsc;
 use tracing::Instrument;
 
 use crate::backlog::{BacklogError, EncodedReplay, LastSeq};
-use crate::conn::{ConnShared, Outbound, Outbox, Pushed, close_code};
+use crate::conn::{ConnShared, Outbound, Outbox, Pushed, Queue, close_code};
 use crate::hub::{Gate, TopicKey};
 use crate::presence::{ONLINE_LIST_CAP, WatchKey};
 use crate::publish::{Stored, now_ms, stored_message};
 use crate::ratelimit::TokenBucket;
 use crate::server::AppState;
+use crate::writer::Writer;
 use protocol::control::ContentDecision;
 use protocol::frame::{MAX_WATCHED, PresenceTarget};
 use protocol::history::{ConvRef, HistoryRequest};
 
-/// How long the writer may take to send the Close frame, and the reader to see the client's reply.
+/// How long an ordered close may take to write what is queued before its Close frame, and how long
+/// the client then has to answer it.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
-/// How long a slow consumer's Close frame may wait for the client to read again.
-const SLOW_CLOSE_TIMEOUT: Duration = Duration::from_secs(15);
-/// Frames written before one flush, when the queue has several waiting.
-const WRITE_BATCH: u64 = 64;
 
 /// What a finished in-flight request produces.
 enum Done {
@@ -65,11 +62,10 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     metrics.connections.inc();
     metrics.connections_accepted.inc();
     let shared = Arc::new(ConnShared::new(conn, user.clone()));
-    let (tx, rx) = mpsc::channel(state.config.outbound_queue);
-    let outbox = Outbox::new(tx, shared.clone());
+    let queue = Queue::new(state.config.outbound_queue);
+    let outbox = Outbox::new(queue.clone(), shared.clone());
     let (sink, mut stream) = socket.split();
-    let writer =
-        tokio::spawn(write_loop(sink, rx, shared.clone(), metrics.clone()).in_current_span());
+    let mut writer = Writer::new(sink, queue, shared.clone(), metrics.clone());
 
     let user_topic = TopicKey::User(user.clone());
     let next_refresh = Instant::now() + refresh_period(&state.presence);
@@ -111,25 +107,24 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         server_time: now_ms(),
         protocol: protocol::PROTOCOL_VERSION,
     });
-    Box::pin(hold.release(&outbox, 0)).await;
+    // Direct messages held since the subscription may be more than the queue takes at once.
+    writer.drive(Box::pin(hold.release(&outbox, 0))).await;
     session.state.hub.set_gate(&user_topic, &outbox, None);
     tracing::debug!("session open");
 
-    let end = session.read_loop(&mut stream).await;
+    let end = session.read_loop(&mut stream, &mut writer).await;
 
-    // Make sure the writer stops and sends a Close frame if one was asked for; an ordered close lets it
-    // write what is queued first. Then give the client a moment to answer, so it sees a clean close.
-    if end == Flow::Stop {
-        shared.closing.cancel();
-    }
-    let mut writer = writer;
-    if tokio::time::timeout(CLOSE_TIMEOUT, &mut writer)
-        .await
-        .is_err()
+    // An ordered close writes what is queued up to its Close first; a writer that cannot within
+    // the timeout has a slow consumer. Then the Close frame goes out, and the client gets a moment
+    // to answer it, so it sees a clean close.
+    if end == Flow::Ordered
+        && tokio::time::timeout(CLOSE_TIMEOUT, writer.stopped())
+            .await
+            .is_err()
     {
         shared.close(close_code::SLOW_CONSUMER, "slow consumer");
-        let _ = writer.await;
     }
+    Box::pin(writer.finish()).await;
     if let Some((code, _)) = shared.close_reason() {
         metrics.closes.with_label_values(&[&code.to_string()]).inc();
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
@@ -204,7 +199,11 @@ enum Flow {
 }
 
 impl Session {
-    async fn read_loop(&mut self, stream: &mut SplitStream<WebSocket>) -> Flow {
+    async fn read_loop(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        writer: &mut Writer,
+    ) -> Flow {
         let cfg = self.state.config.clone();
         let shared = self.outbox.shared.clone();
         let shutdown = self.state.shutdown.clone();
@@ -240,8 +239,10 @@ impl Session {
                             Step::Done(flow) => flow,
                             // Boxed: the session future, held by every idle connection, then
                             // carries none of the rarer handlers' state inline.
+                            // The writer keeps writing meanwhile: a replay waits for room in
+                            // this connection's queue.
                             Step::Async(id, frame) => {
-                                Box::pin(self.dispatch_async(id, frame)).await;
+                                writer.drive(Box::pin(self.dispatch_async(id, frame))).await;
                                 Flow::Continue
                             }
                         },
@@ -266,6 +267,8 @@ impl Session {
                     self.outbox.push(Outbound::Close(close_code::IDLE, "idle timeout"));
                     break Flow::Ordered;
                 }
+                // The socket failed, or a queued Close was written up to: the connection ends.
+                _ = std::future::poll_fn(|cx| writer.poll_write(cx)) => break Flow::Stop,
             }
         };
         // Sends still waiting for their ack are dropped: the client did not get an ack, so it resends
@@ -835,72 +838,6 @@ impl Session {
             tracing::info!("outbound queue full; closing as slow consumer");
         }
     }
-}
-
-async fn write_loop(
-    mut sink: SplitSink<WebSocket, Message>,
-    mut rx: mpsc::Receiver<Outbound>,
-    shared: Arc<ConnShared>,
-    metrics: Arc<crate::metrics::Metrics>,
-) {
-    'outer: loop {
-        let first = tokio::select! {
-            biased;
-            () = shared.closing.cancelled() => break,
-            m = rx.recv() => m,
-        };
-        let Some(mut next) = first else { break };
-        let mut written: u64 = 0;
-        // Feed what is already queued, then flush once.
-        loop {
-            let msg = match next {
-                Outbound::Text(t) => Message::Text(t),
-                Outbound::Ping => Message::Ping(bytes::Bytes::new()),
-                Outbound::Close(code, reason) => {
-                    shared.close(code, reason);
-                    break 'outer;
-                }
-            };
-            let fed = tokio::select! {
-                r = sink.feed(msg) => r.is_ok(),
-                () = shared.closing.cancelled() => false,
-            };
-            if !fed {
-                break 'outer;
-            }
-            written += 1;
-            if written >= WRITE_BATCH {
-                break;
-            }
-            match rx.try_recv() {
-                Ok(m) => next = m,
-                Err(_) => break,
-            }
-        }
-        let flushed = tokio::select! {
-            r = sink.flush() => r.is_ok(),
-            () = shared.closing.cancelled() => false,
-        };
-        metrics.frames_out.inc_by(written);
-        if !flushed {
-            break;
-        }
-    }
-    if let Some((code, reason)) = shared.close_reason() {
-        let frame = CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        };
-        // A slow consumer's socket is full: its Close frame goes out only once the client reads
-        // again, so it gets longer (still bounded) before the socket is dropped without one.
-        let patience = if code == close_code::SLOW_CONSUMER {
-            SLOW_CLOSE_TIMEOUT
-        } else {
-            CLOSE_TIMEOUT
-        };
-        let _ = tokio::time::timeout(patience, sink.send(Message::Close(Some(frame)))).await;
-    }
-    shared.closing.cancel();
 }
 
 /// Whether a read error is tungstenite's own size limit, which we answer with 1009.

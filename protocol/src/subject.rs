@@ -91,6 +91,10 @@ pub fn user_dm_subjects(user: &UserId) -> [String; 2] {
     ]
 }
 
+/// Every direct message of every thread: a gateway with `GATEWAY_DM_SUBSCRIPTION=shared` subscribes
+/// it once and routes each message to the local connections of its two users.
+pub const DM_DELIVER_WILDCARD: &str = "chat.out.dm.>";
+
 /// Control subject for all sessions of one user.
 pub fn user_control_subject(user: &UserId) -> String {
     format!("chat.ctl.user.{user}")
@@ -134,6 +138,10 @@ mod tests {
         assert_eq!(c.ingest_subject(), "chat.in.dm.adam.zoe");
         assert_eq!(c.deliver_subject(), "chat.out.dm.adam.zoe");
         assert_eq!(Conversation::dm(u("a"), u("a")), None);
+        let prefix = DM_DELIVER_WILDCARD.trim_end_matches('>');
+        assert!(c.deliver_subject().starts_with(prefix));
+        let room = Conversation::Room(RoomId::parse("dm").unwrap());
+        assert!(!room.deliver_subject().starts_with(prefix));
     }
 
     #[test]
