@@ -48,6 +48,8 @@ const MAX_TRACKED_SUBJECTS: usize = 4096;
 /// The same for the gateway's shared DM subscription, which sees every thread with a local user
 /// (about 100 bytes each).
 const MAX_TRACKED_SUBJECTS_SHARED: usize = 262_144;
+/// Newest-sequence requests in flight at once when a topic checks its subjects after a reconnect.
+const RECONNECT_CHECKS_IN_FLIGHT: usize = 16;
 /// Frames a gate buffers while its connection resumes; past it the connection is closed (4008).
 pub const GATE_BUFFER: usize = 4096;
 /// How long a replay waits for room in one connection's queue before closing it as slow.
@@ -548,16 +550,26 @@ impl TopicTask {
     /// After a reconnect, messages may have been stored while this gateway was away and none may
     /// follow to reveal the gap: compare each known subject with the stream.
     async fn check_after_reconnect(&mut self) {
+        use futures_util::stream;
+        // Threads without a local user any more (shared DM subscription) are forgotten, not checked.
+        let route = &self.route;
+        self.last.retain(|subject, _| route.has_local(subject));
         let known: Vec<(String, u64)> = self.last.iter().map(|(s, l)| (s.clone(), *l)).collect();
-        for (subject, last) in known {
-            let Some(conv) = Conversation::from_subject(&subject) else {
-                continue;
-            };
-            if let Ok(newest) = self.backlog.last_seq(&conv).await
-                && newest.seq > last
-            {
-                self.fill(&subject, last, newest.seq).await;
-            }
+        // The newest sequences are asked for a few at a time: the shared DM subscription may know
+        // many threads, and its messages wait meanwhile.
+        let backlog = &self.backlog;
+        let behind: Vec<(String, u64, u64)> = stream::iter(known)
+            .map(|(subject, last)| async move {
+                let conv = Conversation::from_subject(&subject)?;
+                let newest = backlog.last_seq(&conv).await.ok()?;
+                (newest.seq > last).then_some((subject, last, newest.seq))
+            })
+            .buffer_unordered(RECONNECT_CHECKS_IN_FLIGHT)
+            .filter_map(std::future::ready)
+            .collect()
+            .await;
+        for (subject, last, newest) in behind {
+            self.fill(&subject, last, newest).await;
         }
     }
 

@@ -24,9 +24,11 @@ use crate::publish::Publisher;
 /// How much larger than our frame limit tungstenite's own limit is. Frames between the two are read
 /// and answered with `too_large` and 1009; tungstenite's limit only guards memory beyond that.
 const TUNGSTENITE_LIMIT_FACTOR: usize = 4;
-/// tungstenite's read buffer per connection, allocated up front. Client frames are small (a `send` of
-/// a short text is 100–200 bytes; a larger frame grows the buffer for itself); the default, 128 KiB,
-/// would cost that much per idle socket, and 1 KiB was still a sixth of the idle budget.
+/// tungstenite's read buffer per connection, allocated up front, and the most one socket read takes.
+/// Client frames are small (a `send` of a short text is 100–200 bytes); a larger frame grows the
+/// buffer for itself but takes one read per 256 bytes (a 4,000-character Chinese text, 12 KB: 48),
+/// a cost only large messages pay. The default, 128 KiB, would cost that much per idle socket, and
+/// 1 KiB was still a sixth of the idle budget (docs/benchmarks.md).
 const READ_BUFFER: usize = 256;
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;

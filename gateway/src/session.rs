@@ -220,6 +220,10 @@ impl Session {
                     shared.close(close_code::GOING_AWAY, "server shutting down");
                     break Flow::Stop;
                 }
+                // Polled before the socket's read side: reads spend the task's cooperative budget,
+                // and a client that keeps sending must not leave its own replies unwritten.
+                // Ready when the socket failed or a queued Close was written up to.
+                _ = std::future::poll_fn(|cx| writer.poll_write(cx)) => break Flow::Stop,
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     match done {
                         Done::Send(id, cmid, outcome) => self.finish_send(id, cmid, outcome),
@@ -267,8 +271,6 @@ impl Session {
                     self.outbox.push(Outbound::Close(close_code::IDLE, "idle timeout"));
                     break Flow::Ordered;
                 }
-                // The socket failed, or a queued Close was written up to: the connection ends.
-                _ = std::future::poll_fn(|cx| writer.poll_write(cx)) => break Flow::Stop,
             }
         };
         // Sends still waiting for their ack are dropped: the client did not get an ack, so it resends

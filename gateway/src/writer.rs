@@ -28,7 +28,7 @@ const SLOW_CLOSE_PATIENCE: Duration = Duration::from_secs(15);
 /// Why the writer stopped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stopped {
-    /// An [`Outbound::Close`] was reached; the close reason is set.
+    /// An [`Outbound::Close`] was reached, or a close was asked for; the close reason is set.
     CloseRequested,
     /// The socket failed.
     Failed,
@@ -74,13 +74,16 @@ impl Writer {
             return Poll::Ready(stopped);
         }
         match self.write_some(cx) {
-            Poll::Ready(stopped) => {
-                self.stopped = Some(stopped);
-                self.queue.close();
-                Poll::Ready(stopped)
-            }
+            Poll::Ready(stopped) => Poll::Ready(self.stop(stopped)),
             Poll::Pending => Poll::Pending,
         }
+    }
+
+    /// Stops writing: the queue refuses further frames and drops the queued ones.
+    fn stop(&mut self, stopped: Stopped) -> Stopped {
+        self.stopped = Some(stopped);
+        self.queue.close();
+        stopped
     }
 
     fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<Stopped> {
@@ -138,11 +141,18 @@ impl Writer {
     }
 
     /// Runs `work` to completion while writing, so that work which waits for room in this
-    /// connection's queue (a replay) sees it drain. If the writer stops meanwhile, the queue is
-    /// closed and `work` still runs to its end (its pushes then fail at once).
+    /// connection's queue (a replay) sees it drain. If the writer stops meanwhile, or a close is
+    /// asked for (a slow consumer overflowed by fan-out, a logout), the queue is closed at once
+    /// and `work` still runs to its end, its pushes failing at once: a replay is not kept going
+    /// for a connection that is closing.
     pub async fn drive<T>(&mut self, work: impl Future<Output = T>) -> T {
+        let shared = self.shared.clone();
+        let mut closing = pin!(shared.closing.cancelled());
         let mut work = pin!(work);
         std::future::poll_fn(|cx| {
+            if self.stopped.is_none() && closing.as_mut().poll(cx).is_ready() {
+                self.stop(Stopped::CloseRequested);
+            }
             let _ = self.poll_write(cx);
             work.as_mut().poll(cx)
         })

@@ -359,3 +359,70 @@ async fn history_or_unavailable(c: &mut WsClient) -> Option<Value> {
         }
     }
 }
+
+#[tokio::test]
+async fn a_close_asked_for_during_a_replay_cuts_it_short() {
+    // A replay waiting for room in a connection's queue stops as soon as the connection must close
+    // (here a logout): it is not kept going, frame by frame, for a socket that is going away.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            outbound_queue: 16,
+            max_resume: 2000,
+            ..stack.config_unlimited()
+        })
+        .await;
+    // More than the kernel's largest socket send buffer (4 MiB) must wait behind the replay.
+    let n = 1500;
+    let text = "z".repeat(3900);
+    let mut sender = stack.connect(&g, "sender").await;
+    join(&mut sender, "big").await;
+    let mut first = None;
+    for i in 0..n {
+        sender
+            .send(send("big", &text, &format!("b{i}")))
+            .await
+            .unwrap();
+        let seq = sender.recv_type("ack").await.unwrap()["seq"]
+            .as_u64()
+            .unwrap();
+        first.get_or_insert(seq);
+    }
+    let mut reader = WsClient::connect_small_buffer(g.addr, &stack.token("reader"))
+        .await
+        .unwrap();
+    reader
+        .send(json!({"type":"join","room":"big","since": first.unwrap() - 1}))
+        .await
+        .unwrap();
+    // The reader does not read: the replay fills the socket and waits for room in the queue.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    nats.publish(
+        protocol::subject::user_control_subject(&protocol::UserId::parse("reader").unwrap()),
+        r#"{"op":"logout"}"#.into(),
+    )
+    .await
+    .unwrap();
+    nats.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut replayed = 0;
+    let ended = loop {
+        match reader.recv_timeout(Duration::from_secs(5)).await {
+            Ok(v) if v["type"] == "message" => replayed += 1,
+            Ok(_) => {}
+            Err(e) => break e.to_string(),
+        }
+    };
+    assert!(
+        !ended.contains("timed out"),
+        "the connection ended: {ended}"
+    );
+    // What was already in the socket buffers (at most 4 MiB, about 1,050 frames) still arrives; the
+    // rest of the replay does not (without the stop, 1,499 of 1,500 arrived).
+    assert!(
+        replayed <= n * 4 / 5,
+        "the replay stopped at the logout: {replayed} of {n} replayed"
+    );
+    assert!(ended.contains("4001") || ended.contains("ended"), "{ended}");
+}
