@@ -652,3 +652,50 @@ async fn unanswered_content_check_follows_the_gateway_policy() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_client_that_keeps_sending_still_gets_its_replies() {
+    // Reading a client's frames must not starve the writing of its replies: 3,000 pipelined pings,
+    // read concurrently, all get their pong and the connection stays open (a starved writer lets
+    // the pongs overflow the 1,024-frame queue, and the client is closed with 4008).
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let stack = Stack::start();
+    let g = stack.gateway_with(stack.config_unlimited()).await;
+    let mut req = format!("ws://{}/ws", g.addr).into_client_request().unwrap();
+    req.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", stack.token("chatty")).parse().unwrap(),
+    );
+    let (ws, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    let (mut tx, mut rx) = ws.split();
+    let n = 3000;
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            let ping = json!({"type":"ping","id":format!("p{i}")}).to_string();
+            tx.feed(Message::text(ping)).await.unwrap();
+        }
+        tx.flush().await.unwrap();
+        tx
+    });
+    let mut pongs = 0;
+    while pongs < n {
+        let msg = tokio::time::timeout(Duration::from_secs(10), rx.next())
+            .await
+            .expect("a frame within 10 s")
+            .expect("the connection stays open")
+            .unwrap();
+        match msg {
+            Message::Text(t) => {
+                let v: Value = serde_json::from_str(&t).unwrap();
+                if v["type"] == "pong" {
+                    assert_eq!(v["id"], format!("p{pongs}"), "pongs in order");
+                    pongs += 1;
+                }
+            }
+            Message::Close(c) => panic!("closed after {pongs} pongs: {c:?}"),
+            _ => {}
+        }
+    }
+    let _tx = sending.await.unwrap();
+}
