@@ -82,8 +82,7 @@ pub async fn serve(
     .with_graceful_shutdown(shutdown)
     .await?;
     if let Some(nats) = nats {
-        // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
+        svc::final_flush(&nats).await;
     }
     Ok(())
 }

@@ -274,6 +274,11 @@ mod tests {
         Outbound::Text(Utf8Bytes::from_static(s))
     }
 
+    fn spawn_send_wait(outbox: &Outbox, frame: &'static str) -> tokio::task::JoinHandle<bool> {
+        let outbox = outbox.clone();
+        tokio::spawn(async move { outbox.send_wait(text(frame), Duration::from_secs(5)).await })
+    }
+
     fn pop(queue: &Queue) -> Option<String> {
         let mut cx = Context::from_waker(Waker::noop());
         match queue.poll_pop(&mut cx) {
@@ -315,14 +320,7 @@ mod tests {
     async fn send_wait_waits_for_room_and_fails_once_the_writer_stopped() {
         let (queue, outbox) = outbox(1);
         assert_eq!(outbox.push(text("first")), Pushed::Queued);
-        let waiting = {
-            let outbox = outbox.clone();
-            tokio::spawn(async move {
-                outbox
-                    .send_wait(text("second"), Duration::from_secs(5))
-                    .await
-            })
-        };
+        let waiting = spawn_send_wait(&outbox, "second");
         tokio::time::sleep(Duration::from_millis(50)).await;
         assert!(!waiting.is_finished(), "the queue is full: it waits");
         assert_eq!(pop(&queue).as_deref(), Some("first"));
@@ -330,14 +328,7 @@ mod tests {
         assert_eq!(pop(&queue).as_deref(), Some("second"));
 
         assert_eq!(outbox.push(text("third")), Pushed::Queued);
-        let waiting = {
-            let outbox = outbox.clone();
-            tokio::spawn(async move {
-                outbox
-                    .send_wait(text("fourth"), Duration::from_secs(5))
-                    .await
-            })
-        };
+        let waiting = spawn_send_wait(&outbox, "fourth");
         tokio::time::sleep(Duration::from_millis(50)).await;
         queue.close();
         assert!(!waiting.await.unwrap(), "a closed queue refuses at once");

@@ -217,21 +217,13 @@ impl Hub {
         if mode == DmSubscription::PerUser {
             return None;
         }
-        let (ready_tx, ready) = watch::channel(false);
-        let task = TopicTask {
-            nats: self.nats.clone(),
-            backlog: self.backlog.clone(),
-            route: Route::Dm(self.topics.clone()),
-            metrics: self.metrics.clone(),
-            last: HashMap::new(),
-            max_tracked: MAX_TRACKED_SUBJECTS_SHARED,
-        };
-        let subjects = vec![protocol::subject::DM_DELIVER_WILDCARD.to_owned()];
-        let handle = tokio::spawn(
-            task.run(subjects, None, ready_tx, self.reconnects.clone())
-                .instrument(tracing::debug_span!("shared_dm")),
+        let (ready, handle) = self.spawn_task(
+            Route::Dm(self.topics.clone()),
+            MAX_TRACKED_SUBJECTS_SHARED,
+            vec![protocol::subject::DM_DELIVER_WILDCARD.to_owned()],
+            None,
+            tracing::debug_span!("shared_dm"),
         );
-        self.metrics.subscriptions.inc();
         self.shared_dm = Some(ready);
         Some(handle)
     }
@@ -324,30 +316,49 @@ impl Hub {
 
     fn spawn_topic(&self, key: TopicKey) -> Topic {
         let members: Members = Arc::default();
-        let (ready_tx, ready) = watch::channel(false);
-        let span = tracing::debug_span!("topic", key = ?key);
-        let task = TopicTask {
-            nats: self.nats.clone(),
-            backlog: self.backlog.clone(),
-            route: Route::Members(members.clone()),
-            metrics: self.metrics.clone(),
-            last: HashMap::new(),
-            max_tracked: MAX_TRACKED_SUBJECTS,
-        };
         let room = match &key {
             TopicKey::Room(room) => Some(room.clone()),
             TopicKey::User(_) => None,
         };
-        let handle = tokio::spawn(
-            task.run(key.subjects(), room, ready_tx, self.reconnects.clone())
-                .instrument(span),
+        let (ready, handle) = self.spawn_task(
+            Route::Members(members.clone()),
+            MAX_TRACKED_SUBJECTS,
+            key.subjects(),
+            room,
+            tracing::debug_span!("topic", key = ?key),
         );
-        self.metrics.subscriptions.inc();
         Topic {
             members,
             ready,
             task: Some(handle.abort_handle()),
         }
+    }
+
+    /// Starts a subscription task on `subjects` delivering along `route`; returns its readiness
+    /// (the subscriptions are registered at the server) and its handle.
+    fn spawn_task(
+        &self,
+        route: Route,
+        max_tracked: usize,
+        subjects: Vec<String>,
+        room: Option<RoomId>,
+        span: tracing::Span,
+    ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
+        let (ready_tx, ready) = watch::channel(false);
+        let task = TopicTask {
+            nats: self.nats.clone(),
+            backlog: self.backlog.clone(),
+            route,
+            metrics: self.metrics.clone(),
+            last: HashMap::new(),
+            max_tracked,
+        };
+        let handle = tokio::spawn(
+            task.run(subjects, room, ready_tx, self.reconnects.clone())
+                .instrument(span),
+        );
+        self.metrics.subscriptions.inc();
+        (ready, handle)
     }
 }
 
@@ -369,6 +380,9 @@ struct Delivery {
     prev_seq: u64,
     frame: Utf8Bytes,
 }
+
+/// Snapshots of the member lists one message goes to: a topic's, or a direct message's two users'.
+type Targets = [Option<Arc<Vec<Member>>>; 2];
 
 /// Where a topic task's messages go.
 enum Route {
@@ -395,7 +409,7 @@ impl Route {
     }
 
     /// Snapshots of the member lists a message on `subject` goes to.
-    fn targets(&self, subject: &str) -> [Option<Arc<Vec<Member>>>; 2] {
+    fn targets(&self, subject: &str) -> Targets {
         let snapshot = |m: &Members| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
         match self {
             Route::Members(members) => [Some(snapshot(members)), None],
@@ -484,12 +498,17 @@ impl TopicTask {
     }
 
     async fn on_message(&mut self, msg: async_nats::Message) {
-        if !self.route.has_local(&msg.subject) {
-            // A direct message between users of other gateways (shared subscription). Its thread
-            // is forgotten, so a local user who connects later starts a fresh chain, as with a
-            // user topic of its own.
-            self.last.remove(msg.subject.as_str());
-            return;
+        // The shared DM subscription looks its receivers up once, before decoding: a direct message
+        // between users of other gateways is dropped, and its thread forgotten, so a local user who
+        // connects later starts a fresh chain, as with a user topic of its own.
+        let mut targets = None;
+        if let Route::Dm(_) = self.route {
+            let found = self.route.targets(&msg.subject);
+            if found.iter().all(Option::is_none) {
+                self.last.remove(msg.subject.as_str());
+                return;
+            }
+            targets = Some(found);
         }
         let Some(d) = decode_delivery(&msg) else {
             self.metrics.undecodable.inc();
@@ -504,9 +523,12 @@ impl TopicTask {
             if d.prev_seq > last {
                 // Boxed: rare, and its state would otherwise sit in every idle topic task.
                 Box::pin(self.fill(&d.subject, last, d.seq - 1)).await;
+                // Receivers may have come or gone while the fill waited.
+                targets = None;
             }
         }
-        self.deliver(&d.subject, d.seq, &d.frame);
+        let targets = targets.unwrap_or_else(|| self.route.targets(&d.subject));
+        self.deliver_to(&targets, &d.subject, d.seq, &d.frame);
     }
 
     /// Delivers what the stream holds on `subject` in `(after, until]`.
@@ -575,6 +597,10 @@ impl TopicTask {
 
     fn deliver(&mut self, subject: &str, seq: u64, frame: &Utf8Bytes) {
         let targets = self.route.targets(subject);
+        self.deliver_to(&targets, subject, seq, frame);
+    }
+
+    fn deliver_to(&mut self, targets: &Targets, subject: &str, seq: u64, frame: &Utf8Bytes) {
         let mut queued = 0;
         for m in targets.iter().flatten().flat_map(|list| list.iter()) {
             if let Some(gate) = &m.gate

@@ -41,8 +41,6 @@ pub use config::Config;
 const KEYS_WAIT: Duration = Duration::from_secs(30);
 /// How long `run` keeps trying to reach NATS and stream CHAT at start before giving up.
 const STARTUP_WAIT: Duration = Duration::from_secs(60);
-/// How long shutdown waits to flush what is buffered for NATS.
-const FINAL_FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 /// Longest pause between NATS reconnect attempts.
 const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
@@ -179,8 +177,7 @@ pub async fn run(
     if let Some(shared_dm) = shared_dm {
         shared_dm.abort();
     }
-    // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
-    let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, nats.flush()).await;
+    svc::final_flush(&nats).await;
     Ok(())
 }
 

@@ -382,7 +382,7 @@ impl Presence {
     pub fn unwatch(&self, key: &WatchKey, conn: &protocol::ConnId) {
         let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
         let Some(w) = watchers.get(key) else { return };
-        let empty = { conn::remove(&w.members, |m| m.conn() == conn) == 0 };
+        let empty = conn::remove(&w.members, |m| m.conn() == conn) == 0;
         if empty && let Some(w) = watchers.remove(key) {
             w.task.abort();
             self.metrics.presence_watches.dec();
@@ -657,9 +657,8 @@ fn view(key: &WatchKey, state: &State) -> Vec<PresenceEntry> {
 /// (for a user key, 1 if online). Keeps only `cap` candidates while it scans.
 fn view_capped(key: &WatchKey, state: &State, cap: usize) -> (Vec<PresenceEntry>, usize) {
     if cap == usize::MAX || matches!(key, WatchKey::User(_)) {
-        let all = view(key, state);
+        let mut all = view(key, state);
         let online = all.iter().filter(|p| p.online).count();
-        let mut all = all;
         all.truncate(cap);
         return (all, online);
     }

@@ -25,15 +25,6 @@ const CLOSE_PATIENCE: Duration = Duration::from_secs(1);
 /// How long a slow consumer's Close frame may wait for the client to read again.
 const SLOW_CLOSE_PATIENCE: Duration = Duration::from_secs(15);
 
-/// Why the writer stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Stopped {
-    /// An [`Outbound::Close`] was reached, or a close was asked for; the close reason is set.
-    CloseRequested,
-    /// The socket failed.
-    Failed,
-}
-
 pub struct Writer {
     sink: SplitSink<WebSocket, Message>,
     queue: Arc<Queue>,
@@ -43,7 +34,9 @@ pub struct Writer {
     pending: Option<Message>,
     /// Frames handed to the socket since the last flush.
     unflushed: u64,
-    stopped: Option<Stopped>,
+    /// The socket failed, an [`Outbound::Close`] was reached or a close was asked for: nothing
+    /// more is written but the Close frame, in [`Writer::finish`].
+    stopped: bool,
 }
 
 impl Writer {
@@ -60,7 +53,7 @@ impl Writer {
             metrics,
             pending: None,
             unflushed: 0,
-            stopped: None,
+            stopped: false,
         }
     }
 
@@ -69,34 +62,35 @@ impl Writer {
     ///
     /// A queue that never empties does not keep the task: socket writes use tokio's cooperative
     /// budget, so a long run of frames ends in a pending flush and the task yields.
-    pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<Stopped> {
-        if let Some(stopped) = self.stopped {
-            return Poll::Ready(stopped);
+    pub fn poll_write(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.stopped {
+            return Poll::Ready(());
         }
-        match self.write_some(cx) {
-            Poll::Ready(stopped) => Poll::Ready(self.stop(stopped)),
-            Poll::Pending => Poll::Pending,
+        let written = self.write_some(cx);
+        if written.is_ready() {
+            self.stop();
         }
+        written
     }
 
     /// Stops writing: the queue refuses further frames and drops the queued ones.
-    fn stop(&mut self, stopped: Stopped) -> Stopped {
-        self.stopped = Some(stopped);
+    fn stop(&mut self) {
+        self.stopped = true;
         self.queue.close();
-        stopped
     }
 
-    fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<Stopped> {
+    /// Ready when writing must stop: the socket failed, or a queued Close was reached.
+    fn write_some(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
             if let Some(msg) = self.pending.take() {
                 match Pin::new(&mut self.sink).poll_ready(cx) {
                     Poll::Ready(Ok(())) => {
                         if Pin::new(&mut self.sink).start_send(msg).is_err() {
-                            return Poll::Ready(Stopped::Failed);
+                            return Poll::Ready(());
                         }
                         self.unflushed += 1;
                     }
-                    Poll::Ready(Err(_)) => return Poll::Ready(Stopped::Failed),
+                    Poll::Ready(Err(_)) => return Poll::Ready(()),
                     Poll::Pending => {
                         self.pending = Some(msg);
                         return Poll::Pending;
@@ -116,7 +110,7 @@ impl Writer {
                     Poll::Ready(Outbound::Close(code, reason)) => {
                         // What was fed goes out with the Close frame, in `finish`.
                         self.shared.close(code, reason);
-                        return Poll::Ready(Stopped::CloseRequested);
+                        return Poll::Ready(());
                     }
                     Poll::Pending => {}
                 }
@@ -129,14 +123,14 @@ impl Writer {
                     self.metrics.frames_out.inc_by(self.unflushed);
                     self.unflushed = 0;
                 }
-                Poll::Ready(Err(_)) => return Poll::Ready(Stopped::Failed),
+                Poll::Ready(Err(_)) => return Poll::Ready(()),
                 Poll::Pending => return Poll::Pending,
             }
         }
     }
 
     /// Waits until the writer stops.
-    pub async fn stopped(&mut self) -> Stopped {
+    pub async fn stopped(&mut self) {
         std::future::poll_fn(|cx| self.poll_write(cx)).await
     }
 
@@ -150,8 +144,8 @@ impl Writer {
         let mut closing = pin!(shared.closing.cancelled());
         let mut work = pin!(work);
         std::future::poll_fn(|cx| {
-            if self.stopped.is_none() && closing.as_mut().poll(cx).is_ready() {
-                self.stop(Stopped::CloseRequested);
+            if !self.stopped && closing.as_mut().poll(cx).is_ready() {
+                self.stop();
             }
             let _ = self.poll_write(cx);
             work.as_mut().poll(cx)

@@ -178,16 +178,7 @@ async fn direct_message_thread_resumes_after_since() {
 async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
     // Messages stored while one gateway's NATS link was cut reach its clients after reconnect, in order.
     let stack = Stack::start();
-    let proxy =
-        testkit::TcpProxy::start(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap())
-            .await
-            .unwrap();
-    let cut_off = stack
-        .gateway_with(gateway::Config {
-            nats_url: format!("nats://{}", proxy.addr()),
-            ..stack.config()
-        })
-        .await;
+    let (proxy, cut_off) = stack.gateway_behind_proxy(stack.config()).await;
     let g2 = stack.gateway_with(stack.config_unlimited()).await;
     let mut reader = stack.connect(&cut_off, "reader").await;
     join(&mut reader, "r").await;

@@ -58,16 +58,7 @@ async fn watch(c: &mut WsClient, users: &[&str]) -> Vec<Value> {
 async fn crashed_gateway_users_go_offline_for_watchers_elsewhere() {
     // A user on a gateway that loses NATS without a goodbye shows offline within TTL + grace + 1 s.
     let stack = Stack::start();
-    let proxy =
-        testkit::TcpProxy::start(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap())
-            .await
-            .unwrap();
-    let g1 = stack
-        .gateway_with(gateway::Config {
-            nats_url: format!("nats://{}", proxy.addr()),
-            ..config(&stack)
-        })
-        .await;
+    let (proxy, g1) = stack.gateway_behind_proxy(config(&stack)).await;
     let g2 = stack.gateway_with(config(&stack)).await;
     let mut watcher = stack.connect(&g2, "watcher").await;
     let initial = watch(&mut watcher, &["alice"]).await;

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::Stack;
+use common::{Stack, messages};
 use gateway::config::DmSubscription;
 use serde_json::{Value, json};
 use testkit::WsClient;
@@ -31,12 +31,11 @@ async fn send_dms(c: &mut WsClient, to: &str, prefix: &str, n: usize) -> Vec<u64
 }
 
 async fn message_seqs(c: &mut WsClient, n: usize) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    while seqs.len() < n {
-        let v = c.recv_type("message").await.unwrap();
-        seqs.push(v["seq"].as_u64().unwrap());
-    }
-    seqs
+    messages(c, n)
+        .await
+        .iter()
+        .map(|m| m["seq"].as_u64().unwrap())
+        .collect()
 }
 
 async fn metric(gw: &common::Gateway, name: &str) -> Option<f64> {
@@ -133,16 +132,7 @@ async fn shared_subscription_fills_the_gap_after_reconnecting() {
     // Direct messages stored while the shared gateway's NATS link was cut reach its user after the
     // reconnect, in order, once.
     let stack = Stack::start();
-    let proxy =
-        testkit::TcpProxy::start(format!("127.0.0.1:{}", stack.nats.port()).parse().unwrap())
-            .await
-            .unwrap();
-    let cut_off = stack
-        .gateway_with(gateway::Config {
-            nats_url: format!("nats://{}", proxy.addr()),
-            ..shared(&stack)
-        })
-        .await;
+    let (proxy, cut_off) = stack.gateway_behind_proxy(shared(&stack)).await;
     let g2 = stack.gateway_with(stack.config_unlimited()).await;
     let mut bob = stack.connect(&cut_off, "bob").await;
     let mut alice = stack.connect(&g2, "alice").await;

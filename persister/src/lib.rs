@@ -137,8 +137,7 @@ pub async fn run(
             }
         }
     };
-    // Bounded: with NATS gone, a flush waits for a reconnect that may never come.
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), nats.flush()).await;
+    svc::final_flush(&nats).await;
     http?;
     service?;
     Ok(())

@@ -30,3 +30,12 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutdown signal received");
 }
+
+/// How long a service waits at exit to flush what it buffered for NATS.
+pub const FINAL_FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Flushes what is buffered for NATS before a service exits, for at most [`FINAL_FLUSH_TIMEOUT`]:
+/// with NATS gone, a flush would wait for a reconnect that may never come.
+pub async fn final_flush(nats: &async_nats::Client) {
+    let _ = tokio::time::timeout(FINAL_FLUSH_TIMEOUT, nats.flush()).await;
+}

@@ -99,6 +99,25 @@ impl Stack {
         }
     }
 
+    /// A gateway whose NATS link goes through a proxy that the test can cut and restore (a crash
+    /// or a partition, as the gateway sees it); `config` gets the proxy's URL.
+    pub async fn gateway_behind_proxy(
+        &self,
+        config: gateway::Config,
+    ) -> (testkit::TcpProxy, Gateway) {
+        let proxy =
+            testkit::TcpProxy::start(format!("127.0.0.1:{}", self.nats.port()).parse().unwrap())
+                .await
+                .unwrap();
+        let gateway = self
+            .gateway_with(gateway::Config {
+                nats_url: format!("nats://{}", proxy.addr()),
+                ..config
+            })
+            .await;
+        (proxy, gateway)
+    }
+
     pub fn token(&self, user: &str) -> String {
         self.signer
             .issue(&UserId::parse(user).unwrap(), auth::token::now_secs(), 3600)
