@@ -10,6 +10,7 @@
 //! bench run presence-churn    --rate 200 --duration 20 [--watchers 10] [--up 1] [--grace-ms 10000] [--ping-on-open]
 //! bench run persister-catchup --messages 200000 --rooms 100
 //! bench run idle      --attach 127.0.0.1:8080 --pids gateway=1234   (servers started by hand)
+//! (every run: --gw-env K=V,… for the gateways, --nats-env K=V,… for nats-server, e.g. GOGC=100)
 //! bench table bench/results/*.jsonl
 //! bench worker        (internal: one worker process, driven by `run` over stdin/stdout)
 //! ```
@@ -317,17 +318,7 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p gateway` or pass --gateway-bin",
         gateway_bin.display()
     );
-    let mut gateway_env: Vec<(String, String)> = f
-        .str("gw-env")
-        .map(|s| {
-            s.split(',')
-                .filter_map(|kv| {
-                    kv.split_once('=')
-                        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut gateway_env = env_list(f.str("gw-env"));
     if let Mode::PresenceChurn(plan) = &mode {
         gateway_env.push((
             "GATEWAY_PRESENCE_GRACE_MS".into(),
@@ -342,6 +333,7 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
             .map_or_else(testkit::nats::nats_server_bin, str::to_owned),
         server_cpus: f.cpus("server-cpus", "0"),
         gateway_env,
+        nats_env: env_list(f.str("nats-env")),
         seed: BENCH_SEED,
         issuer: "liaotian".into(),
         // The catch-up starts its persister itself, after the backlog.
@@ -625,4 +617,17 @@ fn say(line: &WorkerLine) -> anyhow::Result<()> {
     writeln!(out, "{}", serde_json::to_string(line)?)?;
     out.flush()?;
     Ok(())
+}
+
+/// `K=V,K=V` as pairs (`--gw-env`, `--nats-env`).
+fn env_list(arg: Option<&str>) -> Vec<(String, String)> {
+    arg.map(|s| {
+        s.split(',')
+            .filter_map(|kv| {
+                kv.split_once('=')
+                    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            })
+            .collect()
+    })
+    .unwrap_or_default()
 }

@@ -44,6 +44,8 @@ pub struct StackOptions {
     pub server_cpus: Option<String>,
     /// Extra environment of the gateways (`KEY=VALUE`).
     pub gateway_env: Vec<(String, String)>,
+    /// Extra environment of nats-server, after [`NATS_BENCH_ENV`].
+    pub nats_env: Vec<(String, String)>,
     pub seed: [u8; 32],
     pub issuer: String,
     /// The persister binary, started with the stack when set (see [`Stack::start_persister`]).
@@ -60,6 +62,12 @@ pub const GATEWAY_BENCH_ENV: &[(&str, &str)] = &[
     ("GATEWAY_RATE_PER_SEC", "100000"),
     ("GATEWAY_RATE_BURST", "100000"),
 ];
+
+/// Environment the bench gives nats-server before `nats_env`: the Go collector runs only when the
+/// heap nears 4 GiB, as docs/operations.md recommends for a nats-server with a memory budget. With
+/// Go's default (`GOGC=100`) and one core, each collection slows the server for 50–70 ms every
+/// second or two, which decides the latency tail of every scenario (docs/benchmarks.md).
+pub const NATS_BENCH_ENV: &[(&str, &str)] = &[("GOGC", "off"), ("GOMEMLIMIT", "4GiB")];
 
 /// nats-server, the key server and the gateways.
 pub struct Stack {
@@ -102,7 +110,9 @@ impl Stack {
                     &nats_port.to_string(),
                     "-sd",
                 ])
-                .arg(&store),
+                .arg(&store)
+                .envs(NATS_BENCH_ENV.iter().copied())
+                .envs(o.nats_env.iter().map(|(k, v)| (k, v))),
             &dir.path().join("nats.log"),
         )?;
         wait_tcp(([127, 0, 0, 1], nats_port).into()).await?;

@@ -2,14 +2,31 @@
 
 use anyhow::Context;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    svc::init_tracing();
-    let config =
-        gateway::Config::from_lookup(|k| std::env::var(k).ok()).context("reading configuration")?;
-    let listener = tokio::net::TcpListener::bind(&config.listen)
-        .await
-        .with_context(|| format!("binding GATEWAY_LISTEN={}", config.listen))?;
-    let keys = auth::KeySet::new(config.issuer.clone());
-    gateway::run(listener, config, keys, svc::shutdown_signal()).await
+fn main() -> anyhow::Result<()> {
+    runtime()?.block_on(async {
+        svc::init_tracing();
+        let config = gateway::Config::from_lookup(|k| std::env::var(k).ok())
+            .context("reading configuration")?;
+        let listener = tokio::net::TcpListener::bind(&config.listen)
+            .await
+            .with_context(|| format!("binding GATEWAY_LISTEN={}", config.listen))?;
+        let keys = auth::KeySet::new(config.issuer.clone());
+        gateway::run(listener, config, keys, svc::shutdown_signal()).await
+    })
+}
+
+/// tokio's multi-thread runtime without its LIFO slot, where the build allows it (`--cfg
+/// tokio_unstable`, set in `.cargo/config.toml`).
+///
+/// With the slot, a task woken by the running one runs next: the NATS client's task runs right after
+/// each session that queued a publish, so every publish is its own socket write, and a sender's ack
+/// is written before the topic task queues the sender's echo. Without it, woken tasks run in order,
+/// publishes from many connections share a write, and the ack and the echo share one
+/// (docs/benchmarks.md, fourth round).
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.enable_all();
+    #[cfg(tokio_unstable)]
+    builder.disable_lifo_slot();
+    builder.build()
 }

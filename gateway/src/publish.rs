@@ -87,7 +87,9 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    pub fn new(js: jetstream::Context, budget: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(mut js: jetstream::Context, budget: Duration, metrics: Arc<Metrics>) -> Self {
+        // The client's own wait for an ack bounds each attempt: one timer per publish, not two.
+        js.set_timeout(ATTEMPT_TIMEOUT);
         Self {
             js,
             stream: Arc::default(),
@@ -144,8 +146,7 @@ impl Publisher {
         subject: String,
         pm: PublishMessage,
     ) -> anyhow::Result<jetstream::publish::PublishAck> {
-        let fut = self.js.send_publish(subject, pm).await?;
-        Ok(tokio::time::timeout(ATTEMPT_TIMEOUT, fut).await??)
+        Ok(self.js.send_publish(subject, pm).await?.await?)
     }
 
     /// The timestamp stored with sequence `seq`, for answering a duplicate with the original ack.

@@ -7,7 +7,7 @@
 //! writer. When the writer stops, or the connection's token is cancelled, the loop ends.
 
 use std::collections::HashSet;
-use std::pin::Pin;
+use std::pin::{Pin, pin};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -211,19 +211,22 @@ impl Session {
         let mut ping =
             tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
         ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // Made once, not on every wake: each would register with its token or the timer wheel
+        // again. The idle timer is moved on only when it fires.
+        let mut closing = pin!(shared.closing.cancelled());
+        let mut stopping = pin!(shutdown.cancelled());
+        let mut idle = pin!(tokio::time::sleep_until(last_activity + cfg.idle_timeout));
         let end = loop {
-            let idle_deadline = last_activity + cfg.idle_timeout;
             tokio::select! {
                 biased;
-                () = shared.closing.cancelled() => break Flow::Stop,
-                () = shutdown.cancelled() => {
+                () = &mut closing => break Flow::Stop,
+                () = &mut stopping => {
                     shared.close(close_code::GOING_AWAY, "server shutting down");
                     break Flow::Stop;
                 }
-                // Polled before the socket's read side: reads spend the task's cooperative budget,
-                // and a client that keeps sending must not leave its own replies unwritten.
-                // Ready when the socket failed or a queued Close was written up to.
-                _ = std::future::poll_fn(|cx| writer.poll_write(cx)) => break Flow::Stop,
+                // Before the writer: an ack queued here goes out in the same socket write as the
+                // frames already queued, usually the sender's own echo (JetStream sends the echo
+                // and the publish ack together).
                 Some(done) = self.inflight.next(), if !self.inflight.is_empty() => {
                     match done {
                         Done::Send(id, cmid, outcome) => self.finish_send(id, cmid, outcome),
@@ -235,6 +238,10 @@ impl Session {
                         }
                     }
                 }
+                // Polled before the socket's read side: reads spend the task's cooperative budget,
+                // and a client that keeps sending must not leave its own replies unwritten.
+                // Ready when the socket failed or a queued Close was written up to.
+                _ = std::future::poll_fn(|cx| writer.poll_write(cx)) => break Flow::Stop,
                 msg = stream.next(), if self.inflight.len() < cfg.max_inflight_sends => {
                     last_activity = tokio::time::Instant::now();
                     self.refresh_presence();
@@ -267,7 +274,12 @@ impl Session {
                 _ = ping.tick() => {
                     self.outbox.push(Outbound::Ping);
                 }
-                () = tokio::time::sleep_until(idle_deadline) => {
+                () = &mut idle => {
+                    let deadline = last_activity + cfg.idle_timeout;
+                    if deadline > tokio::time::Instant::now() {
+                        idle.as_mut().reset(deadline);
+                        continue;
+                    }
                     self.outbox.push(Outbound::Close(close_code::IDLE, "idle timeout"));
                     break Flow::Ordered;
                 }
