@@ -43,17 +43,19 @@ pub enum Outbound {
 pub struct ConnShared {
     pub conn: ConnId,
     pub user: UserId,
-    /// Cancelled when the connection must close now; the reason is in `close`.
+    /// Cancelled when the connection must close now; the reason is in `close`, or none was given
+    /// when the token was cancelled by its parent (the gateway shutting down).
     pub closing: CancellationToken,
     close: OnceLock<(u16, &'static str)>,
 }
 
 impl ConnShared {
-    pub fn new(conn: ConnId, user: UserId) -> Self {
+    /// `closing` is usually a child of the gateway's shutdown token.
+    pub fn new(conn: ConnId, user: UserId, closing: CancellationToken) -> Self {
         Self {
             conn,
             user,
-            closing: CancellationToken::new(),
+            closing,
             close: OnceLock::new(),
         }
     }
@@ -266,6 +268,7 @@ mod tests {
         let shared = Arc::new(ConnShared::new(
             ConnId::parse("c1").unwrap(),
             UserId::parse("u1").unwrap(),
+            CancellationToken::new(),
         ));
         (queue.clone(), Outbox::new(queue, shared))
     }

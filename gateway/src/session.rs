@@ -2,7 +2,7 @@
 //! [`Writer`] that owns the socket's sink, polled by the same task.
 //!
 //! The read loop is a single `select!` over a closed set of events: a client frame, a finished
-//! publish, the ping timer, the idle deadline, the writer stopping, a close request, and shutdown.
+//! publish, the ping and idle timer, the writer stopping, and a close request (shutdown included).
 //! Everything the connection sends, replies and fan-out alike, goes through one bounded queue to the
 //! writer. When the writer stops, or the connection's token is cancelled, the loop ends.
 
@@ -61,7 +61,11 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
-    let shared = Arc::new(ConnShared::new(conn, user.clone()));
+    let shared = Arc::new(ConnShared::new(
+        conn,
+        user.clone(),
+        state.shutdown.child_token(),
+    ));
     let queue = Queue::new(state.config.outbound_queue);
     let outbox = Outbox::new(queue.clone(), shared.clone());
     let (sink, mut stream) = socket.split();
@@ -206,21 +210,21 @@ impl Session {
     ) -> Flow {
         let cfg = self.state.config.clone();
         let shared = self.outbox.shared.clone();
-        let shutdown = self.state.shutdown.clone();
         let mut last_activity = tokio::time::Instant::now();
-        let mut ping =
-            tokio::time::interval_at(tokio::time::Instant::now() + cfg.heartbeat, cfg.heartbeat);
-        ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut next_ping = last_activity + cfg.heartbeat;
         // Made once, not on every wake: each would register with its token or the timer wheel
-        // again. The idle timer is moved on only when it fires.
+        // again. One timer serves the ping and the idle deadline; it is moved on only when it
+        // fires, so activity costs no timer work.
         let mut closing = pin!(shared.closing.cancelled());
-        let mut stopping = pin!(shutdown.cancelled());
-        let mut idle = pin!(tokio::time::sleep_until(last_activity + cfg.idle_timeout));
+        let mut timer = pin!(tokio::time::sleep_until(
+            next_ping.min(last_activity + cfg.idle_timeout)
+        ));
         let end = loop {
             tokio::select! {
                 biased;
-                () = &mut closing => break Flow::Stop,
-                () = &mut stopping => {
+                // A close asked for, or shutdown: the connection's token is a child of the
+                // gateway's shutdown token, and a close asked for first keeps its own reason.
+                () = &mut closing => {
                     shared.close(close_code::GOING_AWAY, "server shutting down");
                     break Flow::Stop;
                 }
@@ -271,17 +275,18 @@ impl Session {
                         break flow;
                     }
                 }
-                _ = ping.tick() => {
-                    self.outbox.push(Outbound::Ping);
-                }
-                () = &mut idle => {
-                    let deadline = last_activity + cfg.idle_timeout;
-                    if deadline > tokio::time::Instant::now() {
-                        idle.as_mut().reset(deadline);
-                        continue;
+                () = &mut timer => {
+                    let now = tokio::time::Instant::now();
+                    let idle_deadline = last_activity + cfg.idle_timeout;
+                    if now >= idle_deadline {
+                        self.outbox.push(Outbound::Close(close_code::IDLE, "idle timeout"));
+                        break Flow::Ordered;
                     }
-                    self.outbox.push(Outbound::Close(close_code::IDLE, "idle timeout"));
-                    break Flow::Ordered;
+                    if now >= next_ping {
+                        self.outbox.push(Outbound::Ping);
+                        next_ping = now + cfg.heartbeat;
+                    }
+                    timer.as_mut().reset(next_ping.min(idle_deadline));
                 }
             }
         };

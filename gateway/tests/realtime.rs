@@ -319,6 +319,36 @@ async fn flood_beyond_the_token_bucket_is_rate_limited() {
 }
 
 #[tokio::test]
+async fn a_client_that_only_answers_pings_stays_open() {
+    // The gateway pings every heartbeat, and the client's pongs (tungstenite answers while
+    // reading) count as activity: one timer serves both, so both must keep working.
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            idle_timeout: Duration::from_millis(800),
+            heartbeat: Duration::from_millis(200),
+            ..stack.config()
+        })
+        .await;
+    let mut c = stack.connect(&g, "alice").await;
+    let until = tokio::time::Instant::now() + Duration::from_millis(2_600);
+    let mut pings = 0;
+    while let Ok(frame) = tokio::time::timeout_at(until, c.inner().next()).await {
+        match frame {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            Some(Ok(Message::Text(_))) => {}
+            other => panic!("connection ended after {pings} pings: {other:?}"),
+        }
+    }
+    // About 13 in 2.6 s; more than 3 idle timeouts passed without a frame from the client.
+    assert!((8..=16).contains(&pings), "{pings} pings");
+    c.send(json!({"type":"ping"})).await.unwrap();
+    assert_eq!(c.recv_type("pong").await.unwrap()["type"], "pong");
+}
+
+#[tokio::test]
 async fn silent_client_is_closed_with_4000() {
     // A client that sends nothing (not even pongs) for the idle timeout is closed with 4000.
     let stack = Stack::start();
