@@ -340,6 +340,9 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         persister_bin: (needs_persister && name != "persister-catchup")
             .then(|| persister_bin.clone()),
     };
+    // What the bench started its servers with, for the results; none when attached to servers
+    // started by hand.
+    let started = f.str("attach").is_none().then_some(&stack_opts);
     let mut stack = match f.str("attach") {
         // Gateways started by hand (for example under a profiler) that trust BENCH_SEED.
         Some(addrs) => Stack::attach(
@@ -372,7 +375,7 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
             bound: Duration::from_secs_f64(f.get("drain", 600.0)?),
         };
         let result = run_catchup(&mut stack, &o).await?;
-        return finish(&out, &result);
+        return finish(&out, &result, started);
     }
 
     let secs =
@@ -421,7 +424,7 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
             Mode::ResumeStorm { missed } => storm_once(&stack, &o, *missed).await?,
             Mode::PresenceChurn(plan) => churn_once(&stack, &o, plan).await?,
         };
-        finish(&out, &result)?;
+        finish(&out, &result, started)?;
         if stepping && result.saturated {
             tracing::info!("saturated; not stepping further");
             break;
@@ -430,9 +433,9 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Appends the result and logs its rows.
-fn finish(out: &PathBuf, result: &RunResult) -> anyhow::Result<()> {
-    append(out, result)?;
+/// Appends the result, with the environment the servers ran with, and logs its rows.
+fn finish(out: &PathBuf, result: &RunResult, stack: Option<&StackOptions>) -> anyhow::Result<()> {
+    append(out, result, stack)?;
     tracing::info!(row = %result.markdown_row(), saturated = result.saturated, "run done");
     if result.has_figures() {
         tracing::info!(row = %result.figures_row(), "figures");
@@ -549,7 +552,23 @@ async fn churn_once(
     Ok(result)
 }
 
-fn append(path: &PathBuf, r: &RunResult) -> anyhow::Result<()> {
+fn append(path: &PathBuf, r: &RunResult, stack: Option<&StackOptions>) -> anyhow::Result<()> {
+    // The servers' settings go with the row, next to the free-text label: `bench table` ignores them.
+    let mut row = serde_json::to_value(r)?;
+    if let Some(stack) = stack {
+        let env = |pairs: Vec<(String, String)>| {
+            serde_json::Value::from_iter(pairs.into_iter().map(|(k, v)| format!("{k}={v}")))
+        };
+        let with_defaults = |defaults: &[(&str, &str)], extra: &[(String, String)]| {
+            env(defaults
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .chain(extra.iter().cloned())
+                .collect())
+        };
+        row["gateway_env"] = with_defaults(bench::stack::GATEWAY_BENCH_ENV, &stack.gateway_env);
+        row["nats_env"] = with_defaults(bench::stack::NATS_BENCH_ENV, &stack.nats_env);
+    }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -558,7 +577,7 @@ fn append(path: &PathBuf, r: &RunResult) -> anyhow::Result<()> {
         .append(true)
         .open(path)
         .with_context(|| format!("opening {}", path.display()))?;
-    writeln!(file, "{}", serde_json::to_string(r)?)
+    writeln!(file, "{}", serde_json::to_string(&row)?)
         .with_context(|| format!("writing {}", path.display()))
 }
 

@@ -393,6 +393,11 @@ mod tests {
             cfg(&[("GATEWAY_IDLE_TIMEOUT_MS", "0")]).unwrap_err().var,
             "GATEWAY_IDLE_TIMEOUT_MS"
         );
+        // The session's one timer would fire at once forever with a zero period.
+        assert_eq!(
+            cfg(&[("GATEWAY_HEARTBEAT_MS", "0")]).unwrap_err().var,
+            "GATEWAY_HEARTBEAT_MS"
+        );
         assert_eq!(
             cfg(&[("GATEWAY_TLS_KEY", "k.pem")]).unwrap_err().var,
             "GATEWAY_TLS_CERT"

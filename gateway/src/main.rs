@@ -5,6 +5,10 @@ use anyhow::Context;
 fn main() -> anyhow::Result<()> {
     runtime()?.block_on(async {
         svc::init_tracing();
+        tracing::info!(
+            lifo_slot = !cfg!(tokio_unstable),
+            "runtime: tokio multi-thread scheduler"
+        );
         let config = gateway::Config::from_lookup(|k| std::env::var(k).ok())
             .context("reading configuration")?;
         let listener = tokio::net::TcpListener::bind(&config.listen)

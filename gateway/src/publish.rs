@@ -80,18 +80,23 @@ pub async fn ensure_stream(
 /// Publishes messages with retries and reads back what was stored.
 #[derive(Clone)]
 pub struct Publisher {
+    /// For publishes: its timeout bounds the wait for each attempt's ack.
     js: jetstream::Context,
+    /// For reading the stream back, with the client's default timeout.
+    api: jetstream::Context,
     stream: Arc<tokio::sync::OnceCell<stream::Stream>>,
     budget: Duration,
     metrics: Arc<Metrics>,
 }
 
 impl Publisher {
-    pub fn new(mut js: jetstream::Context, budget: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(api: jetstream::Context, budget: Duration, metrics: Arc<Metrics>) -> Self {
         // The client's own wait for an ack bounds each attempt: one timer per publish, not two.
+        let mut js = api.clone();
         js.set_timeout(ATTEMPT_TIMEOUT);
         Self {
             js,
+            api,
             stream: Arc::default(),
             budget,
             metrics,
@@ -153,7 +158,7 @@ impl Publisher {
     async fn stored_ts(&self, seq: u64) -> Option<u64> {
         let stream = self
             .stream
-            .get_or_try_init(|| self.js.get_stream(subject::STREAM))
+            .get_or_try_init(|| self.api.get_stream(subject::STREAM))
             .await
             .ok()?;
         let raw = stream.direct_get(seq).await.ok()?;

@@ -136,9 +136,9 @@ impl Writer {
 
     /// Runs `work` to completion while writing, so that work which waits for room in this
     /// connection's queue (a replay) sees it drain. If the writer stops meanwhile, or a close is
-    /// asked for (a slow consumer overflowed by fan-out, a logout), the queue is closed at once
-    /// and `work` still runs to its end, its pushes failing at once: a replay is not kept going
-    /// for a connection that is closing.
+    /// asked for (a slow consumer overflowed by fan-out, a logout, the gateway shutting down), the
+    /// queue is closed at once and `work` still runs to its end, its pushes failing at once: a
+    /// replay is not kept going for a connection that is closing.
     pub async fn drive<T>(&mut self, work: impl Future<Output = T>) -> T {
         let shared = self.shared.clone();
         let mut closing = pin!(shared.closing.cancelled());
