@@ -394,20 +394,6 @@ enum Route {
 }
 
 impl Route {
-    /// Whether a message on `subject` may have a local receiver.
-    fn has_local(&self, subject: &str) -> bool {
-        match self {
-            Route::Members(_) => true,
-            Route::Dm(topics) => {
-                let Some(Conversation::Dm { lo, hi }) = Conversation::from_subject(subject) else {
-                    return false;
-                };
-                let topics = topics.lock().unwrap_or_else(|e| e.into_inner());
-                topics.contains_key(&TopicKey::User(lo)) || topics.contains_key(&TopicKey::User(hi))
-            }
-        }
-    }
-
     /// Snapshots of the member lists a message on `subject` goes to.
     fn targets(&self, subject: &str) -> Targets {
         let snapshot = |m: &Members| m.lock().unwrap_or_else(|e| e.into_inner()).clone();
@@ -575,7 +561,10 @@ impl TopicTask {
         use futures_util::stream;
         // Threads without a local user any more (shared DM subscription) are forgotten, not checked.
         let route = &self.route;
-        self.last.retain(|subject, _| route.has_local(subject));
+        if let Route::Dm(_) = route {
+            self.last
+                .retain(|subject, _| route.targets(subject).iter().any(Option::is_some));
+        }
         let known: Vec<(String, u64)> = self.last.iter().map(|(s, l)| (s.clone(), *l)).collect();
         // The newest sequences are asked for a few at a time: the shared DM subscription may know
         // many threads, and its messages wait meanwhile.
@@ -613,7 +602,12 @@ impl TopicTask {
             }
         }
         self.metrics.delivered.inc_by(queued);
-        if self.last.len() >= self.max_tracked && !self.last.contains_key(subject) {
+        // A known subject is updated in place: no key allocated per message.
+        if let Some(last) = self.last.get_mut(subject) {
+            *last = seq;
+            return;
+        }
+        if self.last.len() >= self.max_tracked {
             // Forgetting only loses gap detection for threads until their next message.
             self.last.clear();
         }
