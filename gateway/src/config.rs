@@ -82,6 +82,22 @@ pub enum DmSubscription {
     Shared,
 }
 
+/// How a gateway follows the presence of its rooms (`GATEWAY_ROOM_PRESENCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoomPresenceWatch {
+    /// `shared` (the default): one consumer on `room.>` of the presence bucket per gateway, routed to
+    /// the room's watch by key; each room's current state is read once, when its first local member
+    /// joins. The gateway receives every room presence write of the cluster and drops those of rooms
+    /// it has no member in.
+    #[default]
+    Shared,
+    /// `per-room`: one filtered consumer per room with local members. The gateway receives only its
+    /// rooms' writes, but nats-server wakes a consumer per write that scans the bucket's messages
+    /// since that room's previous write, which costs it more CPU than the shared consumer at any
+    /// write rate measured (docs/benchmarks.md).
+    PerRoom,
+}
+
 /// Where the gateway gets the public keys that verify tokens.
 #[derive(Debug, Clone, PartialEq)]
 pub enum KeySource {
@@ -151,6 +167,8 @@ pub struct Config {
     pub max_resume: usize,
     /// `GATEWAY_DM_SUBSCRIPTION`: `per-user` (default) or `shared`.
     pub dm_subscription: DmSubscription,
+    /// `GATEWAY_ROOM_PRESENCE`: `shared` (default) or `per-room`.
+    pub room_presence: RoomPresenceWatch,
     /// Stream `CHAT` settings.
     pub stream: StreamSettings,
 }
@@ -186,6 +204,7 @@ impl Default for Config {
             presence_grace: DEFAULT_PRESENCE_GRACE,
             presence_room_event_limit: crate::presence::DEFAULT_ROOM_EVENT_LIMIT,
             dm_subscription: DmSubscription::default(),
+            room_presence: RoomPresenceWatch::default(),
             stream: StreamSettings::default(),
         }
     }
@@ -322,6 +341,18 @@ impl Config {
                 }
             };
         }
+        if let Some(v) = get("GATEWAY_ROOM_PRESENCE") {
+            c.room_presence = match v.trim() {
+                "shared" => RoomPresenceWatch::Shared,
+                "per-room" => RoomPresenceWatch::PerRoom,
+                _ => {
+                    return Err(ConfigError {
+                        var: "GATEWAY_ROOM_PRESENCE",
+                        problem: format!("expected shared or per-room, got {v:?}"),
+                    });
+                }
+            };
+        }
         c.tls_cert = get("GATEWAY_TLS_CERT");
         c.tls_key = get("GATEWAY_TLS_KEY");
         if c.tls_cert.is_some() != c.tls_key.is_some() {
@@ -369,6 +400,21 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));
         assert_eq!(c.dm_subscription, DmSubscription::PerUser);
+        assert_eq!(c.room_presence, RoomPresenceWatch::Shared);
+    }
+
+    #[test]
+    fn room_presence_is_shared_or_per_room() {
+        let per_room = cfg(&[("GATEWAY_ROOM_PRESENCE", "per-room")]).unwrap();
+        assert_eq!(per_room.room_presence, RoomPresenceWatch::PerRoom);
+        let shared = cfg(&[("GATEWAY_ROOM_PRESENCE", " shared ")]).unwrap();
+        assert_eq!(shared.room_presence, RoomPresenceWatch::Shared);
+        assert_eq!(
+            cfg(&[("GATEWAY_ROOM_PRESENCE", "per-user")])
+                .unwrap_err()
+                .var,
+            "GATEWAY_ROOM_PRESENCE"
+        );
     }
 
     #[test]

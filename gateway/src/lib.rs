@@ -99,9 +99,11 @@ pub async fn run(
             ttl: config.presence_ttl,
             grace: config.presence_grace,
             room_event_limit: config.presence_room_event_limit,
+            room_watch: config.room_presence,
         },
         config.stream.replicas,
         metrics.clone(),
+        reconnects.clone(),
     )
     .await?;
     let mut hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());

@@ -31,6 +31,7 @@ pub struct Metrics {
     pub presence_flaps_suppressed: IntCounter,
     pub presence_events_suppressed: IntCounter,
     pub presence_watches: IntGauge,
+    pub presence_snapshot_retries: IntCounter,
     pub content_check_seconds: Histogram,
 }
 
@@ -229,6 +230,13 @@ impl Metrics {
                 gauge(
                     "gateway_presence_watches",
                     "Presence watches (rooms and users) this gateway runs.",
+                ),
+            ),
+            presence_snapshot_retries: reg(
+                &r,
+                counter(
+                    "gateway_presence_snapshot_retries_total",
+                    "Room snapshots read again because the shared room feed delivered more than the buffer holds meanwhile.",
                 ),
             ),
             registry: r,

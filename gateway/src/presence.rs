@@ -10,10 +10,14 @@
 //! publishing to `$KV.presence.<key>` with `Nats-TTL`, never with `create_with_ttl`, which in
 //! async-nats 0.51 re-creates an expired key without its TTL.
 //!
-//! A gateway watches only what its clients need: one filtered ordered consumer per room with local
-//! members and per user watched by a local connection, never the whole bucket. Each watcher keeps the
-//! set of live keys per user and turns it into events with a grace period: when a user's last key goes,
-//! the offline event waits `grace`; a key coming back within it cancels the pair.
+//! A gateway watches only what its clients need. Rooms: by default one ordered consumer on
+//! `room.>` per gateway ([`RoomPresenceWatch::Shared`]), routed to the watch of a room with local
+//! members by key; a room's current state is read once, by a short-lived consumer, when its watch
+//! starts, and merged with what the shared consumer delivered meanwhile by stream sequence. With
+//! [`RoomPresenceWatch::PerRoom`], one filtered consumer per room instead. Users: one filtered consumer
+//! per user watched by a local connection. Each watcher keeps the set of live keys per user and turns
+//! it into events with a grace period: when a user's last key goes, the offline event waits `grace`; a
+//! key coming back within it cancels the pair.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -26,11 +30,12 @@ use futures_util::StreamExt;
 use protocol::frame::PresenceEntry;
 use protocol::{RoomId, ServerFrame, UserId};
 use serde::{Deserialize, Serialize};
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub use crate::config::RoomPresenceWatch;
 use crate::conn::{self, Outbound, Outbox, Pushed};
 use crate::metrics::Metrics;
 
@@ -57,6 +62,11 @@ pub const DEFAULT_ROOM_EVENT_LIMIT: usize = 500;
 pub const LARGE_ROOM_VIEW_REUSE: Duration = Duration::from_millis(250);
 /// Online users listed in `joined`; `online_count` gives the full number.
 pub const ONLINE_LIST_CAP: usize = 100;
+/// Shared room feed: messages of one room kept while its snapshot is read. Past this many the
+/// buffer is dropped and the snapshot read again (a newer snapshot covers what was dropped).
+pub const MAX_SNAPSHOT_BUFFER: usize = 65_536;
+/// Pause before a presence consumer that failed to start is tried again.
+const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// Presence settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -69,6 +79,8 @@ pub struct PresenceSettings {
     /// (that would be quadratic in the room size); clients of large rooms use `online_count` and
     /// `presence_query` instead.
     pub room_event_limit: usize,
+    /// How rooms are watched.
+    pub room_watch: RoomPresenceWatch,
 }
 
 impl PresenceSettings {
@@ -117,6 +129,8 @@ struct Watcher {
     state: State,
     ready: watch::Receiver<bool>,
     task: AbortHandle,
+    /// The room's place in the shared feed ([`RoomPresenceWatch::Shared`]).
+    route: Option<Arc<RoomRoute>>,
     /// The last capped view of a large room, reused by joins for [`LARGE_ROOM_VIEW_REUSE`].
     large_view: Arc<Mutex<Option<CachedView>>>,
 }
@@ -137,7 +151,30 @@ pub struct Presence {
     stream: Arc<stream::Stream>,
     settings: PresenceSettings,
     watchers: Arc<Mutex<HashMap<WatchKey, Watcher>>>,
+    /// Routes of the shared room feed; `None` in per-room mode.
+    feed: Option<Arc<RoomFeed>>,
     metrics: Arc<Metrics>,
+}
+
+/// The rooms the shared feed delivers to, by id.
+#[derive(Default)]
+struct RoomFeed {
+    /// Keyed by the room id as text, as it comes in a subject.
+    rooms: Mutex<HashMap<String, Arc<RoomRoute>>>,
+}
+
+/// One room's watch as the shared feed sees it.
+struct RoomRoute {
+    task: Arc<WatchTask>,
+    /// Messages delivered while the room's snapshot is read; `None` once the watch is live.
+    pending: Mutex<Option<Pending>>,
+}
+
+#[derive(Default)]
+struct Pending {
+    messages: Vec<jetstream::Message>,
+    /// More than [`MAX_SNAPSHOT_BUFFER`] arrived: the snapshot is read again.
+    overflowed: bool,
 }
 
 impl Presence {
@@ -147,6 +184,7 @@ impl Presence {
         settings: PresenceSettings,
         replicas: usize,
         metrics: Arc<Metrics>,
+        reconnects: watch::Receiver<u64>,
     ) -> anyhow::Result<Self> {
         // Gateways starting together race to create and configure the bucket: a loser's create or
         // update fails against the winner's result, and a second look finds the bucket ready.
@@ -162,12 +200,18 @@ impl Presence {
                 Err(e) => return Err(e),
             }
         };
+        let stream = Arc::new(stream);
+        let feed = match settings.room_watch {
+            RoomPresenceWatch::PerRoom => None,
+            RoomPresenceWatch::Shared => Some(RoomFeed::start(stream.clone(), reconnects).await?),
+        };
         Ok(Self {
             js,
             kv: Arc::new(kv),
-            stream: Arc::new(stream),
+            stream,
             settings,
             watchers: Arc::default(),
+            feed,
             metrics,
         })
     }
@@ -354,23 +398,9 @@ impl Presence {
         let state = match local {
             Some(state) => state,
             None => {
-                let task = WatchTask {
-                    stream: self.stream.clone(),
-                    key: key.clone(),
-                    members: Arc::default(),
-                    state: State::default(),
-                    grace: self.settings.grace,
-                    room_event_limit: self.settings.room_event_limit,
-                    metrics: self.metrics.clone(),
-                    online: AtomicUsize::new(0),
-                    due: Mutex::new(None),
-                };
-                let (mut messages, initial) = task.open().await?;
-                for _ in 0..initial {
-                    match tokio::time::timeout(SNAPSHOT_WAIT, messages.next()).await {
-                        Ok(Some(Ok(msg))) => task.apply(&msg, false),
-                        _ => anyhow::bail!("presence snapshot incomplete"),
-                    }
+                let task = self.task(key.clone(), Arc::default(), State::default());
+                for msg in task.read_snapshot().await? {
+                    task.apply(&msg, false);
                 }
                 task.state
             }
@@ -385,38 +415,253 @@ impl Presence {
         let empty = conn::remove(&w.members, |m| m.conn() == conn) == 0;
         if empty && let Some(w) = watchers.remove(key) {
             w.task.abort();
+            if let (Some(feed), Some(route), WatchKey::Room(room)) = (&self.feed, &w.route, key) {
+                feed.remove(room, route);
+            }
             self.metrics.presence_watches.dec();
         }
     }
 
-    fn spawn_watcher(&self, key: WatchKey) -> Watcher {
-        let members: Members = Arc::default();
-        let state: State = Arc::default();
-        let (ready_tx, ready) = watch::channel(false);
-        let task = WatchTask {
+    fn task(&self, key: WatchKey, members: Members, state: State) -> WatchTask {
+        WatchTask {
             stream: self.stream.clone(),
-            key: key.clone(),
-            members: members.clone(),
-            state: state.clone(),
+            key,
+            members,
+            state,
             grace: self.settings.grace,
             room_event_limit: self.settings.room_event_limit,
             metrics: self.metrics.clone(),
             online: AtomicUsize::new(0),
             due: Mutex::new(None),
+            wake: Notify::new(),
+        }
+    }
+
+    /// Starts a watch. Called under the watchers lock, so a room's route is in the feed before its
+    /// snapshot is read, and leaves it only when the watch is removed.
+    fn spawn_watcher(&self, key: WatchKey) -> Watcher {
+        let members: Members = Arc::default();
+        let state: State = Arc::default();
+        let (ready_tx, ready) = watch::channel(false);
+        let task = self.task(key.clone(), members.clone(), state.clone());
+        let span = tracing::debug_span!("presence_watch", key = ?key);
+        let (handle, route) = match (&self.feed, &key) {
+            (Some(feed), WatchKey::Room(room)) => {
+                let route = Arc::new(RoomRoute {
+                    task: Arc::new(task),
+                    pending: Mutex::new(Some(Pending::default())),
+                });
+                feed.insert(room, route.clone());
+                let handle = tokio::spawn(route.clone().run(ready_tx).instrument(span));
+                (handle, Some(route))
+            }
+            _ => (tokio::spawn(task.run(ready_tx).instrument(span)), None),
         };
-        let handle = tokio::spawn(
-            task.run(ready_tx)
-                .instrument(tracing::debug_span!("presence_watch", key = ?key)),
-        );
         self.metrics.presence_watches.inc();
         Watcher {
             members,
             state,
             ready,
             task: handle.abort_handle(),
+            route,
             large_view: Arc::default(),
         }
     }
+}
+
+impl RoomFeed {
+    /// Creates the gateway's consumer on `room.>` (new messages only) and starts routing it. The
+    /// consumer exists when this returns, so every room registered afterwards misses nothing.
+    async fn start(
+        stream: Arc<stream::Stream>,
+        reconnects: watch::Receiver<u64>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let feed = Arc::new(Self::default());
+        let (messages, next) = Self::open(&stream, consumer::DeliverPolicy::New).await?;
+        tokio::spawn(
+            feed.clone()
+                .run(stream, messages, next, reconnects)
+                .instrument(tracing::debug_span!("presence_room_feed")),
+        );
+        Ok(feed)
+    }
+
+    /// Opens the feed's consumer; also returns the stream sequence it starts at.
+    async fn open(
+        stream: &stream::Stream,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
+        let consumer = stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subject: format!("$KV.{BUCKET}.room.>"),
+                deliver_policy,
+                ..Default::default()
+            })
+            .await?;
+        let next = consumer.cached_info().delivered.stream_sequence + 1;
+        Ok((consumer.messages().await?, next))
+    }
+
+    /// Routes messages for as long as the gateway runs. After a reconnect to NATS (whose restart
+    /// loses the consumer, which async-nats would notice only after two missed 15 s heartbeats), or
+    /// if the stream of messages ends, a new consumer starts right after the last message routed, so
+    /// an outage loses no presence change.
+    async fn run(
+        self: Arc<Self>,
+        stream: Arc<stream::Stream>,
+        mut messages: consumer::pull::Ordered,
+        mut next: u64,
+        mut reconnects: watch::Receiver<u64>,
+    ) {
+        reconnects.mark_unchanged();
+        let mut follow_reconnects = true;
+        loop {
+            tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(Ok(msg)) => {
+                        if let Ok(info) = msg.info() {
+                            next = info.stream_sequence + 1;
+                        }
+                        self.route(msg);
+                        continue;
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "presence room feed error");
+                        continue;
+                    }
+                    None => tracing::warn!("presence room feed ended; re-creating it"),
+                },
+                changed = reconnects.changed(), if follow_reconnects => {
+                    if changed.is_err() {
+                        follow_reconnects = false;
+                        continue;
+                    }
+                    tracing::debug!(next, "reconnected to NATS; re-creating the presence room feed");
+                }
+            }
+            let policy = consumer::DeliverPolicy::ByStartSequence {
+                start_sequence: next,
+            };
+            messages = loop {
+                match Self::open(&stream, policy).await {
+                    Ok((m, _)) => break m,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "presence room feed failed to start; retrying");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                }
+            };
+        }
+    }
+
+    /// Hands a message to its room's watch: kept while the snapshot is read, applied once live.
+    fn route(&self, msg: jetstream::Message) {
+        let Some(room) = room_of(&msg.subject) else {
+            return;
+        };
+        let route = {
+            let rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+            match rooms.get(room) {
+                Some(r) => r.clone(),
+                None => return,
+            }
+        };
+        let mut pending = route.pending.lock().unwrap_or_else(|e| e.into_inner());
+        match pending.as_mut() {
+            Some(p) if p.overflowed => {}
+            Some(p) if p.messages.len() >= MAX_SNAPSHOT_BUFFER => {
+                p.messages = Vec::new();
+                p.overflowed = true;
+            }
+            Some(p) => p.messages.push(msg),
+            // Applied under the lock, so nothing overtakes the snapshot's merge.
+            None => route.task.apply(&msg, true),
+        }
+    }
+
+    fn insert(&self, room: &RoomId, route: Arc<RoomRoute>) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        rooms.insert(room.as_str().to_owned(), route);
+    }
+
+    fn remove(&self, room: &RoomId, route: &Arc<RoomRoute>) {
+        let mut rooms = self.rooms.lock().unwrap_or_else(|e| e.into_inner());
+        if rooms
+            .get(room.as_str())
+            .is_some_and(|r| Arc::ptr_eq(r, route))
+        {
+            rooms.remove(room.as_str());
+        }
+    }
+}
+
+impl RoomRoute {
+    /// Reads the room's snapshot, merges what the feed delivered meanwhile, then runs the grace
+    /// timers while the feed applies live messages.
+    async fn run(self: Arc<Self>, ready: watch::Sender<bool>) {
+        loop {
+            let snapshot = match self.task.read_snapshot().await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "presence room snapshot failed; retrying");
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+            };
+            if self.merge(&snapshot) {
+                break;
+            }
+            self.task.metrics.presence_snapshot_retries.inc();
+        }
+        let _ = ready.send(true);
+        loop {
+            let due = self.task.next_due();
+            tokio::select! {
+                () = sleep_until_opt(due) => self.task.expire_graces(),
+                () = self.task.wake.notified() => {}
+            }
+        }
+    }
+
+    /// Applies the snapshot, then each message the feed kept that is newer than the snapshot's
+    /// message for its key, and makes the watch live. A kept message no newer than the snapshot's
+    /// is already in it; one for a key the snapshot lacks was followed by that key's removal, which
+    /// was kept too. Returns `false` (and empties the buffer) if the buffer overflowed: the
+    /// snapshot must then be read again.
+    fn merge(&self, snapshot: &[jetstream::Message]) -> bool {
+        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(p) = pending.as_mut() else {
+            return true;
+        };
+        if p.overflowed {
+            *p = Pending::default();
+            return false;
+        }
+        let mut seqs: HashMap<&str, u64> = HashMap::with_capacity(snapshot.len());
+        for msg in snapshot {
+            self.task.apply(msg, false);
+            seqs.insert(msg.subject.as_str(), stream_sequence(msg));
+        }
+        for msg in &p.messages {
+            if stream_sequence(msg) > seqs.get(msg.subject.as_str()).copied().unwrap_or(0) {
+                self.task.apply(msg, false);
+            }
+        }
+        *pending = None;
+        true
+    }
+}
+
+/// The room of a `$KV.presence.room.<room>.<user>.<conn>` subject.
+fn room_of(subject: &str) -> Option<&str> {
+    subject
+        .strip_prefix(&format!("$KV.{BUCKET}.room."))?
+        .split('.')
+        .next()
+}
+
+fn stream_sequence(msg: &jetstream::Message) -> u64 {
+    msg.info().map_or(0, |i| i.stream_sequence)
 }
 
 struct WatchTask {
@@ -433,6 +678,8 @@ struct WatchTask {
     /// The earliest grace deadline (possibly one already cancelled by a return), so the task does not
     /// scan the whole state after every message.
     due: Mutex<Option<Instant>>,
+    /// Told when `due` moves earlier, for a timer task that does not read the messages itself.
+    wake: Notify,
 }
 
 /// What a presence key means to a watcher.
@@ -478,7 +725,7 @@ impl WatchTask {
                 Ok(opened) => break opened,
                 Err(e) => {
                     tracing::warn!(error = %e, "presence watch failed to start; retrying");
-                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
         };
@@ -520,6 +767,44 @@ impl WatchTask {
         Ok((consumer.messages().await?, initial))
     }
 
+    /// The current message of every key the watch covers, read by a consumer that is deleted
+    /// afterwards.
+    async fn read_snapshot(&self) -> anyhow::Result<Vec<jetstream::Message>> {
+        let consumer = self
+            .stream
+            .create_consumer(consumer::pull::OrderedConfig {
+                filter_subjects: self.filters(),
+                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                ..Default::default()
+            })
+            .await?;
+        let name = consumer.cached_info().name.clone();
+        let initial = consumer.cached_info().num_pending;
+        let mut snapshot = Vec::with_capacity(usize::try_from(initial).unwrap_or(0).min(4096));
+        if initial > 0 {
+            let mut messages = consumer.messages().await?;
+            while (snapshot.len() as u64) < initial {
+                match tokio::time::timeout(SNAPSHOT_WAIT, messages.next()).await {
+                    Ok(Some(Ok(msg))) => snapshot.push(msg),
+                    _ => break,
+                }
+            }
+        }
+        // Otherwise the server keeps it until its inactivity threshold (30 s).
+        let stream = self.stream.clone();
+        tokio::spawn(async move {
+            if let Err(e) = stream.delete_consumer(&name).await {
+                tracing::debug!(error = %e, "deleting a presence snapshot consumer");
+            }
+        });
+        anyhow::ensure!(
+            snapshot.len() as u64 == initial,
+            "presence snapshot incomplete: {} of {initial}",
+            snapshot.len()
+        );
+        Ok(snapshot)
+    }
+
     /// Applies one KV message; `live` ones may produce events, the snapshot never does.
     fn apply(&self, msg: &jetstream::Message, live: bool) {
         let Some(kind) = self.parse_key(&msg.subject) else {
@@ -548,6 +833,7 @@ impl WatchTask {
                                 let mut earliest =
                                     self.due.lock().unwrap_or_else(|e| e.into_inner());
                                 *earliest = Some(earliest.map_or(due, |d| d.min(due)));
+                                self.wake.notify_one();
                             } else {
                                 t.online = false;
                                 self.online.fetch_sub(1, Ordering::Relaxed);
@@ -704,6 +990,108 @@ async fn sleep_until_opt(due: Option<Instant>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use protocol::ConnId;
+
+    /// Online users of a room watch's state, by id.
+    fn online(task: &WatchTask) -> Vec<String> {
+        view(&task.key, &task.state)
+            .into_iter()
+            .filter(|p| p.online)
+            .map(|p| p.user.to_string())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn merge_keeps_only_what_is_newer_than_the_snapshot() {
+        // Real KV messages from a real nats-server. The feed may lag behind the snapshot (it kept
+        // only older messages) or run past it (it kept newer ones too); both must end in the state
+        // of the last message per key.
+        let server = testkit::NatsServer::start().unwrap();
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let settings = PresenceSettings {
+            ttl: Duration::from_secs(60),
+            grace: Duration::from_secs(1),
+            room_event_limit: DEFAULT_ROOM_EVENT_LIMIT,
+            room_watch: RoomPresenceWatch::PerRoom,
+        };
+        let (_tx, reconnects) = watch::channel(0);
+        let p = Presence::ensure(js, settings, 1, Arc::default(), reconnects)
+            .await
+            .unwrap();
+        let room = RoomId::parse("r").unwrap();
+        let key = WatchKey::Room(room.clone());
+        let id = |u: &str| {
+            (
+                UserId::parse(u).unwrap(),
+                ConnId::parse(format!("c{u}")).unwrap(),
+            )
+        };
+        let (a, b, c, d) = (id("a"), id("b"), id("c"), id("d"));
+        // A feed of the room, as the shared one sees it: each message as it is written (the
+        // bucket keeps only the last per key), read all along.
+        let mut feed = RoomFeed::open(&p.stream, consumer::DeliverPolicy::New)
+            .await
+            .unwrap()
+            .0;
+        let (feed_tx, mut feed_rx) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Some(Ok(msg)) = feed.next().await {
+                let _ = feed_tx.send(msg);
+            }
+        });
+        p.put_room(&room, &a.0, &a.1).await; // 1
+        p.put_room(&room, &b.0, &b.1).await; // 2
+        p.delete_room(&room, &a.0, &a.1).await; // 3
+        p.put_room(&room, &c.0, &c.1).await; // 4
+        let task = || p.task(key.clone(), Arc::default(), Arc::default());
+        let snapshot = task().read_snapshot().await.unwrap();
+        assert_eq!(snapshot.len(), 3, "the last message of a, b and c");
+        p.delete_room(&room, &c.0, &c.1).await; // 5
+        p.put_room(&room, &d.0, &d.1).await; // 6
+        let mut all = Vec::new();
+        while all.len() < 6 {
+            let msg = tokio::time::timeout(Duration::from_secs(5), feed_rx.recv()).await;
+            all.push(msg.unwrap().unwrap());
+        }
+        let cases: [(&[jetstream::Message], &[&str]); 3] = [
+            // Lagging: a's put (1) is older than the snapshot's delete (3).
+            (&all[..2], &["b", "c"]),
+            (&[], &["b", "c"]),
+            // Ahead: c's delete (5) and d's put (6) are newer than the snapshot.
+            (&all[..], &["b", "d"]),
+        ];
+        for (kept, expected) in cases {
+            let route = RoomRoute {
+                task: Arc::new(task()),
+                pending: Mutex::new(Some(Pending {
+                    messages: kept.to_vec(),
+                    overflowed: false,
+                })),
+            };
+            assert!(route.merge(&snapshot));
+            assert_eq!(online(&route.task), expected, "{} kept", kept.len());
+            assert!(
+                route.pending.lock().unwrap().is_none(),
+                "live after the merge"
+            );
+        }
+        // An overflowed buffer is emptied and the snapshot must be read again.
+        let route = RoomRoute {
+            task: Arc::new(task()),
+            pending: Mutex::new(Some(Pending {
+                messages: Vec::new(),
+                overflowed: true,
+            })),
+        };
+        assert!(!route.merge(&snapshot));
+        assert!(online(&route.task).is_empty(), "nothing applied");
+        let pending = route.pending.lock().unwrap();
+        assert!(
+            pending
+                .as_ref()
+                .is_some_and(|p| !p.overflowed && p.messages.is_empty())
+        );
+    }
 
     #[test]
     fn capped_room_view_lists_the_first_online_users_and_counts_all() {

@@ -5,6 +5,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{Stack, join};
+use gateway::presence::RoomPresenceWatch;
 use serde_json::{Value, json};
 use testkit::WsClient;
 
@@ -144,10 +145,13 @@ async fn a_re_created_presence_key_still_expires() {
         ttl: Duration::from_secs(1),
         grace: GRACE,
         room_event_limit: 500,
+        room_watch: RoomPresenceWatch::Shared,
     };
-    let presence = gateway::presence::Presence::ensure(js, settings, 1, Default::default())
-        .await
-        .unwrap();
+    let (_reconnects_tx, reconnects) = tokio::sync::watch::channel(0);
+    let presence =
+        gateway::presence::Presence::ensure(js, settings, 1, Default::default(), reconnects)
+            .await
+            .unwrap();
     let user = protocol::UserId::parse("alice").unwrap();
     let conn = protocol::ConnId::parse("c1").unwrap();
     let online = || async {
@@ -167,11 +171,24 @@ async fn a_re_created_presence_key_still_expires() {
 
 #[tokio::test]
 async fn joined_lists_online_members_and_leave_removes_them() {
-    // joined carries the room's online users; members see joins, and a leave takes the user out.
+    joined_and_leave(RoomPresenceWatch::Shared).await;
+}
+
+#[tokio::test]
+async fn joined_lists_online_members_and_leave_removes_them_per_room() {
+    joined_and_leave(RoomPresenceWatch::PerRoom).await;
+}
+
+/// joined carries the room's online users; members see joins, and a leave takes the user out.
+async fn joined_and_leave(room_presence: RoomPresenceWatch) {
     let stack = Stack::start();
+    let config = || gateway::Config {
+        room_presence,
+        ..config(&stack)
+    };
     let (g1, g2) = (
-        stack.gateway_with(config(&stack)).await,
-        stack.gateway_with(config(&stack)).await,
+        stack.gateway_with(config()).await,
+        stack.gateway_with(config()).await,
     );
     let mut bob = stack.connect(&g1, "bob").await;
     let j = join(&mut bob, "lobby").await;
@@ -228,6 +245,180 @@ async fn joined_lists_online_members_and_leave_removes_them() {
         "alice is still connected, only out of the room"
     );
     assert_eq!(q["users"][1]["online"], true);
+}
+
+/// Consumers on the presence bucket's stream.
+async fn presence_consumers(stack: &Stack) -> usize {
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(nats);
+    let mut stream = js.get_stream("KV_presence").await.unwrap();
+    stream.info().await.unwrap().state.consumer_count
+}
+
+/// Presence events for `user` in the rooms named, as they arrive, until one per room.
+async fn online_in_rooms(c: &mut WsClient, user: &str, rooms: usize) -> Vec<String> {
+    let mut seen = Vec::new();
+    while seen.len() < rooms {
+        let p = next_presence(c, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|e| panic!("after {seen:?}: {e}"));
+        assert_eq!(
+            (p["user"].as_str(), p["online"].as_bool()),
+            (Some(user), Some(true)),
+            "{p}"
+        );
+        seen.push(p["room"].as_str().unwrap().to_owned());
+    }
+    seen.sort();
+    seen
+}
+
+#[tokio::test]
+async fn one_consumer_per_gateway_follows_all_its_rooms() {
+    // With the shared room feed, thirty rooms with members on two gateways cost the presence bucket
+    // two consumers (one per gateway, once the snapshot consumers are deleted), not one per room per
+    // gateway, and every room still hears of every join.
+    let stack = Stack::start();
+    let (g1, g2) = (
+        stack.gateway_with(config(&stack)).await,
+        stack.gateway_with(config(&stack)).await,
+    );
+    let rooms: Vec<String> = (0..30).map(|i| format!("r{i:02}")).collect();
+    let mut alice = stack.connect(&g1, "alice").await;
+    for r in &rooms {
+        join(&mut alice, r).await;
+    }
+    let mut bob = stack.connect(&g2, "bob").await;
+    for r in &rooms {
+        let j = join(&mut bob, r).await;
+        assert_eq!(j["online"], json!(["alice", "bob"]), "{r}");
+    }
+    assert_eq!(online_in_rooms(&mut alice, "bob", rooms.len()).await, rooms);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut consumers = presence_consumers(&stack).await;
+    while consumers != 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        consumers = presence_consumers(&stack).await;
+    }
+    assert_eq!(consumers, 2, "one room feed per gateway");
+}
+
+#[tokio::test]
+async fn room_presence_carries_on_after_a_nats_restart() {
+    // The shared room feed outlives a NATS crash: a join after the restart reaches a member who
+    // joined before it.
+    let mut stack = Stack::start();
+    let g = stack.gateway_with(config(&stack)).await;
+    let mut alice = stack.connect(&g, "alice").await;
+    join(&mut alice, "lobby").await;
+    stack.nats.restart().unwrap();
+    let mut bob = stack.connect(&g, "bob").await;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        bob.send(json!({"type":"join","room":"lobby","id":"j"}))
+            .await
+            .unwrap();
+        let v = bob.recv().await.unwrap();
+        if v["type"] == "joined" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "bob never joined: {v}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let p = next_presence(&mut alice, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            p["room"].as_str(),
+            p["user"].as_str(),
+            p["online"].as_bool()
+        ),
+        (Some("lobby"), Some("bob"), Some(true))
+    );
+}
+
+#[tokio::test]
+async fn a_room_watch_started_amid_writes_ends_with_the_bucket_state() {
+    // The shared feed keeps a room's writes while the room's snapshot is read, then merges them by
+    // stream sequence. A watch started while the room's keys keep changing must end with exactly
+    // what the bucket holds, as a fresh snapshot (a second instance without watches) reads it.
+    use gateway::conn::{ConnShared, Outbox, Queue};
+    use gateway::presence::{Presence, PresenceSettings, WatchKey};
+    use protocol::{ConnId, RoomId, UserId};
+    let stack = Stack::start();
+    let js = async_nats::jetstream::new(async_nats::connect(stack.nats.url()).await.unwrap());
+    let settings = |room_watch| PresenceSettings {
+        ttl: Duration::from_secs(60),
+        grace: GRACE,
+        room_event_limit: 500,
+        room_watch,
+    };
+    let start = |room_watch| {
+        let js = js.clone();
+        async move {
+            let (_tx, reconnects) = tokio::sync::watch::channel(0);
+            Presence::ensure(js, settings(room_watch), 1, Default::default(), reconnects)
+                .await
+                .unwrap()
+        }
+    };
+    let presence = start(RoomPresenceWatch::Shared).await;
+    let truth = start(RoomPresenceWatch::PerRoom).await;
+    let online = |state: Vec<protocol::frame::PresenceEntry>| -> Vec<String> {
+        state
+            .into_iter()
+            .filter(|p| p.online)
+            .map(|p| p.user.to_string())
+            .collect()
+    };
+    for round in 0..10u64 {
+        let room = RoomId::parse(format!("busy{round}")).unwrap();
+        let writer = tokio::spawn({
+            let (p, room) = (presence.clone(), room.clone());
+            async move {
+                for i in 0..150u32 {
+                    let user = UserId::parse(format!("u{}", i % 20)).unwrap();
+                    let conn = ConnId::parse(format!("c{}", i % 20)).unwrap();
+                    if i % 3 == 2 {
+                        p.delete_room(&room, &user, &conn).await;
+                    } else {
+                        p.put_room(&room, &user, &conn).await;
+                    }
+                }
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(round * 3)).await;
+        let member = Outbox::new(
+            Queue::new(1024),
+            std::sync::Arc::new(ConnShared::new(
+                ConnId::parse(format!("w{round}")).unwrap(),
+                UserId::parse("watcher").unwrap(),
+                Default::default(),
+            )),
+        );
+        presence.watch(WatchKey::Room(room.clone()), member).await;
+        writer.await.unwrap();
+        let key = WatchKey::Room(room);
+        let expected = online(truth.query(key.clone()).await.unwrap());
+        assert!(
+            !expected.is_empty(),
+            "round {round}: the writes left users online"
+        );
+        // Offline changes seen live wait out the grace period.
+        let deadline = Instant::now() + GRACE + Duration::from_secs(3);
+        loop {
+            let seen = online(presence.query(key.clone()).await.unwrap());
+            if seen == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: watch {seen:?}, bucket {expected:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 #[tokio::test]
