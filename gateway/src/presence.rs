@@ -153,6 +153,8 @@ pub struct Presence {
     watchers: Arc<Mutex<HashMap<WatchKey, Watcher>>>,
     /// Routes of the shared room feed; `None` in per-room mode.
     feed: Option<Arc<RoomFeed>>,
+    /// Bumped on every reconnect to NATS: watches then re-create their consumers.
+    reconnects: watch::Receiver<u64>,
     metrics: Arc<Metrics>,
 }
 
@@ -203,7 +205,9 @@ impl Presence {
         let stream = Arc::new(stream);
         let feed = match settings.room_watch {
             RoomPresenceWatch::PerRoom => None,
-            RoomPresenceWatch::Shared => Some(RoomFeed::start(stream.clone(), reconnects).await?),
+            RoomPresenceWatch::Shared => {
+                Some(RoomFeed::start(stream.clone(), reconnects.clone()).await?)
+            }
         };
         Ok(Self {
             js,
@@ -212,6 +216,7 @@ impl Presence {
             settings,
             watchers: Arc::default(),
             feed,
+            reconnects,
             metrics,
         })
     }
@@ -455,7 +460,10 @@ impl Presence {
                 let handle = tokio::spawn(route.clone().run(ready_tx).instrument(span));
                 (handle, Some(route))
             }
-            _ => (tokio::spawn(task.run(ready_tx).instrument(span)), None),
+            _ => {
+                let run = task.run(ready_tx, self.reconnects.clone());
+                (tokio::spawn(run.instrument(span)), None)
+            }
         };
         self.metrics.presence_watches.inc();
         Watcher {
@@ -504,8 +512,8 @@ impl RoomFeed {
 
     /// Routes messages for as long as the gateway runs. After a reconnect to NATS (whose restart
     /// loses the consumer, which async-nats would notice only after two missed 15 s heartbeats), or
-    /// if the stream of messages ends, a new consumer starts right after the last message routed, so
-    /// an outage loses no presence change.
+    /// if the stream of messages fails or ends, a new consumer starts right after the last message
+    /// routed, so an outage loses no presence change.
     async fn run(
         self: Arc<Self>,
         stream: Arc<stream::Stream>,
@@ -525,10 +533,8 @@ impl RoomFeed {
                         self.route(msg);
                         continue;
                     }
-                    Some(Err(e)) => {
-                        tracing::warn!(error = %e, "presence room feed error");
-                        continue;
-                    }
+                    // Re-created here rather than by async-nats, which may yield errors in a row.
+                    Some(Err(e)) => tracing::warn!(error = %e, "presence room feed failed; re-creating it"),
                     None => tracing::warn!("presence room feed ended; re-creating it"),
                 },
                 changed = reconnects.changed(), if follow_reconnects => {
@@ -718,48 +724,103 @@ impl WatchTask {
         }
     }
 
-    async fn run(self, ready: watch::Sender<bool>) {
-        // Retried so a watch survives a NATS outage at its start.
-        let (mut messages, mut initial) = loop {
-            match self.open().await {
-                Ok(opened) => break opened,
+    /// Reads the watch's snapshot, then follows its keys. After a reconnect to NATS, or if the
+    /// messages fail or end, the consumer is made again right after the last message applied
+    /// (async-nats alone would notice a consumer lost in a server restart only after two missed 15 s
+    /// heartbeats, by when the delete markers of keys that expired meanwhile may be gone).
+    async fn run(self, ready: watch::Sender<bool>, mut reconnects: watch::Receiver<u64>) {
+        let policy = consumer::DeliverPolicy::LastPerSubject;
+        let (mut messages, mut initial) = self.open_retrying(policy).await;
+        if initial == 0 {
+            let _ = ready.send(true);
+        }
+        reconnects.mark_unchanged();
+        let mut follow_reconnects = true;
+        let mut next = None;
+        loop {
+            let due = self.next_due();
+            let reopen = tokio::select! {
+                msg = messages.next() => match msg {
+                    Some(Ok(msg)) => {
+                        if let Ok(info) = msg.info() {
+                            next = Some(info.stream_sequence + 1);
+                        }
+                        let live = initial == 0;
+                        self.apply(&msg, live);
+                        if !live {
+                            initial -= 1;
+                            if initial == 0 {
+                                let _ = ready.send(true);
+                            }
+                        }
+                        false
+                    }
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "presence watch failed; re-creating it");
+                        true
+                    }
+                    None => {
+                        tracing::warn!("presence watch ended; re-creating it");
+                        true
+                    }
+                },
+                changed = reconnects.changed(), if follow_reconnects => {
+                    follow_reconnects = changed.is_ok();
+                    follow_reconnects
+                }
+                () = sleep_until_opt(due) => {
+                    self.expire_graces();
+                    false
+                }
+            };
+            if !reopen {
+                continue;
+            }
+            // Live with a known position: from there. Otherwise the current keys again: still as
+            // the snapshot if it was not complete, else as live changes to a state that has none.
+            let policy = match next {
+                Some(start_sequence) if initial == 0 => {
+                    consumer::DeliverPolicy::ByStartSequence { start_sequence }
+                }
+                _ => consumer::DeliverPolicy::LastPerSubject,
+            };
+            let (m, pending) = self.open_retrying(policy).await;
+            messages = m;
+            if initial > 0 {
+                initial = pending;
+                if initial == 0 {
+                    let _ = ready.send(true);
+                }
+            }
+        }
+    }
+
+    /// [`WatchTask::open`], retried so a watch survives a NATS outage.
+    async fn open_retrying(
+        &self,
+        policy: consumer::DeliverPolicy,
+    ) -> (consumer::pull::Ordered, u64) {
+        loop {
+            match self.open(policy).await {
+                Ok(opened) => return opened,
                 Err(e) => {
                     tracing::warn!(error = %e, "presence watch failed to start; retrying");
                     tokio::time::sleep(RETRY_PAUSE).await;
                 }
             }
-        };
-        if initial == 0 {
-            let _ = ready.send(true);
-        }
-        loop {
-            let due = self.next_due();
-            tokio::select! {
-                msg = messages.next() => {
-                    let Some(Ok(msg)) = msg else {
-                        tracing::warn!("presence watch ended");
-                        return;
-                    };
-                    let live = initial == 0;
-                    self.apply(&msg, live);
-                    if !live {
-                        initial -= 1;
-                        if initial == 0 {
-                            let _ = ready.send(true);
-                        }
-                    }
-                }
-                () = sleep_until_opt(due) => self.expire_graces(),
-            }
         }
     }
 
-    async fn open(&self) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
+    /// A consumer on the watch's keys, and how many messages it has for now.
+    async fn open(
+        &self,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
         let consumer = self
             .stream
             .create_consumer(consumer::pull::OrderedConfig {
                 filter_subjects: self.filters(),
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
+                deliver_policy,
                 ..Default::default()
             })
             .await?;
