@@ -637,7 +637,10 @@ fn decode_delivery(msg: &async_nats::Message) -> Option<Delivery> {
     let seq = header_u64(headers, async_nats::header::NATS_SEQUENCE)?;
     let prev_seq = header_u64(headers, async_nats::header::NATS_LAST_SEQUENCE).unwrap_or(0);
     let stored = StoredMessage::decode(&msg.payload).ok()?;
-    let json = ServerFrame::Message(MessageFrame::from_stored(stored, seq, prev_seq)).to_json();
+    // Keys, ids and numbers take under 256 bytes besides the text.
+    let capacity = 256 + stored.text.len();
+    let json = ServerFrame::Message(MessageFrame::from_stored(stored, seq, prev_seq))
+        .to_json_with_capacity(capacity);
     Some(Delivery {
         subject: msg.subject.to_string(),
         seq,

@@ -490,6 +490,16 @@ impl ServerFrame {
         // Every field is a string, integer or enum; serialization into a String cannot fail.
         serde_json::to_string(self).unwrap_or_default()
     }
+
+    /// [`ServerFrame::to_json`] into a buffer of `capacity` bytes, for a frame whose size is roughly
+    /// known (a message: its text and about 200 bytes more), so the buffer is not regrown.
+    pub fn to_json_with_capacity(&self, capacity: usize) -> String {
+        let mut out = Vec::with_capacity(capacity);
+        match serde_json::to_writer(&mut out, self) {
+            Ok(()) => String::from_utf8(out).unwrap_or_default(),
+            Err(_) => String::new(),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -499,6 +509,23 @@ mod tests {
     fn code_of(text: &str) -> (Option<String>, ErrorCode) {
         let e = ClientFrame::parse(text).unwrap_err();
         (e.id.map(|i| i.as_str().to_owned()), e.code)
+    }
+
+    #[test]
+    fn json_with_capacity_is_the_same_text() {
+        let frame = ServerFrame::Message(MessageFrame {
+            room: Some(RoomId::parse("general").unwrap()),
+            to: None,
+            from: UserId::parse("alice").unwrap(),
+            text: "你好, \"world\"".repeat(40),
+            seq: 42,
+            prev_seq: 40,
+            ts: 1_764_169_201_234,
+            client_msg_id: ClientMsgId::parse("m-7f3a").unwrap(),
+        });
+        for capacity in [0, 16, 256, 4096] {
+            assert_eq!(frame.to_json_with_capacity(capacity), frame.to_json());
+        }
     }
 
     #[test]
