@@ -41,6 +41,8 @@ use crate::metrics::Metrics;
 
 /// The KV bucket.
 pub const BUCKET: &str = "presence";
+/// The subject prefix of the bucket's keys (`$KV.<BUCKET>.`).
+const KEY_PREFIX: &str = "$KV.presence.";
 /// How long a delete marker stays (the server's minimum is 1 s).
 const MARKER_TTL: Duration = Duration::from_secs(5);
 /// How long a watch waits for its snapshot before answering with what it has.
@@ -65,6 +67,8 @@ pub const ONLINE_LIST_CAP: usize = 100;
 /// Shared room feed: messages of one room kept while its snapshot is read. Past this many the
 /// buffer is dropped and the snapshot read again (a newer snapshot covers what was dropped).
 pub const MAX_SNAPSHOT_BUFFER: usize = 65_536;
+/// Watches re-creating their consumers at once after a reconnect to NATS.
+pub const RECREATE_IN_FLIGHT: usize = 64;
 /// Pause before a presence consumer that failed to start is tried again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
 
@@ -155,6 +159,7 @@ pub struct Presence {
     feed: Option<Arc<RoomFeed>>,
     /// Bumped on every reconnect to NATS: watches then re-create their consumers.
     reconnects: watch::Receiver<u64>,
+    recreate: Arc<tokio::sync::Semaphore>,
     metrics: Arc<Metrics>,
 }
 
@@ -168,8 +173,19 @@ struct RoomFeed {
 /// One room's watch as the shared feed sees it.
 struct RoomRoute {
     task: Arc<WatchTask>,
-    /// Messages delivered while the room's snapshot is read; `None` once the watch is live.
-    pending: Mutex<Option<Pending>>,
+    phase: Mutex<Phase>,
+}
+
+enum Phase {
+    /// The room's snapshot is being read: the feed keeps the room's messages.
+    Reading(Pending),
+    /// Live. Until the feed passes `max`, the highest sequence in the snapshot, a message no newer
+    /// than the snapshot's for its key is already in the state and is dropped (the feed may lag
+    /// behind the snapshot); past it, `seqs` is emptied.
+    Live {
+        seqs: HashMap<String, u64>,
+        max: u64,
+    },
 }
 
 #[derive(Default)]
@@ -206,7 +222,18 @@ impl Presence {
         let feed = match settings.room_watch {
             RoomPresenceWatch::PerRoom => None,
             RoomPresenceWatch::Shared => {
-                Some(RoomFeed::start(stream.clone(), reconnects.clone()).await?)
+                let mut attempt = 1;
+                loop {
+                    match RoomFeed::start(stream.clone(), reconnects.clone()).await {
+                        Ok(feed) => break Some(feed),
+                        Err(e) if attempt < ENSURE_ATTEMPTS => {
+                            tracing::debug!(error = %e, attempt, "presence room feed not ready; retrying");
+                            attempt += 1;
+                            tokio::time::sleep(ENSURE_RETRY).await;
+                        }
+                        Err(e) => return Err(e.context("starting the presence room feed")),
+                    }
+                }
             }
         };
         Ok(Self {
@@ -217,6 +244,7 @@ impl Presence {
             watchers: Arc::default(),
             feed,
             reconnects,
+            recreate: Arc::new(tokio::sync::Semaphore::new(RECREATE_IN_FLIGHT)),
             metrics,
         })
     }
@@ -439,6 +467,7 @@ impl Presence {
             online: AtomicUsize::new(0),
             due: Mutex::new(None),
             wake: Notify::new(),
+            recreate: self.recreate.clone(),
         }
     }
 
@@ -454,7 +483,7 @@ impl Presence {
             (Some(feed), WatchKey::Room(room)) => {
                 let route = Arc::new(RoomRoute {
                     task: Arc::new(task),
-                    pending: Mutex::new(Some(Pending::default())),
+                    phase: Mutex::new(Phase::Reading(Pending::default())),
                 });
                 feed.insert(room, route.clone());
                 let handle = tokio::spawn(route.clone().run(ready_tx).instrument(span));
@@ -534,8 +563,14 @@ impl RoomFeed {
                         continue;
                     }
                     // Re-created here rather than by async-nats, which may yield errors in a row.
-                    Some(Err(e)) => tracing::warn!(error = %e, "presence room feed failed; re-creating it"),
-                    None => tracing::warn!("presence room feed ended; re-creating it"),
+                    Some(Err(e)) => {
+                        tracing::warn!(error = %e, "presence room feed failed; re-creating it");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
+                    None => {
+                        tracing::warn!("presence room feed ended; re-creating it");
+                        tokio::time::sleep(RETRY_PAUSE).await;
+                    }
                 },
                 changed = reconnects.changed(), if follow_reconnects => {
                     if changed.is_err() {
@@ -572,16 +607,26 @@ impl RoomFeed {
                 None => return,
             }
         };
-        let mut pending = route.pending.lock().unwrap_or_else(|e| e.into_inner());
-        match pending.as_mut() {
-            Some(p) if p.overflowed => {}
-            Some(p) if p.messages.len() >= MAX_SNAPSHOT_BUFFER => {
+        let mut phase = route.phase.lock().unwrap_or_else(|e| e.into_inner());
+        match &mut *phase {
+            Phase::Reading(p) if p.overflowed => {}
+            Phase::Reading(p) if p.messages.len() >= MAX_SNAPSHOT_BUFFER => {
                 p.messages = Vec::new();
                 p.overflowed = true;
             }
-            Some(p) => p.messages.push(msg),
+            Phase::Reading(p) => p.messages.push(msg),
             // Applied under the lock, so nothing overtakes the snapshot's merge.
-            None => route.task.apply(&msg, true),
+            Phase::Live { seqs, max } => {
+                let seq = stream_sequence(&msg);
+                if seq > *max {
+                    if !seqs.is_empty() {
+                        *seqs = HashMap::new();
+                    }
+                } else if seq <= seqs.get(msg.subject.as_str()).copied().unwrap_or(0) {
+                    return;
+                }
+                route.task.apply(&msg, true);
+            }
         }
     }
 
@@ -630,30 +675,32 @@ impl RoomRoute {
     }
 
     /// Applies the snapshot, then each message the feed kept that is newer than the snapshot's
-    /// message for its key, and makes the watch live. A kept message no newer than the snapshot's
-    /// is already in it; one for a key the snapshot lacks was followed by that key's removal, which
+    /// message for its key, and makes the watch live (the same rule then holds for what the feed
+    /// delivers until it passes the snapshot). A kept message no newer than the snapshot's is
+    /// already in it; one for a key the snapshot lacks was followed by that key's removal, which
     /// was kept too. Returns `false` (and empties the buffer) if the buffer overflowed: the
     /// snapshot must then be read again.
     fn merge(&self, snapshot: &[jetstream::Message]) -> bool {
-        let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(p) = pending.as_mut() else {
+        let mut phase = self.phase.lock().unwrap_or_else(|e| e.into_inner());
+        let Phase::Reading(p) = &mut *phase else {
             return true;
         };
         if p.overflowed {
             *p = Pending::default();
             return false;
         }
-        let mut seqs: HashMap<&str, u64> = HashMap::with_capacity(snapshot.len());
+        let mut seqs: HashMap<String, u64> = HashMap::with_capacity(snapshot.len());
         for msg in snapshot {
             self.task.apply(msg, false);
-            seqs.insert(msg.subject.as_str(), stream_sequence(msg));
+            seqs.insert(msg.subject.to_string(), stream_sequence(msg));
         }
         for msg in &p.messages {
             if stream_sequence(msg) > seqs.get(msg.subject.as_str()).copied().unwrap_or(0) {
                 self.task.apply(msg, false);
             }
         }
-        *pending = None;
+        let max = seqs.values().copied().max().unwrap_or(0);
+        *phase = Phase::Live { seqs, max };
         true
     }
 }
@@ -661,7 +708,8 @@ impl RoomRoute {
 /// The room of a `$KV.presence.room.<room>.<user>.<conn>` subject.
 fn room_of(subject: &str) -> Option<&str> {
     subject
-        .strip_prefix(&format!("$KV.{BUCKET}.room."))?
+        .strip_prefix(KEY_PREFIX)?
+        .strip_prefix("room.")?
         .split('.')
         .next()
 }
@@ -686,6 +734,9 @@ struct WatchTask {
     due: Mutex<Option<Instant>>,
     /// Told when `due` moves earlier, for a timer task that does not read the messages itself.
     wake: Notify,
+    /// Shared by the gateway's watches: at most [`RECREATE_IN_FLIGHT`] re-create their consumers
+    /// at once after a reconnect.
+    recreate: Arc<tokio::sync::Semaphore>,
 }
 
 /// What a presence key means to a watcher.
@@ -706,7 +757,7 @@ impl WatchTask {
     }
 
     fn parse_key(&self, subject: &str) -> Option<KeyKind> {
-        let key = subject.strip_prefix(&format!("$KV.{BUCKET}."))?;
+        let key = subject.strip_prefix(KEY_PREFIX)?;
         let parts: Vec<&str> = key.split('.').collect();
         match parts.as_slice() {
             ["conn", user, conn] => Some(KeyKind::Conn {
@@ -757,10 +808,12 @@ impl WatchTask {
                     }
                     Some(Err(e)) => {
                         tracing::warn!(error = %e, "presence watch failed; re-creating it");
+                        tokio::time::sleep(RETRY_PAUSE).await;
                         true
                     }
                     None => {
                         tracing::warn!("presence watch ended; re-creating it");
+                        tokio::time::sleep(RETRY_PAUSE).await;
                         true
                     }
                 },
@@ -784,7 +837,11 @@ impl WatchTask {
                 }
                 _ => consumer::DeliverPolicy::LastPerSubject,
             };
-            let (m, pending) = self.open_retrying(policy).await;
+            let (m, pending) = {
+                // After a reconnect every watch of the gateway gets here at once.
+                let _permit = self.recreate.acquire().await;
+                self.open_retrying(policy).await
+            };
             messages = m;
             if initial > 0 {
                 initial = pending;
@@ -842,22 +899,28 @@ impl WatchTask {
         let name = consumer.cached_info().name.clone();
         let initial = consumer.cached_info().num_pending;
         let mut snapshot = Vec::with_capacity(usize::try_from(initial).unwrap_or(0).min(4096));
-        if initial > 0 {
-            let mut messages = consumer.messages().await?;
-            while (snapshot.len() as u64) < initial {
-                match tokio::time::timeout(SNAPSHOT_WAIT, messages.next()).await {
-                    Ok(Some(Ok(msg))) => snapshot.push(msg),
-                    _ => break,
+        let read = async {
+            if initial > 0 {
+                let mut messages = consumer.messages().await?;
+                while (snapshot.len() as u64) < initial {
+                    match tokio::time::timeout(SNAPSHOT_WAIT, messages.next()).await {
+                        Ok(Some(Ok(msg))) => snapshot.push(msg),
+                        _ => break,
+                    }
                 }
             }
+            anyhow::Ok(())
         }
-        // Otherwise the server keeps it until its inactivity threshold (30 s).
+        .await;
+        // Deleted whatever happened: otherwise the server keeps it until its inactivity threshold
+        // (30 s).
         let stream = self.stream.clone();
         tokio::spawn(async move {
             if let Err(e) = stream.delete_consumer(&name).await {
                 tracing::debug!(error = %e, "deleting a presence snapshot consumer");
             }
         });
+        read?;
         anyhow::ensure!(
             snapshot.len() as u64 == initial,
             "presence snapshot incomplete: {} of {initial}",
@@ -915,9 +978,12 @@ impl WatchTask {
                     }
                 }
             }
-        }
-        for e in events {
-            self.emit(&e);
+            // Sent under the state lock (pushes never wait): with the shared room feed, the feed
+            // task applies messages while the room's own task expires graces, and a return must
+            // not overtake the offline event it follows.
+            for e in events {
+                self.emit(&e);
+            }
         }
     }
 
@@ -943,9 +1009,10 @@ impl WatchTask {
             }
             *self.due.lock().unwrap_or_else(|e| e.into_inner()) =
                 state.values().filter_map(|t| t.gone.map(|(d, _)| d)).min();
-        }
-        for e in events {
-            self.emit(&e);
+            // Under the state lock, like `apply`'s.
+            for e in events {
+                self.emit(&e);
+            }
         }
     }
 
@@ -1121,37 +1188,45 @@ mod tests {
             // Ahead: c's delete (5) and d's put (6) are newer than the snapshot.
             (&all[..], &["b", "d"]),
         ];
-        for (kept, expected) in cases {
-            let route = RoomRoute {
+        let route_with = |kept: &[jetstream::Message], overflowed| {
+            Arc::new(RoomRoute {
                 task: Arc::new(task()),
-                pending: Mutex::new(Some(Pending {
+                phase: Mutex::new(Phase::Reading(Pending {
                     messages: kept.to_vec(),
-                    overflowed: false,
+                    overflowed,
                 })),
-            };
+            })
+        };
+        for (kept, expected) in cases {
+            let route = route_with(kept, false);
             assert!(route.merge(&snapshot));
             assert_eq!(online(&route.task), expected, "{} kept", kept.len());
-            assert!(
-                route.pending.lock().unwrap().is_none(),
-                "live after the merge"
-            );
+            let live = matches!(*route.phase.lock().unwrap(), Phase::Live { .. });
+            assert!(live, "live after the merge");
         }
+        // Live, the feed may still lag behind the snapshot: what it delivers then is held to the
+        // same rule, and a's put (1) does not bring a back after its delete (3).
+        let feed = RoomFeed::default();
+        let route = route_with(&all[..2], false);
+        assert!(route.merge(&snapshot));
+        feed.insert(&room, route.clone());
+        feed.route(all[0].clone());
+        assert_eq!(online(&route.task), ["b", "c"], "a stale put dropped");
+        for msg in &all[2..] {
+            feed.route(msg.clone());
+        }
+        // c's delete, seen live, waits out the grace period (1 s) before c goes offline.
+        assert_eq!(online(&route.task), ["b", "c", "d"], "then the feed's news");
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        route.task.expire_graces();
+        assert_eq!(online(&route.task), ["b", "d"], "after the grace period");
         // An overflowed buffer is emptied and the snapshot must be read again.
-        let route = RoomRoute {
-            task: Arc::new(task()),
-            pending: Mutex::new(Some(Pending {
-                messages: Vec::new(),
-                overflowed: true,
-            })),
-        };
+        let route = route_with(&[], true);
         assert!(!route.merge(&snapshot));
         assert!(online(&route.task).is_empty(), "nothing applied");
-        let pending = route.pending.lock().unwrap();
-        assert!(
-            pending
-                .as_ref()
-                .is_some_and(|p| !p.overflowed && p.messages.is_empty())
-        );
+        let phase = route.phase.lock().unwrap();
+        let reset = matches!(&*phase, Phase::Reading(p) if !p.overflowed && p.messages.is_empty());
+        assert!(reset, "the buffer is emptied and kept open");
     }
 
     #[test]

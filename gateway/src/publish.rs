@@ -120,7 +120,8 @@ impl Publisher {
                     self.metrics
                         .publish_seconds
                         .observe(started.elapsed().as_secs_f64());
-                    // Rare paths are boxed, so the publish future is 400 bytes, not 2.2 KB.
+                    // The duplicate and retry paths are boxed, so the publish future is 400
+                    // bytes, not 2.2 KB.
                     let ts = if ack.duplicate {
                         Box::pin(self.stored_ts(ack.sequence))
                             .await

@@ -774,8 +774,9 @@ impl Session {
         };
         let msg = stored_message(me, &target, text, cmid.clone());
         // The future holds the shared state (one pointer), not clones of the publisher and the
-        // checker (half a kilobyte), and boxes its rare paths: at about 650 bytes it stays within
-        // glibc's per-thread cache (1 KiB); at 3 KB each send took malloc's slow path.
+        // checker (half a kilobyte), and boxes the content check and the publish's retry and
+        // duplicate paths: at about 650 bytes it stays within glibc's per-thread cache (1 KiB); at
+        // 3 KB each send took malloc's slow path.
         let state = self.state.clone();
         self.inflight.push(Box::pin(async move {
             if let Some(checker) = &state.content {
