@@ -618,7 +618,8 @@ impl RoomFeed {
             // Applied under the lock, so nothing overtakes the snapshot's merge.
             Phase::Live { seqs, max } => {
                 let seq = stream_sequence(&msg);
-                if seq > *max {
+                // Without a sequence (no reply subject to read it from) there is nothing to compare.
+                if seq == 0 || seq > *max {
                     if !seqs.is_empty() {
                         *seqs = HashMap::new();
                     }
@@ -700,7 +701,15 @@ impl RoomRoute {
             }
         }
         let max = seqs.values().copied().max().unwrap_or(0);
-        *phase = Phase::Live { seqs, max };
+        let passed = p.messages.last().is_some_and(|m| stream_sequence(m) > max);
+        *phase = if passed {
+            Phase::Live {
+                seqs: HashMap::new(),
+                max: 0,
+            }
+        } else {
+            Phase::Live { seqs, max }
+        };
         true
     }
 }
@@ -781,7 +790,7 @@ impl WatchTask {
     /// heartbeats, by when the delete markers of keys that expired meanwhile may be gone).
     async fn run(self, ready: watch::Sender<bool>, mut reconnects: watch::Receiver<u64>) {
         let policy = consumer::DeliverPolicy::LastPerSubject;
-        let (mut messages, mut initial) = self.open_retrying(policy).await;
+        let (mut messages, mut initial) = self.open_retrying(policy, false).await;
         if initial == 0 {
             let _ = ready.send(true);
         }
@@ -837,11 +846,8 @@ impl WatchTask {
                 }
                 _ => consumer::DeliverPolicy::LastPerSubject,
             };
-            let (m, pending) = {
-                // After a reconnect every watch of the gateway gets here at once.
-                let _permit = self.recreate.acquire().await;
-                self.open_retrying(policy).await
-            };
+            // After a reconnect every watch of the gateway gets here at once.
+            let (m, pending) = self.open_retrying(policy, true).await;
             messages = m;
             if initial > 0 {
                 initial = pending;
@@ -852,13 +858,22 @@ impl WatchTask {
         }
     }
 
-    /// [`WatchTask::open`], retried so a watch survives a NATS outage.
+    /// [`WatchTask::open`], retried so a watch survives a NATS outage; with `limited`, each
+    /// attempt holds one of the gateway's [`RECREATE_IN_FLIGHT`] permits (not the pause between).
     async fn open_retrying(
         &self,
         policy: consumer::DeliverPolicy,
+        limited: bool,
     ) -> (consumer::pull::Ordered, u64) {
         loop {
-            match self.open(policy).await {
+            let permit = if limited {
+                self.recreate.acquire().await.ok()
+            } else {
+                None
+            };
+            let opened = self.open(policy).await;
+            drop(permit);
+            match opened {
                 Ok(opened) => return opened,
                 Err(e) => {
                     tracing::warn!(error = %e, "presence watch failed to start; retrying");
@@ -1227,6 +1242,13 @@ mod tests {
         let phase = route.phase.lock().unwrap();
         let reset = matches!(&*phase, Phase::Reading(p) if !p.overflowed && p.messages.is_empty());
         assert!(reset, "the buffer is emptied and kept open");
+    }
+
+    #[test]
+    fn key_prefix_is_the_bucket_subject() {
+        assert_eq!(KEY_PREFIX, format!("$KV.{BUCKET}."));
+        assert_eq!(room_of("$KV.presence.room.lobby.alice.c1"), Some("lobby"));
+        assert_eq!(room_of("$KV.presence.conn.alice.c1"), None);
     }
 
     #[test]
