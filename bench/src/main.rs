@@ -556,15 +556,15 @@ fn append(path: &PathBuf, r: &RunResult, stack: Option<&StackOptions>) -> anyhow
     // The servers' settings go with the row, next to the free-text label: `bench table` ignores them.
     let mut row = serde_json::to_value(r)?;
     if let Some(stack) = stack {
-        let env = |pairs: Vec<(String, String)>| {
-            serde_json::Value::from_iter(pairs.into_iter().map(|(k, v)| format!("{k}={v}")))
-        };
         let with_defaults = |defaults: &[(&str, &str)], extra: &[(String, String)]| {
-            env(defaults
-                .iter()
-                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
-                .chain(extra.iter().cloned())
-                .collect())
+            let extra = extra.iter().map(|(k, v)| (k.as_str(), v.as_str()));
+            serde_json::Value::from_iter(
+                defaults
+                    .iter()
+                    .copied()
+                    .chain(extra)
+                    .map(|(k, v)| format!("{k}={v}")),
+            )
         };
         row["gateway_env"] = with_defaults(bench::stack::GATEWAY_BENCH_ENV, &stack.gateway_env);
         row["nats_env"] = with_defaults(bench::stack::NATS_BENCH_ENV, &stack.nats_env);

@@ -237,6 +237,20 @@ impl Config {
                 .transpose()
         };
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+        // A variable that names one of a few modes.
+        let mode = |var: &'static str, modes: &[&str]| -> Result<Option<usize>, ConfigError> {
+            get(var)
+                .map(|v| {
+                    modes
+                        .iter()
+                        .position(|m| *m == v.trim())
+                        .ok_or_else(|| ConfigError {
+                            var,
+                            problem: format!("expected {}, got {v:?}", modes.join(" or ")),
+                        })
+                })
+                .transpose()
+        };
         if let Some(v) = get("GATEWAY_LISTEN") {
             c.listen = v;
         }
@@ -329,29 +343,11 @@ impl Config {
         if let Some(n) = num("GATEWAY_CONTENT_CHECK_TIMEOUT_MS")? {
             c.content_check_timeout = Duration::from_millis(n);
         }
-        if let Some(v) = get("GATEWAY_DM_SUBSCRIPTION") {
-            c.dm_subscription = match v.trim() {
-                "per-user" => DmSubscription::PerUser,
-                "shared" => DmSubscription::Shared,
-                _ => {
-                    return Err(ConfigError {
-                        var: "GATEWAY_DM_SUBSCRIPTION",
-                        problem: format!("expected per-user or shared, got {v:?}"),
-                    });
-                }
-            };
+        if let Some(i) = mode("GATEWAY_DM_SUBSCRIPTION", &["per-user", "shared"])? {
+            c.dm_subscription = [DmSubscription::PerUser, DmSubscription::Shared][i];
         }
-        if let Some(v) = get("GATEWAY_ROOM_PRESENCE") {
-            c.room_presence = match v.trim() {
-                "shared" => RoomPresenceWatch::Shared,
-                "per-room" => RoomPresenceWatch::PerRoom,
-                _ => {
-                    return Err(ConfigError {
-                        var: "GATEWAY_ROOM_PRESENCE",
-                        problem: format!("expected shared or per-room, got {v:?}"),
-                    });
-                }
-            };
+        if let Some(i) = mode("GATEWAY_ROOM_PRESENCE", &["shared", "per-room"])? {
+            c.room_presence = [RoomPresenceWatch::Shared, RoomPresenceWatch::PerRoom][i];
         }
         c.tls_cert = get("GATEWAY_TLS_CERT");
         c.tls_key = get("GATEWAY_TLS_KEY");

@@ -206,35 +206,17 @@ impl Presence {
     ) -> anyhow::Result<Self> {
         // Gateways starting together race to create and configure the bucket: a loser's create or
         // update fails against the winner's result, and a second look finds the bucket ready.
-        let mut attempt = 1;
-        let (kv, stream) = loop {
-            match Self::open_bucket(&js, replicas).await {
-                Ok(opened) => break opened,
-                Err(e) if attempt < ENSURE_ATTEMPTS => {
-                    tracing::debug!(error = %e, attempt, "presence bucket not ready; retrying");
-                    attempt += 1;
-                    tokio::time::sleep(ENSURE_RETRY).await;
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let (kv, stream) =
+            with_attempts("presence bucket", || Self::open_bucket(&js, replicas)).await?;
         let stream = Arc::new(stream);
         let feed = match settings.room_watch {
             RoomPresenceWatch::PerRoom => None,
-            RoomPresenceWatch::Shared => {
-                let mut attempt = 1;
-                loop {
-                    match RoomFeed::start(stream.clone(), reconnects.clone()).await {
-                        Ok(feed) => break Some(feed),
-                        Err(e) if attempt < ENSURE_ATTEMPTS => {
-                            tracing::debug!(error = %e, attempt, "presence room feed not ready; retrying");
-                            attempt += 1;
-                            tokio::time::sleep(ENSURE_RETRY).await;
-                        }
-                        Err(e) => return Err(e.context("starting the presence room feed")),
-                    }
-                }
-            }
+            RoomPresenceWatch::Shared => Some(
+                with_attempts("presence room feed", || {
+                    RoomFeed::start(stream.clone(), reconnects.clone())
+                })
+                .await?,
+            ),
         };
         Ok(Self {
             js,
@@ -336,7 +318,7 @@ impl Presence {
     }
 
     async fn write(&self, key: String, msg: PublishMessage) {
-        let subject = format!("$KV.{BUCKET}.{key}");
+        let subject = format!("{KEY_PREFIX}{key}");
         let result = async {
             let ack = self.js.send_publish(subject, msg).await?;
             tokio::time::timeout(WRITE_TIMEOUT, ack).await??;
@@ -530,7 +512,7 @@ impl RoomFeed {
     ) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("$KV.{BUCKET}.room.>"),
+                filter_subject: format!("{KEY_PREFIX}room.>"),
                 deliver_policy,
                 ..Default::default()
             })
@@ -583,15 +565,9 @@ impl RoomFeed {
             let policy = consumer::DeliverPolicy::ByStartSequence {
                 start_sequence: next,
             };
-            messages = loop {
-                match Self::open(&stream, policy).await {
-                    Ok((m, _)) => break m,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "presence room feed failed to start; retrying");
-                        tokio::time::sleep(RETRY_PAUSE).await;
-                    }
-                }
-            };
+            messages = until_ok("presence room feed", || Self::open(&stream, policy))
+                .await
+                .0;
         }
     }
 
@@ -652,14 +628,7 @@ impl RoomRoute {
     /// timers while the feed applies live messages.
     async fn run(self: Arc<Self>, ready: watch::Sender<bool>) {
         loop {
-            let snapshot = match self.task.read_snapshot().await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence room snapshot failed; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-            };
+            let snapshot = until_ok("presence room snapshot", || self.task.read_snapshot()).await;
             if self.merge(&snapshot) {
                 break;
             }
@@ -758,10 +727,10 @@ impl WatchTask {
     fn filters(&self) -> Vec<String> {
         match &self.key {
             WatchKey::User(u) => vec![
-                format!("$KV.{BUCKET}.conn.{u}.*"),
-                format!("$KV.{BUCKET}.seen.{u}"),
+                format!("{KEY_PREFIX}conn.{u}.*"),
+                format!("{KEY_PREFIX}seen.{u}"),
             ],
-            WatchKey::Room(r) => vec![format!("$KV.{BUCKET}.room.{r}.*.*")],
+            WatchKey::Room(r) => vec![format!("{KEY_PREFIX}room.{r}.*.*")],
         }
     }
 
@@ -865,22 +834,27 @@ impl WatchTask {
         policy: consumer::DeliverPolicy,
         limited: bool,
     ) -> (consumer::pull::Ordered, u64) {
-        loop {
-            let permit = if limited {
-                self.recreate.acquire().await.ok()
-            } else {
-                None
+        until_ok("presence watch", || async move {
+            let _permit = match limited {
+                true => self.recreate.acquire().await.ok(),
+                false => None,
             };
-            let opened = self.open(policy).await;
-            drop(permit);
-            match opened {
-                Ok(opened) => return opened,
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence watch failed to start; retrying");
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                }
-            }
-        }
+            self.open(policy).await
+        })
+        .await
+    }
+
+    /// An ordered consumer on the watch's keys.
+    async fn consumer(
+        &self,
+        deliver_policy: consumer::DeliverPolicy,
+    ) -> anyhow::Result<consumer::Consumer<consumer::pull::OrderedConfig>> {
+        let config = consumer::pull::OrderedConfig {
+            filter_subjects: self.filters(),
+            deliver_policy,
+            ..Default::default()
+        };
+        Ok(self.stream.create_consumer(config).await?)
     }
 
     /// A consumer on the watch's keys, and how many messages it has for now.
@@ -888,14 +862,7 @@ impl WatchTask {
         &self,
         deliver_policy: consumer::DeliverPolicy,
     ) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
-        let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: self.filters(),
-                deliver_policy,
-                ..Default::default()
-            })
-            .await?;
+        let consumer = self.consumer(deliver_policy).await?;
         let initial = consumer.cached_info().num_pending;
         Ok((consumer.messages().await?, initial))
     }
@@ -904,12 +871,7 @@ impl WatchTask {
     /// afterwards.
     async fn read_snapshot(&self) -> anyhow::Result<Vec<jetstream::Message>> {
         let consumer = self
-            .stream
-            .create_consumer(consumer::pull::OrderedConfig {
-                filter_subjects: self.filters(),
-                deliver_policy: consumer::DeliverPolicy::LastPerSubject,
-                ..Default::default()
-            })
+            .consumer(consumer::DeliverPolicy::LastPerSubject)
             .await?;
         let name = consumer.cached_info().name.clone();
         let initial = consumer.cached_info().num_pending;
@@ -1123,6 +1085,43 @@ fn is_removal(msg: &jetstream::Message) -> bool {
         .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
 }
 
+/// Runs `attempt` until it succeeds, pausing [`RETRY_PAUSE`] after each failure: what must come
+/// back by itself after a NATS outage.
+async fn until_ok<T, Fut>(what: &str, mut attempt: impl FnMut() -> Fut) -> T
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    loop {
+        match attempt().await {
+            Ok(v) => return v,
+            Err(e) => {
+                tracing::warn!(error = %e, "{what} failed; retrying");
+                tokio::time::sleep(RETRY_PAUSE).await;
+            }
+        }
+    }
+}
+
+/// Runs `attempt` up to [`ENSURE_ATTEMPTS`] times, [`ENSURE_RETRY`] apart: what gateways starting
+/// together race to create.
+async fn with_attempts<T, Fut>(what: &str, mut attempt: impl FnMut() -> Fut) -> anyhow::Result<T>
+where
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut n = 1;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if n < ENSURE_ATTEMPTS => {
+                tracing::debug!(error = %e, attempt = n, "{what} not ready; retrying");
+                n += 1;
+                tokio::time::sleep(ENSURE_RETRY).await;
+            }
+            Err(e) => return Err(e.context(format!("{what}: {ENSURE_ATTEMPTS} attempts"))),
+        }
+    }
+}
+
 async fn sleep_until_opt(due: Option<Instant>) {
     match due {
         Some(due) => tokio::time::sleep_until(due).await,
@@ -1235,6 +1234,20 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(1100)).await;
         route.task.expire_graces();
         assert_eq!(online(&route.task), ["b", "d"], "after the grace period");
+        // The feed fills a reading room's buffer up to MAX_SNAPSHOT_BUFFER messages; the next one
+        // empties it and marks it overflowed, and what follows is not kept.
+        let full = vec![all[1].clone(); MAX_SNAPSHOT_BUFFER];
+        let route = route_with(&full, false);
+        feed.insert(&room, route.clone());
+        let kept = |route: &RoomRoute| match &*route.phase.lock().unwrap() {
+            Phase::Reading(p) => (p.messages.len(), p.overflowed),
+            Phase::Live { .. } => panic!("still reading"),
+        };
+        assert_eq!(kept(&route), (MAX_SNAPSHOT_BUFFER, false));
+        feed.route(all[2].clone());
+        assert_eq!(kept(&route), (0, true), "overflowed");
+        feed.route(all[3].clone());
+        assert_eq!(kept(&route), (0, true), "nothing kept after");
         // An overflowed buffer is emptied and the snapshot must be read again.
         let route = route_with(&[], true);
         assert!(!route.merge(&snapshot));

@@ -20,6 +20,14 @@ fn config(stack: &Stack) -> gateway::Config {
     }
 }
 
+/// [`config`] with the given way of watching rooms.
+fn config_watching(stack: &Stack, room_presence: RoomPresenceWatch) -> gateway::Config {
+    gateway::Config {
+        room_presence,
+        ..config(stack)
+    }
+}
+
 /// The next presence frame, skipping others.
 async fn next_presence(c: &mut WsClient, within: Duration) -> anyhow::Result<Value> {
     let deadline = tokio::time::Instant::now() + within;
@@ -182,13 +190,13 @@ async fn joined_lists_online_members_and_leave_removes_them_per_room() {
 /// joined carries the room's online users; members see joins, and a leave takes the user out.
 async fn joined_and_leave(room_presence: RoomPresenceWatch) {
     let stack = Stack::start();
-    let config = || gateway::Config {
-        room_presence,
-        ..config(&stack)
-    };
     let (g1, g2) = (
-        stack.gateway_with(config()).await,
-        stack.gateway_with(config()).await,
+        stack
+            .gateway_with(config_watching(&stack, room_presence))
+            .await,
+        stack
+            .gateway_with(config_watching(&stack, room_presence))
+            .await,
     );
     let mut bob = stack.connect(&g1, "bob").await;
     let j = join(&mut bob, "lobby").await;
@@ -319,10 +327,7 @@ async fn presence_carries_on_after_a_nats_restart_per_room() {
 async fn after_a_nats_restart(room_presence: RoomPresenceWatch) {
     let mut stack = Stack::start();
     let g = stack
-        .gateway_with(gateway::Config {
-            room_presence,
-            ..config(&stack)
-        })
+        .gateway_with(config_watching(&stack, room_presence))
         .await;
     let mut alice = stack.connect(&g, "alice").await;
     join(&mut alice, "lobby").await;
