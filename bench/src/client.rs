@@ -79,6 +79,9 @@ pub struct Stats {
     pub lost: u64,
     pub counters: BTreeMap<String, u64>,
     pub latency: Histogram,
+    /// Deliveries slower than [`crate::report::SLOW_US`], by the unix second they were sent in:
+    /// (count, slowest µs).
+    pub slow: BTreeMap<u64, (u64, u64)>,
     pub ack_latency: Histogram,
     pub offline_latency: Histogram,
     pub got: BTreeMap<String, u64>,
@@ -523,7 +526,13 @@ impl Conn {
         s.last_delivery_unix_ns = s.last_delivery_unix_ns.max(now);
         let sent = text.split('|').nth(1).and_then(|v| v.parse::<u64>().ok());
         if let Some(sent) = sent.filter(|_| from != self.c.user) {
-            s.latency.record(now.saturating_sub(sent) / 1000);
+            let micros = now.saturating_sub(sent) / 1000;
+            s.latency.record(micros);
+            if micros > crate::report::SLOW_US {
+                let second = s.slow.entry(sent / 1_000_000_000).or_default();
+                second.0 += 1;
+                second.1 = second.1.max(micros);
+            }
         }
     }
 

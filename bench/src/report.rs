@@ -45,6 +45,10 @@ pub struct Totals {
     /// Scenario counters, added up over workers (for example `online_lost`, `not_recovered`).
     pub counters: BTreeMap<String, u64>,
     pub latency_us: Summary,
+    /// The seconds with deliveries slower than [`SLOW_US`], in order: (seconds from `go` (or the
+    /// first send) to the second the messages were sent in, how many, the slowest in µs). Lines the tail up
+    /// with what the servers did at the time.
+    pub slow_seconds: Vec<(u64, u64, u64)>,
     pub ack_latency_us: Summary,
     /// presence-churn: close → offline event at a watcher, grace period included.
     pub offline_latency_us: Summary,
@@ -53,6 +57,10 @@ pub struct Totals {
     /// Sends per second from the first send to the last.
     pub sends_per_sec: f64,
 }
+
+/// A delivery slower than this (µs) is counted in [`Totals::slow_seconds`]: the pairs and
+/// cross-gateway target's p99.
+pub const SLOW_US: u64 = 10_000;
 
 /// Adds up worker reports.
 pub fn merge(reports: &[WorkerReport]) -> Totals {
@@ -63,6 +71,7 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
     let mut got: BTreeMap<&str, u64> = BTreeMap::new();
     let mut receivers: BTreeMap<&str, u64> = BTreeMap::new();
     let mut acked_by: BTreeMap<&str, u64> = BTreeMap::new();
+    let mut slow: BTreeMap<u64, (u64, u64)> = BTreeMap::new();
     let add = |into: &mut BTreeMap<String, u64>, from: &BTreeMap<String, u64>| {
         for (k, v) in from {
             *into.entry(k.clone()).or_default() += v;
@@ -94,6 +103,11 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
         t.lost += r.lost;
         add(&mut t.counters, &r.counters);
         lat.add_sparse(&r.latency);
+        for (second, n, max) in &r.slow {
+            let into = slow.entry(*second).or_default();
+            into.0 += n;
+            into.1 = into.1.max(*max);
+        }
         ack.add_sparse(&r.ack_latency);
         offline.add_sparse(&r.offline_latency);
         for (k, v) in &r.got {
@@ -129,6 +143,11 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
         }
     }
     t.latency_us = lat.summary();
+    let start = (if go != u64::MAX { go } else { first_send }) / 1_000_000_000;
+    t.slow_seconds = slow
+        .into_iter()
+        .map(|(second, (n, max))| (second.saturating_sub(start), n, max))
+        .collect();
     t.ack_latency_us = ack.summary();
     t.offline_latency_us = offline.summary();
     if last_delivery > go && go != u64::MAX {
@@ -347,5 +366,21 @@ mod tests {
         assert_eq!(t.expected, 30);
         assert_eq!(t.lost, 5);
         assert_eq!(t.extra, 0);
+    }
+
+    #[test]
+    fn slow_seconds_add_up_across_workers_from_the_first_send() {
+        let mut a = WorkerReport {
+            first_send_unix_ns: 100_500_000_000,
+            ..Default::default()
+        };
+        a.slow = vec![(101, 2, 15_000), (104, 1, 11_000)];
+        let mut b = WorkerReport {
+            first_send_unix_ns: 100_200_000_000,
+            ..Default::default()
+        };
+        b.slow = vec![(101, 3, 40_000)];
+        let t = merge(&[a, b]);
+        assert_eq!(t.slow_seconds, vec![(1, 5, 40_000), (4, 1, 11_000)]);
     }
 }

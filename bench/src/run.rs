@@ -396,3 +396,26 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
         figures,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_worker_report_survives_its_line() {
+        // The line is an internally tagged enum, which cannot read back maps with integer keys.
+        let mut report = WorkerReport {
+            sent: 7,
+            slow: vec![(1_795_750_772, 3, 12_000)],
+            ..Default::default()
+        };
+        report.got.insert("r|u0".into(), 5);
+        let line = serde_json::to_string(&WorkerLine::Report(Box::new(report))).unwrap();
+        let WorkerLine::Report(back) = serde_json::from_str(&line).unwrap() else {
+            panic!("not a report: {line}");
+        };
+        assert_eq!(back.sent, 7);
+        assert_eq!(back.slow, vec![(1_795_750_772, 3, 12_000)]);
+        assert_eq!(back.got.get("r|u0"), Some(&5));
+    }
+}

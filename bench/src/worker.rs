@@ -87,6 +87,10 @@ pub struct WorkerReport {
     /// Send → delivery to another user, in µs (resume-storm: `go` → caught up, per client;
     /// presence-churn: connect → online event at a watcher).
     pub latency: Sparse,
+    /// Deliveries slower than [`crate::report::SLOW_US`]: (the unix second they were sent in,
+    /// count, slowest µs), by second. A list, as JSON map keys are strings.
+    #[serde(default)]
+    pub slow: Vec<(u64, u64, u64)>,
     /// Send → ack, in µs.
     pub ack_latency: Sparse,
     /// presence-churn: close → offline event at a watcher, in µs, grace period included.
@@ -230,6 +234,11 @@ async fn run_local(
         lost: s.lost,
         counters: s.counters,
         latency: s.latency.to_sparse(),
+        slow: s
+            .slow
+            .into_iter()
+            .map(|(t, (n, max))| (t, n, max))
+            .collect(),
         ack_latency: s.ack_latency.to_sparse(),
         offline_latency: s.offline_latency.to_sparse(),
         got: s.got,

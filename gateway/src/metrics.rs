@@ -32,6 +32,7 @@ pub struct Metrics {
     pub presence_events_suppressed: IntCounter,
     pub presence_watches: IntGauge,
     pub presence_snapshot_retries: IntCounter,
+    pub presence_missed_removals: IntCounter,
     pub content_check_seconds: Histogram,
 }
 
@@ -237,6 +238,13 @@ impl Metrics {
                 counter(
                     "gateway_presence_snapshot_retries_total",
                     "Room snapshots read again because the shared room feed delivered more than the buffer holds meanwhile.",
+                ),
+            ),
+            presence_missed_removals: reg(
+                &r,
+                counter(
+                    "gateway_presence_missed_removals_total",
+                    "Presence keys found gone after a reconnect to NATS, whose delete markers had expired while the gateway was cut off.",
                 ),
             ),
             registry: r,

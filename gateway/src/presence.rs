@@ -108,7 +108,8 @@ struct Seen {
 
 #[derive(Debug, Default)]
 struct Tracked {
-    conns: HashSet<String>,
+    /// Live connection keys, with the stream sequence of each one's latest put (0 if unknown).
+    conns: HashMap<String, u64>,
     online: bool,
     last_seen: Option<u64>,
     /// Set while the user has no key left: when the offline event is due, and when the keys went.
@@ -468,7 +469,8 @@ impl Presence {
                     phase: Mutex::new(Phase::Reading(Pending::default())),
                 });
                 feed.insert(room, route.clone());
-                let handle = tokio::spawn(route.clone().run(ready_tx).instrument(span));
+                let run = route.clone().run(ready_tx, self.reconnects.clone());
+                let handle = tokio::spawn(run.instrument(span));
                 (handle, Some(route))
             }
             _ => {
@@ -626,7 +628,12 @@ impl RoomFeed {
 impl RoomRoute {
     /// Reads the room's snapshot, merges what the feed delivered meanwhile, then runs the grace
     /// timers while the feed applies live messages.
-    async fn run(self: Arc<Self>, ready: watch::Sender<bool>) {
+    async fn run(
+        self: Arc<Self>,
+        ready: watch::Sender<bool>,
+        mut reconnects: watch::Receiver<u64>,
+    ) {
+        reconnects.mark_unchanged();
         loop {
             let snapshot = until_ok("presence room snapshot", || self.task.read_snapshot()).await;
             if self.merge(&snapshot) {
@@ -635,11 +642,18 @@ impl RoomRoute {
             self.task.metrics.presence_snapshot_retries.inc();
         }
         let _ = ready.send(true);
+        let mut follow_reconnects = true;
         loop {
             let due = self.task.next_due();
             tokio::select! {
                 () = sleep_until_opt(due) => self.task.expire_graces(),
                 () = self.task.wake.notified() => {}
+                // The feed re-creates its consumer by itself; what it can no longer deliver is
+                // found here.
+                changed = reconnects.changed(), if follow_reconnects => match changed {
+                    Ok(()) => self.task.reconcile_after_reconnect().await,
+                    Err(_) => follow_reconnects = false,
+                },
             }
         }
     }
@@ -823,6 +837,9 @@ impl WatchTask {
                 if initial == 0 {
                     let _ = ready.send(true);
                 }
+            } else {
+                // What the new consumer delivers (from `next`) waits meanwhile.
+                self.reconcile_after_reconnect().await;
             }
         }
     }
@@ -925,23 +942,9 @@ impl WatchTask {
                 KeyKind::Conn { user, conn } => {
                     let t = state.entry(user.clone()).or_default();
                     if removed {
-                        t.conns.remove(&conn);
-                        if t.conns.is_empty() && t.online && t.gone.is_none() {
-                            let now_ms = crate::publish::now_ms();
-                            if live {
-                                let due = Instant::now() + self.grace;
-                                t.gone = Some((due, now_ms));
-                                let mut earliest =
-                                    self.due.lock().unwrap_or_else(|e| e.into_inner());
-                                *earliest = Some(earliest.map_or(due, |d| d.min(due)));
-                                self.wake.notify_one();
-                            } else {
-                                t.online = false;
-                                self.online.fetch_sub(1, Ordering::Relaxed);
-                            }
-                        }
+                        self.remove_conn(t, &conn, live);
                     } else {
-                        t.conns.insert(conn);
+                        t.conns.insert(conn, stream_sequence(msg));
                         if t.gone.take().is_some() {
                             // Back within the grace period: no offline/online pair.
                             self.metrics.presence_flaps_suppressed.inc();
@@ -961,6 +964,72 @@ impl WatchTask {
             for e in events {
                 self.emit(&e);
             }
+        }
+    }
+
+    /// Removes one of a user's connection keys. When it was the last, a live removal starts the
+    /// grace period; one from a snapshot takes the user offline at once.
+    fn remove_conn(&self, t: &mut Tracked, conn: &str, live: bool) {
+        t.conns.remove(conn);
+        if t.conns.is_empty() && t.online && t.gone.is_none() {
+            if live {
+                let due = Instant::now() + self.grace;
+                t.gone = Some((due, crate::publish::now_ms()));
+                let mut earliest = self.due.lock().unwrap_or_else(|e| e.into_inner());
+                *earliest = Some(earliest.map_or(due, |d| d.min(due)));
+                self.wake.notify_one();
+            } else {
+                t.online = false;
+                self.online.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+
+    /// After a reconnect to NATS: removes the keys that went while the gateway was cut off and
+    /// whose removal it can no longer read. A key that expires leaves only a delete marker, kept
+    /// [`MARKER_TTL`]; once that is gone, nothing in the stream says the key went. So a key this
+    /// watch holds from a put no later than `before` (the stream's last sequence, read before the
+    /// snapshot) and that the snapshot lacks was removed meanwhile; a key put after `before` may
+    /// be newer than the snapshot and is kept. Each removal starts the usual grace period; a key
+    /// the live consumer then delivers again cancels it. Returns how many keys were removed.
+    async fn reconcile(&self) -> anyhow::Result<usize> {
+        let before = self.stream.get_info().await?.state.last_sequence;
+        let snapshot = self.read_snapshot().await?;
+        let mut present: HashMap<UserId, HashSet<String>> = HashMap::new();
+        for msg in snapshot.iter().filter(|m| !is_removal(m)) {
+            if let Some(KeyKind::Conn { user, conn }) = self.parse_key(&msg.subject) {
+                present.entry(user).or_default().insert(conn);
+            }
+        }
+        let mut missed = 0;
+        let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        for (user, t) in state.iter_mut() {
+            let kept = present.get(user);
+            let gone: Vec<String> = t
+                .conns
+                .iter()
+                .filter(|&(conn, &seq)| seq <= before && !kept.is_some_and(|k| k.contains(conn)))
+                .map(|(conn, _)| conn.clone())
+                .collect();
+            for conn in gone {
+                missed += 1;
+                self.remove_conn(t, &conn, true);
+            }
+        }
+        Ok(missed)
+    }
+
+    /// [`WatchTask::reconcile`] after a reconnect, holding one of the gateway's
+    /// [`RECREATE_IN_FLIGHT`] permits. A failure is logged and left to the next reconnect.
+    async fn reconcile_after_reconnect(&self) {
+        let _permit = self.recreate.acquire().await.ok();
+        match with_attempts("presence reconcile", || self.reconcile()).await {
+            Ok(0) => {}
+            Ok(n) => {
+                self.metrics.presence_missed_removals.inc_by(n as u64);
+                tracing::info!(key = ?self.key, removed = n, "presence keys gone while cut off from NATS");
+            }
+            Err(e) => tracing::warn!(error = %e, "presence reconcile failed"),
         }
     }
 
@@ -1255,6 +1324,55 @@ mod tests {
         let phase = route.phase.lock().unwrap();
         let reset = matches!(&*phase, Phase::Reading(p) if !p.overflowed && p.messages.is_empty());
         assert!(reset, "the buffer is emptied and kept open");
+    }
+
+    #[tokio::test]
+    async fn reconcile_removes_only_keys_gone_before_the_snapshot() {
+        // After a reconnect, a key the watch holds but the bucket no longer has is removed, unless
+        // the watch holds it from a put newer than the stream was before the snapshot.
+        let server = testkit::NatsServer::start().unwrap();
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let settings = PresenceSettings {
+            ttl: Duration::from_secs(60),
+            grace: Duration::from_millis(200),
+            room_event_limit: DEFAULT_ROOM_EVENT_LIMIT,
+            room_watch: RoomPresenceWatch::PerRoom,
+        };
+        let (_tx, reconnects) = watch::channel(0);
+        let p = Presence::ensure(js, settings, 1, Arc::default(), reconnects)
+            .await
+            .unwrap();
+        let room = RoomId::parse("r").unwrap();
+        let user = |u: &str| UserId::parse(u).unwrap();
+        let conn = |u: &str| ConnId::parse(format!("c{u}")).unwrap();
+        for u in ["a", "b"] {
+            p.put_room(&room, &user(u), &conn(u)).await;
+        }
+        let task = p.task(WatchKey::Room(room.clone()), Arc::default(), Arc::default());
+        for msg in task.read_snapshot().await.unwrap() {
+            task.apply(&msg, false);
+        }
+        // a's key goes without a trace the watch could read (as when its delete marker expired),
+        // and the watch holds e from a put it read after the stream's last sequence.
+        p.stream
+            .purge()
+            .filter(format!("{KEY_PREFIX}room.r.a.ca"))
+            .await
+            .unwrap();
+        {
+            let mut state = task.state.lock().unwrap();
+            let e = state.entry(user("e")).or_default();
+            e.conns.insert("ce".into(), u64::MAX);
+            e.online = true;
+            task.online.fetch_add(1, Ordering::Relaxed);
+        }
+        assert_eq!(online(&task), ["a", "b", "e"]);
+        assert_eq!(task.reconcile().await.unwrap(), 1, "only a");
+        assert_eq!(online(&task), ["a", "b", "e"], "a waits out the grace period");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        task.expire_graces();
+        assert_eq!(online(&task), ["b", "e"]);
+        assert_eq!(task.reconcile().await.unwrap(), 0, "nothing more");
     }
 
     #[test]

@@ -377,6 +377,91 @@ async fn after_a_nats_restart(room_presence: RoomPresenceWatch) {
     );
 }
 
+/// The next presence frame about `user`, skipping others.
+async fn presence_of(c: &mut WsClient, user: &str, within: Duration) -> anyhow::Result<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let v = next_presence(
+            c,
+            deadline.saturating_duration_since(tokio::time::Instant::now()),
+        )
+        .await?;
+        if v["user"] == user {
+            return Ok(v);
+        }
+    }
+}
+
+#[tokio::test]
+async fn removals_missed_while_cut_off_are_found_after_reconnect() {
+    missed_while_cut_off(RoomPresenceWatch::Shared).await;
+}
+
+#[tokio::test]
+async fn removals_missed_while_cut_off_are_found_after_reconnect_per_room() {
+    missed_while_cut_off(RoomPresenceWatch::PerRoom).await;
+}
+
+/// Bob's gateway loses NATS (a crash, as far as presence goes) while alice's gateway is cut off
+/// for longer than a delete marker lives: when alice's gateway is back, nothing left in the stream
+/// says bob's keys went. Its room member and its watcher must still hear him go offline.
+async fn missed_while_cut_off(room_presence: RoomPresenceWatch) {
+    let stack = Stack::start();
+    let (here, g1) = stack
+        .gateway_behind_proxy(config_watching(&stack, room_presence))
+        .await;
+    let (there, g2) = stack
+        .gateway_behind_proxy(config_watching(&stack, room_presence))
+        .await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    join(&mut alice, "lobby").await;
+    let mut watcher = stack.connect(&g1, "watcher").await;
+    assert_eq!(watch(&mut watcher, &["bob"]).await[0]["online"], false);
+    let mut bob = stack.connect(&g2, "bob").await;
+    join(&mut bob, "lobby").await;
+    let wait = Duration::from_secs(5);
+    let p = presence_of(&mut alice, "bob", wait).await.unwrap();
+    assert_eq!(
+        (p["room"].as_str(), p["online"].as_bool()),
+        (Some("lobby"), Some(true))
+    );
+    let p = presence_of(&mut watcher, "bob", wait).await.unwrap();
+    assert_eq!(p["online"], true);
+
+    here.cut();
+    there.cut();
+    // Bob's keys expire within the TTL; their markers are kept 5 s.
+    tokio::time::sleep(TTL + Duration::from_secs(5) + Duration::from_secs(3)).await;
+    here.restore();
+    let restored = Instant::now();
+    let within = Duration::from_secs(15);
+    let p = presence_of(&mut alice, "bob", within).await.unwrap();
+    assert_eq!(
+        (p["room"].as_str(), p["online"].as_bool()),
+        (Some("lobby"), Some(false)),
+        "{p}"
+    );
+    let p = presence_of(&mut watcher, "bob", within).await.unwrap();
+    assert_eq!(p["online"], false, "{p}");
+    assert!(
+        restored.elapsed() < within,
+        "{:?} after the restore",
+        restored.elapsed()
+    );
+    let metrics = testkit::http_get(&format!("http://{}/metrics", g1.addr))
+        .await
+        .unwrap()
+        .1;
+    let missed: Option<u64> = metrics.lines().find_map(|l| {
+        l.strip_prefix("gateway_presence_missed_removals_total ")?
+            .parse()
+            .ok()
+    });
+    // Bob's room key, his connection key, and (in the room watch) alice's and the watcher's own
+    // keys, which expired too while their gateway was cut off.
+    assert!(missed.is_some_and(|n| n >= 2), "{missed:?}");
+}
+
 #[tokio::test]
 async fn a_room_watch_started_amid_writes_ends_with_the_bucket_state() {
     // The shared feed keeps a room's writes while the room's snapshot is read, then merges them by
