@@ -69,16 +69,16 @@ impl Default for StreamSettings {
 /// How a gateway subscribes to direct messages (`GATEWAY_DM_SUBSCRIPTION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum DmSubscription {
-    /// `per-user` (the default): two subscriptions per local user, `chat.out.dm.<user>.*` and
+    /// `per-user`: two subscriptions per local user, `chat.out.dm.<user>.*` and
     /// `chat.out.dm.*.<user>`, so NATS sends a gateway only its own users' direct messages. Costs about
     /// 12 KB of gateway memory per connected user (two async-nats subscription channels) and two
-    /// subscriptions at the server.
-    #[default]
+    /// subscriptions at the server: for clusters of many gateways with a high direct-message rate.
     PerUser,
-    /// `shared`: one `chat.out.dm.>` subscription per gateway, routed to local users by subject. No
-    /// per-user memory or server interest, but every gateway receives every direct message of the
-    /// cluster and drops those with no local user: for deployments with few gateways, or a direct
-    /// message rate small enough to send to each of them.
+    /// `shared` (the default): one `chat.out.dm.>` subscription per gateway, routed to local users by
+    /// subject. No per-user memory or server interest, but every gateway receives every direct
+    /// message of the cluster and drops those with no local user: for deployments with few
+    /// gateways, or a direct message rate small enough to send to each of them.
+    #[default]
     Shared,
 }
 
@@ -165,7 +165,7 @@ pub struct Config {
     pub presence_room_event_limit: usize,
     /// `GATEWAY_MAX_RESUME`.
     pub max_resume: usize,
-    /// `GATEWAY_DM_SUBSCRIPTION`: `per-user` (default) or `shared`.
+    /// `GATEWAY_DM_SUBSCRIPTION`: `shared` (default) or `per-user`.
     pub dm_subscription: DmSubscription,
     /// `GATEWAY_ROOM_PRESENCE`: `shared` (default) or `per-room`.
     pub room_presence: RoomPresenceWatch,
@@ -343,8 +343,8 @@ impl Config {
         if let Some(n) = num("GATEWAY_CONTENT_CHECK_TIMEOUT_MS")? {
             c.content_check_timeout = Duration::from_millis(n);
         }
-        if let Some(i) = mode("GATEWAY_DM_SUBSCRIPTION", &["per-user", "shared"])? {
-            c.dm_subscription = [DmSubscription::PerUser, DmSubscription::Shared][i];
+        if let Some(i) = mode("GATEWAY_DM_SUBSCRIPTION", &["shared", "per-user"])? {
+            c.dm_subscription = [DmSubscription::Shared, DmSubscription::PerUser][i];
         }
         if let Some(i) = mode("GATEWAY_ROOM_PRESENCE", &["shared", "per-room"])? {
             c.room_presence = [RoomPresenceWatch::Shared, RoomPresenceWatch::PerRoom][i];
@@ -395,7 +395,7 @@ mod tests {
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));
-        assert_eq!(c.dm_subscription, DmSubscription::PerUser);
+        assert_eq!(c.dm_subscription, DmSubscription::Shared);
         assert_eq!(c.room_presence, RoomPresenceWatch::Shared);
     }
 

@@ -1368,7 +1368,11 @@ mod tests {
         }
         assert_eq!(online(&task), ["a", "b", "e"]);
         assert_eq!(task.reconcile().await.unwrap(), 1, "only a");
-        assert_eq!(online(&task), ["a", "b", "e"], "a waits out the grace period");
+        assert_eq!(
+            online(&task),
+            ["a", "b", "e"],
+            "a waits out the grace period"
+        );
         tokio::time::sleep(Duration::from_millis(300)).await;
         task.expire_graces();
         assert_eq!(online(&task), ["b", "e"]);

@@ -72,7 +72,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     let mut writer = Writer::new(sink, queue, shared.clone(), metrics.clone());
 
     let user_topic = TopicKey::User(user.clone());
-    let next_refresh = Instant::now() + refresh_period(&state.presence);
+    let next_refresh = Instant::now() + first_refresh(&state.presence);
     let mut session = Session {
         bucket: TokenBucket::new(
             state.config.rate_per_sec,
@@ -83,7 +83,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         outbox: outbox.clone(),
         joined: HashSet::new(),
         watched: HashSet::new(),
-        // The keys are written at open; the first refresh is due a (jittered) period later.
+        // The keys are written at open; the first refresh is due within a period.
         next_refresh,
         refreshing: None,
         inflight: FuturesUnordered::new(),
@@ -180,10 +180,22 @@ struct Session {
 /// Time until a connection's next presence refresh: jittered (75–100 % of the period), so
 /// connections opened together do not refresh together.
 fn refresh_period(presence: &crate::presence::Presence) -> std::time::Duration {
+    jittered(presence, 0.75)
+}
+
+/// Time until a connection's first presence refresh: 25–100 % of the period. Connections opened
+/// together (clients coming back after a gateway restart, a benchmark's ramp) would otherwise make
+/// their first refreshes within a quarter of the period, three times as dense as later ones.
+fn first_refresh(presence: &crate::presence::Presence) -> std::time::Duration {
+    jittered(presence, 0.25)
+}
+
+/// A random share, from `low` to 1, of the refresh period.
+fn jittered(presence: &crate::presence::Presence, low: f64) -> std::time::Duration {
     presence
         .settings()
         .refresh_every()
-        .mul_f64(0.75 + rand::random::<f64>() * 0.25)
+        .mul_f64(low + rand::random::<f64>() * (1.0 - low))
 }
 
 /// What a client frame led to: done (with how the read loop goes on), or a handler that must wait.

@@ -1,5 +1,6 @@
-//! `GATEWAY_DM_SUBSCRIPTION=shared`: one `chat.out.dm.>` subscription per gateway, routed to local
-//! users, next to gateways that subscribe per user. Real nats-server, real gateways.
+//! `GATEWAY_DM_SUBSCRIPTION`: `shared` (the default: one `chat.out.dm.>` subscription per gateway,
+//! routed to local users) next to gateways that subscribe per user. Real nats-server, real
+//! gateways. The other test files run the default; the per-user mode's own paths are here.
 
 mod common;
 
@@ -13,6 +14,13 @@ use testkit::WsClient;
 fn shared(stack: &Stack) -> gateway::Config {
     gateway::Config {
         dm_subscription: DmSubscription::Shared,
+        ..stack.config_unlimited()
+    }
+}
+
+fn per_user(stack: &Stack) -> gateway::Config {
+    gateway::Config {
+        dm_subscription: DmSubscription::PerUser,
         ..stack.config_unlimited()
     }
 }
@@ -63,7 +71,7 @@ async fn until_no_connections(gw: &common::Gateway) {
 async fn shared_and_per_user_gateways_deliver_direct_messages_to_every_device() {
     let stack = Stack::start();
     let g1 = stack.gateway_with(shared(&stack)).await;
-    let g2 = stack.gateway_with(stack.config_unlimited()).await;
+    let g2 = stack.gateway_with(per_user(&stack)).await;
     let mut alice_phone = stack.connect(&g1, "alice").await;
     let mut alice_pc = stack.connect(&g2, "alice").await;
     let mut bob = stack.connect(&g1, "bob").await;
@@ -96,7 +104,7 @@ async fn shared_and_per_user_gateways_deliver_direct_messages_to_every_device() 
 async fn shared_subscription_drops_foreign_threads_and_restarts_a_returning_users_chain() {
     let stack = Stack::start();
     let g1 = stack.gateway_with(shared(&stack)).await;
-    let g2 = stack.gateway_with(stack.config_unlimited()).await;
+    let g2 = stack.gateway_with(per_user(&stack)).await;
     let mut alice = stack.connect(&g2, "alice").await;
 
     // Bob is on the shared gateway: his thread is tracked there.
@@ -129,11 +137,23 @@ async fn shared_subscription_drops_foreign_threads_and_restarts_a_returning_user
 
 #[tokio::test]
 async fn shared_subscription_fills_the_gap_after_reconnecting() {
-    // Direct messages stored while the shared gateway's NATS link was cut reach its user after the
-    // reconnect, in order, once.
+    gap_fill_after_reconnecting(shared, per_user).await;
+}
+
+#[tokio::test]
+async fn per_user_subscriptions_fill_the_gap_after_reconnecting() {
+    gap_fill_after_reconnecting(per_user, shared).await;
+}
+
+/// Direct messages stored while a gateway's NATS link was cut reach its user after the reconnect,
+/// in order, once.
+async fn gap_fill_after_reconnecting(
+    cut: fn(&Stack) -> gateway::Config,
+    other: fn(&Stack) -> gateway::Config,
+) {
     let stack = Stack::start();
-    let (proxy, cut_off) = stack.gateway_behind_proxy(shared(&stack)).await;
-    let g2 = stack.gateway_with(stack.config_unlimited()).await;
+    let (proxy, cut_off) = stack.gateway_behind_proxy(cut(&stack)).await;
+    let g2 = stack.gateway_with(other(&stack)).await;
     let mut bob = stack.connect(&cut_off, "bob").await;
     let mut alice = stack.connect(&g2, "alice").await;
     let mut seqs = send_dms(&mut alice, "bob", "a", 10).await;
