@@ -20,6 +20,7 @@
 //! key coming back within it cancels the pair.
 
 use std::collections::{HashMap, HashSet};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -165,10 +166,21 @@ pub struct Presence {
 }
 
 /// The rooms the shared feed delivers to, by id.
-#[derive(Default)]
 struct RoomFeed {
     /// Keyed by the room id as text, as it comes in a subject.
     rooms: Mutex<HashMap<String, Arc<RoomRoute>>>,
+    /// Bumped each time the feed's consumer was re-created (after a reconnect to NATS, or a failed
+    /// or ended stream): the rooms then look for removals the feed can no longer deliver.
+    reopened: watch::Sender<u64>,
+}
+
+impl Default for RoomFeed {
+    fn default() -> Self {
+        Self {
+            rooms: Mutex::default(),
+            reopened: watch::Sender::new(0),
+        }
+    }
 }
 
 /// One room's watch as the shared feed sees it.
@@ -469,7 +481,7 @@ impl Presence {
                     phase: Mutex::new(Phase::Reading(Pending::default())),
                 });
                 feed.insert(room, route.clone());
-                let run = route.clone().run(ready_tx, self.reconnects.clone());
+                let run = route.clone().run(ready_tx, feed.reopened.subscribe());
                 let handle = tokio::spawn(run.instrument(span));
                 (handle, Some(route))
             }
@@ -570,6 +582,8 @@ impl RoomFeed {
             messages = until_ok("presence room feed", || Self::open(&stream, policy))
                 .await
                 .0;
+            // After the old consumer is gone, so none of its messages is routed after a reconcile.
+            self.reopened.send_modify(|n| *n += 1);
         }
     }
 
@@ -628,12 +642,8 @@ impl RoomFeed {
 impl RoomRoute {
     /// Reads the room's snapshot, merges what the feed delivered meanwhile, then runs the grace
     /// timers while the feed applies live messages.
-    async fn run(
-        self: Arc<Self>,
-        ready: watch::Sender<bool>,
-        mut reconnects: watch::Receiver<u64>,
-    ) {
-        reconnects.mark_unchanged();
+    async fn run(self: Arc<Self>, ready: watch::Sender<bool>, mut reopened: watch::Receiver<u64>) {
+        reopened.mark_unchanged();
         loop {
             let snapshot = until_ok("presence room snapshot", || self.task.read_snapshot()).await;
             if self.merge(&snapshot) {
@@ -642,17 +652,22 @@ impl RoomRoute {
             self.task.metrics.presence_snapshot_retries.inc();
         }
         let _ = ready.send(true);
-        let mut follow_reconnects = true;
+        let mut follow_feed = true;
+        // Polled beside the grace timers, which keep running while it waits for NATS.
+        let mut reconcile: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> = None;
         loop {
             let due = self.task.next_due();
             tokio::select! {
                 () = sleep_until_opt(due) => self.task.expire_graces(),
                 () = self.task.wake.notified() => {}
-                // The feed re-creates its consumer by itself; what it can no longer deliver is
-                // found here.
-                changed = reconnects.changed(), if follow_reconnects => match changed {
-                    Ok(()) => self.task.reconcile_after_reconnect().await,
-                    Err(_) => follow_reconnects = false,
+                () = async { reconcile.as_mut().expect("guarded").await }, if reconcile.is_some() => {
+                    reconcile = None;
+                }
+                // The feed re-created its consumer; what it can no longer deliver is found here. A
+                // reconcile still running is replaced: the new one reads a later snapshot.
+                changed = reopened.changed(), if follow_feed => match changed {
+                    Ok(()) => reconcile = Some(Box::pin(self.task.reconcile_after_reconnect())),
+                    Err(_) => follow_feed = false,
                 },
             }
         }
@@ -833,6 +848,10 @@ impl WatchTask {
             let (m, pending) = self.open_retrying(policy, true).await;
             messages = m;
             if initial > 0 {
+                // The current keys again, from the start: a key applied from the first, partial read
+                // may have expired since (no event was sent while reading).
+                self.state.lock().unwrap_or_else(|e| e.into_inner()).clear();
+                self.online.store(0, Ordering::Relaxed);
                 initial = pending;
                 if initial == 0 {
                     let _ = ready.send(true);
@@ -1019,17 +1038,18 @@ impl WatchTask {
         Ok(missed)
     }
 
-    /// [`WatchTask::reconcile`] after a reconnect, holding one of the gateway's
-    /// [`RECREATE_IN_FLIGHT`] permits. A failure is logged and left to the next reconnect.
+    /// [`WatchTask::reconcile`] after the watch's consumer was re-created, retried until it
+    /// succeeds (a key whose marker is gone would otherwise stay for good); each attempt holds one
+    /// of the gateway's [`RECREATE_IN_FLIGHT`] permits, the pause between attempts none.
     async fn reconcile_after_reconnect(&self) {
-        let _permit = self.recreate.acquire().await.ok();
-        match with_attempts("presence reconcile", || self.reconcile()).await {
-            Ok(0) => {}
-            Ok(n) => {
-                self.metrics.presence_missed_removals.inc_by(n as u64);
-                tracing::info!(key = ?self.key, removed = n, "presence keys gone while cut off from NATS");
-            }
-            Err(e) => tracing::warn!(error = %e, "presence reconcile failed"),
+        let n = until_ok("presence reconcile", || async {
+            let _permit = self.recreate.acquire().await.ok();
+            self.reconcile().await
+        })
+        .await;
+        if n > 0 {
+            self.metrics.presence_missed_removals.inc_by(n as u64);
+            tracing::info!(key = ?self.key, removed = n, "presence keys gone while cut off from NATS");
         }
     }
 
