@@ -244,7 +244,7 @@ impl Metrics {
                 &r,
                 counter(
                     "gateway_presence_missed_removals_total",
-                    "Presence keys found gone after a reconnect to NATS, whose delete markers had expired while the gateway was cut off.",
+                    "Presence keys found gone when a watch re-read its keys after its consumer was re-created (their delete markers had expired meanwhile, as while the gateway was cut off from NATS).",
                 ),
             ),
             registry: r,

@@ -863,19 +863,32 @@ impl WatchTask {
         }
     }
 
-    /// [`WatchTask::open`], retried so a watch survives a NATS outage; with `limited`, each
-    /// attempt holds one of the gateway's [`RECREATE_IN_FLIGHT`] permits (not the pause between).
+    /// [`WatchTask::open`], retried so a watch survives a NATS outage; with `limited`, through
+    /// [`WatchTask::until_ok_limited`].
     async fn open_retrying(
         &self,
         policy: consumer::DeliverPolicy,
         limited: bool,
     ) -> (consumer::pull::Ordered, u64) {
-        until_ok("presence watch", || async move {
-            let _permit = match limited {
-                true => self.recreate.acquire().await.ok(),
-                false => None,
-            };
-            self.open(policy).await
+        let what = "presence watch";
+        match limited {
+            true => self.until_ok_limited(what, || self.open(policy)).await,
+            false => until_ok(what, || self.open(policy)).await,
+        }
+    }
+
+    /// [`until_ok`] for the work every watch does at once after a reconnect: each attempt holds
+    /// one of the gateway's [`RECREATE_IN_FLIGHT`] permits, the pause between attempts none.
+    async fn until_ok_limited<T, Fut>(&self, what: &str, mut attempt: impl FnMut() -> Fut) -> T
+    where
+        Fut: Future<Output = anyhow::Result<T>>,
+    {
+        until_ok(what, || {
+            let attempt = attempt();
+            async move {
+                let _permit = self.recreate.acquire().await.ok();
+                attempt.await
+            }
         })
         .await
     }
@@ -1039,14 +1052,11 @@ impl WatchTask {
     }
 
     /// [`WatchTask::reconcile`] after the watch's consumer was re-created, retried until it
-    /// succeeds (a key whose marker is gone would otherwise stay for good); each attempt holds one
-    /// of the gateway's [`RECREATE_IN_FLIGHT`] permits, the pause between attempts none.
+    /// succeeds (a key whose marker is gone would otherwise stay for good).
     async fn reconcile_after_reconnect(&self) {
-        let n = until_ok("presence reconcile", || async {
-            let _permit = self.recreate.acquire().await.ok();
-            self.reconcile().await
-        })
-        .await;
+        let n = self
+            .until_ok_limited("presence reconcile", || self.reconcile())
+            .await;
         if n > 0 {
             self.metrics.presence_missed_removals.inc_by(n as u64);
             tracing::info!(key = ?self.key, removed = n, "presence keys gone while cut off from NATS");
@@ -1223,6 +1233,24 @@ mod tests {
     use super::*;
     use protocol::ConnId;
 
+    /// A per-room [`Presence`] with the given grace period on a fresh nats-server, which lives as
+    /// long as the returned handle.
+    async fn per_room_presence(grace: Duration) -> (testkit::NatsServer, Presence) {
+        let server = testkit::NatsServer::start().unwrap();
+        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
+        let settings = PresenceSettings {
+            ttl: Duration::from_secs(60),
+            grace,
+            room_event_limit: DEFAULT_ROOM_EVENT_LIMIT,
+            room_watch: RoomPresenceWatch::PerRoom,
+        };
+        let (_tx, reconnects) = watch::channel(0);
+        let p = Presence::ensure(js, settings, 1, Arc::default(), reconnects)
+            .await
+            .unwrap();
+        (server, p)
+    }
+
     /// Online users of a room watch's state, by id.
     fn online(task: &WatchTask) -> Vec<String> {
         view(&task.key, &task.state)
@@ -1237,18 +1265,7 @@ mod tests {
         // Real KV messages from a real nats-server. The feed may lag behind the snapshot (it kept
         // only older messages) or run past it (it kept newer ones too); both must end in the state
         // of the last message per key.
-        let server = testkit::NatsServer::start().unwrap();
-        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-        let settings = PresenceSettings {
-            ttl: Duration::from_secs(60),
-            grace: Duration::from_secs(1),
-            room_event_limit: DEFAULT_ROOM_EVENT_LIMIT,
-            room_watch: RoomPresenceWatch::PerRoom,
-        };
-        let (_tx, reconnects) = watch::channel(0);
-        let p = Presence::ensure(js, settings, 1, Arc::default(), reconnects)
-            .await
-            .unwrap();
+        let (_server, p) = per_room_presence(Duration::from_secs(1)).await;
         let room = RoomId::parse("r").unwrap();
         let key = WatchKey::Room(room.clone());
         let id = |u: &str| {
@@ -1350,18 +1367,7 @@ mod tests {
     async fn reconcile_removes_only_keys_gone_before_the_snapshot() {
         // After a reconnect, a key the watch holds but the bucket no longer has is removed, unless
         // the watch holds it from a put newer than the stream was before the snapshot.
-        let server = testkit::NatsServer::start().unwrap();
-        let js = jetstream::new(async_nats::connect(server.url()).await.unwrap());
-        let settings = PresenceSettings {
-            ttl: Duration::from_secs(60),
-            grace: Duration::from_millis(200),
-            room_event_limit: DEFAULT_ROOM_EVENT_LIMIT,
-            room_watch: RoomPresenceWatch::PerRoom,
-        };
-        let (_tx, reconnects) = watch::channel(0);
-        let p = Presence::ensure(js, settings, 1, Arc::default(), reconnects)
-            .await
-            .unwrap();
+        let (_server, p) = per_room_presence(Duration::from_millis(200)).await;
         let room = RoomId::parse("r").unwrap();
         let user = |u: &str| UserId::parse(u).unwrap();
         let conn = |u: &str| ConnId::parse(format!("c{u}")).unwrap();

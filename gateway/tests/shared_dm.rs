@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Stack, messages};
+use common::{Stack, messages, metric};
 use gateway::config::DmSubscription;
 use serde_json::{Value, json};
 use testkit::WsClient;
@@ -44,15 +44,6 @@ async fn message_seqs(c: &mut WsClient, n: usize) -> Vec<u64> {
         .iter()
         .map(|m| m["seq"].as_u64().unwrap())
         .collect()
-}
-
-async fn metric(gw: &common::Gateway, name: &str) -> Option<f64> {
-    let body = testkit::http_get(&format!("http://{}/metrics", gw.addr))
-        .await
-        .unwrap()
-        .1;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Waits until the gateway has no open connection left (teardown done).

@@ -220,3 +220,13 @@ pub async fn messages(c: &mut WsClient, n: usize) -> Vec<serde_json::Value> {
     }
     out
 }
+
+/// A gateway metric without labels, read from its `/metrics` page; `None` if it is not there.
+pub async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
+    let body = testkit::http_get(&format!("http://{}/metrics", gw.addr))
+        .await
+        .unwrap()
+        .1;
+    body.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
