@@ -1,5 +1,7 @@
 // Two headless-Chromium pages log in through the dev page, join one room, chat and send a direct
-// message, against the real dev stack started by `cargo xtask dev` (nats-server, auth, gateway).
+// message, against the real dev stack started by `xtask dev --no-build` (nats-server, auth, gateway,
+// persister). `cargo xtask test` has built the binaries already, so the wait below covers only the
+// stack starting; if the start fails, the stack's own output is in the error.
 import { test, before, after } from "node:test";
 import assert from "node:assert/strict";
 import { spawn } from "node:child_process";
@@ -23,15 +25,25 @@ function freePort() {
   });
 }
 
-async function waitFor(url, ms) {
+/** How long the stack may take to start: four processes, no compiler. */
+const START_MS = 60_000;
+/** Chunks of the stack's output kept for an error message. */
+const OUTPUT_CHUNKS = 2000;
+
+/** Waits until `url` answers 200, failing at once if `child` exits first. */
+async function waitFor(url, ms, child, output) {
   const deadline = Date.now() + ms;
+  const failed = (why) => new Error(`${why}; the stack's output:\n${output.join("")}`);
   while (Date.now() < deadline) {
+    if (child.exitCode !== null || child.signalCode !== null) {
+      throw failed(`the stack exited (${child.exitCode ?? child.signalCode}) before ${url} was up`);
+    }
     try {
       if ((await fetch(url)).ok) return;
     } catch {}
     await new Promise((r) => setTimeout(r, 200));
   }
-  throw new Error(`${url} not up within ${ms} ms`);
+  throw failed(`${url} not up within ${ms} ms`);
 }
 
 before(async () => {
@@ -40,7 +52,8 @@ before(async () => {
   dataDir = mkdtempSync(path.join(tmpdir(), "liaotian-web-"));
   gatewayUrl = `http://127.0.0.1:${gw}`;
   const binDir = process.env.LIAOTIAN_BIN_DIR || path.join(root, "target/debug");
-  stack = spawn(path.join(binDir, "xtask"), ["dev"], {
+  const xtask = process.env.LIAOTIAN_XTASK || path.join(binDir, "xtask");
+  stack = spawn(xtask, ["dev", "--no-build"], {
     cwd: root,
     env: {
       ...process.env,
@@ -51,9 +64,20 @@ before(async () => {
       LIAOTIAN_PERSISTER_ADDR: `127.0.0.1:${persister}`,
       LIAOTIAN_DATA_DIR: dataDir,
     },
-    stdio: ["ignore", "inherit", "inherit"],
+    stdio: ["ignore", "pipe", "pipe"],
   });
-  await waitFor(`${gatewayUrl}/readyz`, 120_000);
+  // Kept for the error message (the last OUTPUT_CHUNKS chunks), and passed on so a passing run
+  // still shows the stack's log.
+  const output = [];
+  for (const s of [stack.stdout, stack.stderr]) {
+    s.setEncoding("utf8");
+    s.on("data", (chunk) => {
+      output.push(chunk);
+      if (output.length > OUTPUT_CHUNKS) output.shift();
+      process.stderr.write(chunk);
+    });
+  }
+  await waitFor(`${gatewayUrl}/readyz`, START_MS, stack, output);
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM_PATH || "/usr/bin/chromium",
     args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -235,12 +235,24 @@ async fn every_errcode_gets_its_documented_answer() {
         assert_eq!(r.status, *status, "{code}: {}", r.raw);
         assert_eq!(r.body["code"], u64::from(*status) * 100, "{code}");
         assert_eq!(r.body["data"]["reason"], *reason, "{code}");
-        for secret in ["4001", "4012", "4100", "appid", "secret", "AUTH_"] {
+        // WeChat's own errcode and errmsg are internal details: neither reaches the client.
+        let errcode = code.trim_start_matches(|c: char| c.is_ascii_alphabetic());
+        let message = r.body["message"].as_str().unwrap();
+        let errcode = (!errcode.is_empty()).then_some(errcode);
+        for secret in errcode
+            .into_iter()
+            .chain(["rid", "fake", "appid", "secret", "AUTH_"])
+        {
             assert!(
-                !r.body["message"].as_str().unwrap().contains(secret),
-                "{code}: {}",
+                !message.contains(secret) && !r.raw.contains(secret),
+                "{code}: {secret:?} in {}",
                 r.raw
             );
+        }
+        // The answer comes from WeChat's errcode: one upstream call per code (-1 is retried once).
+        if code.starts_with("err") || code.starts_with("serr") {
+            let calls = if *code == "err-1" { 2 } else { 1 };
+            assert_eq!(a.fake.code_calls(code), calls, "{code}");
         }
     }
     assert_eq!(a.login("err45011").await.retry_after.as_deref(), Some("60"));
@@ -426,14 +438,16 @@ async fn dev_login_is_off_next_to_wechat_unless_flagged() {
 
 #[tokio::test]
 async fn keys_rotate_on_reload() {
-    // After a reload, /api/keys serves the new and the previous key, and new tokens use the new key.
+    // After a reload, /api/keys serves the new and the previous key at once; new tokens use the new
+    // key only after the activation delay, so every gateway can fetch it first.
     let dir = testkit::TempDir::new("auth-keys").unwrap();
     let current = dir.path().join("current");
     let previous = dir.path().join("previous");
+    let delay = Duration::from_secs(2);
     let a = start_with(|c| {
         c.key = auth::config::KeySource::File(current.clone());
         c.previous_key_files = vec![previous.clone()];
-        c.key_activation_delay = Duration::ZERO;
+        c.key_activation_delay = delay;
     })
     .await;
     let kids = |a: &Auth| {
@@ -448,11 +462,31 @@ async fn keys_rotate_on_reload() {
     let before = kids(&a);
     assert_eq!(before.len(), 1);
     std::fs::rename(&current, &previous).unwrap();
+    let reloaded = std::time::Instant::now();
     a.state.keys.reload(&a.state.config).unwrap();
     let after = kids(&a);
     assert_eq!(after.len(), 2, "{after:?}");
     assert!(after.contains(&before[0]));
-    assert_ne!(a.state.keys.signer().kid(), before[0]);
+    // The new key is served but does not sign yet.
+    let old_signer = a.state.keys.signer().kid().to_owned();
+    assert!(
+        old_signer == before[0] || reloaded.elapsed() >= delay,
+        "the new key signed before the activation delay"
+    );
+    let new_kid = after.iter().find(|k| **k != before[0]).unwrap().clone();
+    while a.state.keys.signer().kid() != new_kid {
+        assert!(
+            reloaded.elapsed() < delay + Duration::from_secs(5),
+            "the new key never started signing"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        reloaded.elapsed() >= delay,
+        "signing with the new key after {:?}, before the delay",
+        reloaded.elapsed()
+    );
+    assert_eq!(kids(&a).len(), 2, "the old key is still served");
     let served = a
         .http
         .get(format!("{}/api/keys", a.url))

@@ -160,5 +160,9 @@ async fn gap_fill_after_reconnecting(
     );
     seqs = send_dms(&mut alice, "bob", "c", 1).await;
     assert_eq!(message_seqs(&mut bob, 1).await, seqs);
-    assert_ne!(metric(&cut_off, "gateway_gap_fills_total").await, Some(0.0));
+    let fills = metric(&cut_off, "gateway_gap_fills_total").await;
+    assert!(
+        fills.is_some_and(|n| n >= 1.0),
+        "a gap fill was counted: {fills:?}"
+    );
 }

@@ -1,4 +1,4 @@
-//! The store contract: one suite, run against SQLite always and against ScyllaDB when `SCYLLA_URI` is set.
+//! The store contract: one suite, run against SQLite always, and against ScyllaDB (ignored unless asked for) when `SCYLLA_URI` is set.
 
 use persister::store::{DeadLetter, PageQuery, Record, Store};
 use protocol::subject::Conversation;
@@ -216,13 +216,13 @@ async fn sqlite_meets_the_store_contract() {
     dead_letter_suite(&store, 0).await;
 }
 
-// Proves the ScyllaDB backend meets the same contract, when a cluster is given in SCYLLA_URI.
+// Proves the ScyllaDB backend meets the same contract, against the cluster in SCYLLA_URI. Ignored
+// (reported as such, not as passed) until the test suite starts a CQL server of its own; run it
+// with `SCYLLA_URI=scylla://host/keyspace cargo test -p persister --test contract -- --ignored`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a CQL server: set SCYLLA_URI and pass --ignored"]
 async fn scylla_meets_the_store_contract() {
-    let Ok(uri) = std::env::var("SCYLLA_URI") else {
-        eprintln!("SKIPPED: scylla contract tests (SCYLLA_URI not set)");
-        return;
-    };
+    let uri = std::env::var("SCYLLA_URI").expect("SCYLLA_URI=scylla://host1,host2/keyspace");
     let persister::StoreConfig::Scylla { hosts, keyspace } =
         persister::StoreConfig::parse(&uri).expect("SCYLLA_URI")
     else {

