@@ -398,7 +398,7 @@ impl Config {
     }
 
     /// The public keys of [`Config::previous_key_files`] that exist, with their key ids.
-    pub fn previous_keys(&self) -> anyhow::Result<Vec<crate::token::VerifyingKey>> {
+    pub fn previous_keys(&self) -> anyhow::Result<Vec<token::VerifyingKey>> {
         use anyhow::Context;
         let mut out = Vec::new();
         for path in &self.previous_key_files {

@@ -4,7 +4,7 @@
 //! It runs here because the WeChat credentials are here; gateways never hold them.
 
 use std::sync::Arc;
-use std::time::Instant;
+use tokio::time::Instant;
 
 use futures_util::StreamExt;
 use protocol::control::{

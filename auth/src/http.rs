@@ -18,13 +18,14 @@ use serde_json::json;
 use tower_http::cors::CorsLayer;
 
 use crate::Config;
-use crate::envelope::{ApiError, ok};
 use crate::keyring::KeyRing;
 use crate::login::Exchanges;
 use crate::metrics::Metrics;
 use crate::store::{CODE_WINDOW_SECS, IP_WINDOW_SECS, Rotation, Store, StoreError};
-use crate::token::now_secs;
 use crate::wechat::WeChatClient;
+use protocol::api::{LogoutReply, TokenReply};
+use svc::http::{ApiError, ok};
+use token::now_secs;
 
 /// Longest accepted `wx.login` code.
 pub const MAX_CODE_LEN: usize = 128;
@@ -178,7 +179,7 @@ async fn wechat_login(
     state: &AppState,
     ip: Option<IpAddr>,
     code: String,
-) -> Result<serde_json::Value, ApiError> {
+) -> Result<TokenReply, ApiError> {
     let Some(store) = state.store.as_ref().filter(|_| state.wechat.is_some()) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -215,7 +216,7 @@ async fn wechat_login(
     state.exchanges.run(&code, work).await
 }
 
-fn dev_login(state: &AppState, name: String) -> Result<serde_json::Value, ApiError> {
+fn dev_login(state: &AppState, name: String) -> Result<TokenReply, ApiError> {
     if !state.config.dev_login {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -230,12 +231,11 @@ fn dev_login(state: &AppState, name: String) -> Result<serde_json::Value, ApiErr
         .keys
         .signer()
         .issue(&user, now, state.config.access_ttl_secs);
-    Ok(json!({
-        "user": user,
-        "access_token": token,
-        "token_type": "Bearer",
-        "expires_in": state.config.access_ttl_secs,
-    }))
+    Ok(TokenReply::bearer(
+        user.to_string(),
+        token,
+        state.config.access_ttl_secs,
+    ))
 }
 
 #[derive(Deserialize)]
@@ -266,14 +266,8 @@ async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> 
                 })?;
                 let ttl = state.config.access_ttl_secs;
                 let access = state.keys.signer().issue(&uid, now_secs(), ttl);
-                Ok(json!({
-                    "user": user,
-                    "access_token": access,
-                    "token_type": "Bearer",
-                    "expires_in": ttl,
-                    "refresh_token": token,
-                    "refresh_expires_in": state.config.refresh_ttl_secs,
-                }))
+                Ok(TokenReply::bearer(user, access, ttl)
+                    .with_refresh(token, state.config.refresh_ttl_secs))
             }
             Rotation::Reused { user } => {
                 tracing::warn!(%user, "a rotated refresh token was presented again: its family is revoked");
@@ -385,7 +379,10 @@ async fn logout(
             None => tracing::warn!("logout without AUTH_NATS_URL: open sockets stay open"),
         }
         tracing::info!(%user, revoked, "logout");
-        Ok(json!({"user": user, "revoked_families": revoked}))
+        Ok(LogoutReply {
+            user: user.to_string(),
+            revoked_families: u64::try_from(revoked).unwrap_or(u64::MAX),
+        })
     }
     .await;
     match result {

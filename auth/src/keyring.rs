@@ -6,11 +6,11 @@
 //! signed; the old current key keeps being served, and so do the previous ones.
 
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use tokio::time::Instant;
 
-use crate::jwks::{Jwk, JwkSet};
-use crate::token::{KeySet, VerifyingKey, kid_of};
 use crate::{Config, Signer};
+use token::{Jwk, JwkSet};
+use token::{KeySet, VerifyingKey, kid_of};
 
 struct Ring {
     /// The key that signs now.

@@ -3,39 +3,32 @@
 //! It logs WeChat mini-program users in (`code2Session`), issues access tokens (Ed25519 JWTs) and
 //! refresh tokens (opaque, in Redis, rotated on every use), serves the public keys that gateways use to
 //! check access tokens, and, when enabled, serves the content check to gateways over NATS.
-//! [`token`] holds both halves of the JWT: gateways link this crate for [`token::KeySet::verify`] alone,
-//! and make no call to this service per connection.
+//! The tokens themselves are the `token` crate's: gateways link that crate alone for
+//! [`token::KeySet::verify`], and make no call to this service per connection.
 //!
 //! The development login (`POST /api/login {"dev_user": …}`) is only there when the service is started
 //! with the explicit dev flag. See `docs/wechat.md`.
 
 pub mod config;
 pub mod content;
-pub mod envelope;
 pub mod http;
-pub mod jwks;
 pub mod keyring;
 pub mod login;
 pub mod metrics;
 pub mod store;
-pub mod token;
 pub mod wechat;
 
 #[cfg(feature = "test-support")]
 pub mod fake_wechat;
 
 pub use config::Config;
-pub use token::{KeySet, Signer, VerifiedClaims, VerifyError};
+pub use token::{self, KeySet, Signer, VerifiedClaims, VerifyError};
 
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context;
 use tokio::net::TcpListener;
-
-/// Longest pause between NATS reconnect attempts.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 /// Builds the service state: keys, Redis, WeChat client, NATS and, when enabled, the content-check
 /// service (spawned). Redis and NATS are connected lazily, so auth starts while they are down.
@@ -43,7 +36,10 @@ pub async fn start(config: Config) -> anyhow::Result<http::AppState> {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let mut state = http::AppState::new(config)?;
     if let Some(url) = &state.config.nats_url {
-        state.nats = Some(connect_nats(url).await?);
+        let nats = svc::nats::connect(url, "liaotian-auth")
+            .await
+            .context("AUTH_NATS_URL")?;
+        state.nats = Some(nats.client);
     }
     if let (Some(settings), Some(nats), Some(store), Some(wechat)) = (
         state.config.content_check.clone(),
@@ -95,29 +91,4 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let state = start(config).await?;
     serve(listener, state, shutdown).await
-}
-
-async fn connect_nats(url: &str) -> anyhow::Result<async_nats::Client> {
-    let servers = url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("AUTH_NATS_URL={url} is not a comma-separated list of URLs"))?;
-    async_nats::ConnectOptions::new()
-        .name("liaotian-auth")
-        .retry_on_initial_connect()
-        .reconnect_delay_callback(|attempts| {
-            let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
-            step.min(MAX_RECONNECT_DELAY)
-        })
-        .event_callback(|event| async move {
-            match event {
-                async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                async_nats::Event::Connected => tracing::info!("NATS connected"),
-                other => tracing::debug!(event = %other, "NATS event"),
-            }
-        })
-        .connect(servers)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))
 }

@@ -3,22 +3,25 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use axum::http::StatusCode;
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
-use serde_json::{Value, json};
 use sha2::Sha256;
 use tokio::sync::OnceCell;
 use tracing::Instrument;
 
-use crate::envelope::ApiError;
+use protocol::api::TokenReply;
+use svc::http::ApiError;
+
 use crate::http::AppState;
 use crate::store::hash;
-use crate::token::now_secs;
 use crate::wechat::WxError;
+use token::now_secs;
 
 /// How long a successful exchange is remembered: the life of a `wx.login` code.
 pub const CODE_CACHE: Duration = Duration::from_secs(300);
@@ -27,7 +30,7 @@ pub const MAX_CACHED_CODES: usize = 10_000;
 /// `Retry-After` sent with WeChat's minute quota (45011).
 pub const QUOTA_RETRY_AFTER_SECS: u64 = 60;
 
-type Outcome = Result<Value, ApiError>;
+type Outcome = Result<TokenReply, ApiError>;
 
 struct Slot {
     created: Instant,
@@ -189,14 +192,7 @@ pub async fn exchange(state: AppState, code: String) -> Outcome {
     let ttl = state.config.access_ttl_secs;
     let access = state.keys.signer().issue(&uid, now_secs(), ttl);
     tracing::info!(%user, unionid = session.unionid.is_some(), "wechat login");
-    Ok(json!({
-        "user": user,
-        "access_token": access,
-        "token_type": "Bearer",
-        "expires_in": ttl,
-        "refresh_token": refresh,
-        "refresh_expires_in": state.config.refresh_ttl_secs,
-    }))
+    Ok(TokenReply::bearer(user, access, ttl).with_refresh(refresh, state.config.refresh_ttl_secs))
 }
 
 #[cfg(test)]
@@ -221,14 +217,14 @@ mod tests {
             ex.run("c1", async move {
                 runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 tokio::time::sleep(Duration::from_millis(50)).await;
-                Ok(json!({"n": 1}))
+                Ok(TokenReply::bearer("n", "t".into(), 1))
             })
             .await
         };
         let (a, b) = tokio::join!(go(ex.clone(), runs.clone()), go(ex.clone(), runs.clone()));
         assert_eq!(a.unwrap(), b.unwrap());
         let c = go(ex.clone(), runs.clone()).await.unwrap();
-        assert_eq!(c, json!({"n": 1}));
+        assert_eq!(c, TokenReply::bearer("n", "t".into(), 1));
         assert_eq!(runs.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 }

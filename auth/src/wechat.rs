@@ -5,7 +5,9 @@
 //! the status and the content type, and [`errcode_of`] reads the code leniently.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use serde_json::{Value, json};
 

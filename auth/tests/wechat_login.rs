@@ -462,7 +462,7 @@ async fn keys_rotate_on_reload() {
     let before = kids(&a);
     assert_eq!(before.len(), 1);
     std::fs::rename(&current, &previous).unwrap();
-    let reloaded = std::time::Instant::now();
+    let reloaded = tokio::time::Instant::now();
     a.state.keys.reload(&a.state.config).unwrap();
     let after = kids(&a);
     assert_eq!(after.len(), 2, "{after:?}");

@@ -12,7 +12,8 @@
 //! duplicate, and a message stored under another sequence than JetStream acked is unexpected.
 
 use std::net::SocketAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;

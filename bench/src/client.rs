@@ -20,10 +20,10 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use auth::Signer;
 use futures_util::{SinkExt, StreamExt};
 use protocol::UserId;
 use serde::Deserialize;
+use token::Signer;
 use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::time::{Instant, MissedTickBehavior};
@@ -195,11 +195,9 @@ pub async fn connect(
     }
     let tcp = sock.connect(addr).await.context("tcp connect")?;
     tcp.set_nodelay(true)?;
-    let token = ctx.signer.issue(
-        &UserId::parse(user)?,
-        auth::token::now_secs(),
-        TOKEN_TTL_SECS,
-    );
+    let token = ctx
+        .signer
+        .issue(&UserId::parse(user)?, token::now_secs(), TOKEN_TTL_SECS);
     let mut req = format!("ws://{addr}/ws").into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);

@@ -7,7 +7,8 @@
 //! neither is about the gateway's send path.
 
 use std::collections::VecDeque;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::Context;
 use async_nats::jetstream::{self, context::PublishAckFuture};

@@ -296,7 +296,7 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
         .map(|s| procstat::sample(s.pid).unwrap_or_default())
         .collect();
 
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     stack.start_persister(&o.persister_bin)?;
     let http = stack.persister_http.context("persister address")?;
     let progress = crate::catchup::wait_caught_up(
@@ -316,7 +316,7 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
         secs = progress.took.as_secs_f64(),
         "caught up; checking the store"
     );
-    let verify_started = std::time::Instant::now();
+    let verify_started = tokio::time::Instant::now();
     let check = crate::catchup::verify(&nats, &rooms, &published).await?;
     let verify_s = verify_started.elapsed().as_secs_f64();
 

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use auth::jwks::{Jwk, JwkSet};
+use token::{Jwk, JwkSet};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// How long a server may take to come up.
@@ -118,7 +118,7 @@ impl Stack {
         wait_tcp(([127, 0, 0, 1], nats_port).into()).await?;
         let nats_url = format!("nats://127.0.0.1:{nats_port}");
 
-        let signer = auth::Signer::from_seed(&o.seed, o.issuer.clone());
+        let signer = token::Signer::from_seed(&o.seed, o.issuer.clone());
         let body = serde_json::json!({
             "code": 0,
             "message": "ok",

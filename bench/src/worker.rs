@@ -139,7 +139,7 @@ async fn run_local(
     };
     let total = starts.len();
     let (go_tx, go_rx) = watch::channel(None);
-    let signer = auth::Signer::from_seed(&spec.seed, spec.issuer.clone());
+    let signer = token::Signer::from_seed(&spec.seed, spec.issuer.clone());
     let ctx = Rc::new(Ctx {
         signer,
         stats: RefCell::new(Stats::default()),

@@ -24,8 +24,8 @@ async fn gateway_with(
 ) -> (std::net::SocketAddr, tokio::sync::oneshot::Sender<()>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let signer = auth::Signer::from_seed(&SEED, "liaotian");
-    let keys = auth::KeySet::new("liaotian");
+    let signer = token::Signer::from_seed(&SEED, "liaotian");
+    let keys = token::KeySet::new("liaotian");
     keys.insert(signer.kid().to_owned(), signer.public_key());
     let config = gateway::Config {
         nats_url: nats.url(),
@@ -220,7 +220,7 @@ async fn persister_catches_up_a_backlog_exactly_once() {
     let nats = NatsServer::start().expect("start nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    gateway::publish::ensure_stream(&js, &gateway::config::StreamSettings::default())
+    svc::nats::ensure_chat_stream(&js, &gateway::config::StreamSettings::default())
         .await
         .unwrap();
     let rooms: Vec<String> = (0..4).map(|r| bench::plan::room_name(r, "cu")).collect();
@@ -245,7 +245,7 @@ async fn persister_catches_up_a_backlog_exactly_once() {
         ..persister::Config::default()
     };
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-    let started = std::time::Instant::now();
+    let started = tokio::time::Instant::now();
     let task = tokio::spawn(persister::run(listener, config, async {
         let _ = stopped.await;
     }));

@@ -43,28 +43,7 @@ pub const DEFAULT_PRESENCE_GRACE: Duration = Duration::from_secs(10);
 pub const DEFAULT_KEYS_REFRESH: Duration = Duration::from_secs(60);
 
 /// Settings of stream `CHAT`, applied by the gateway at start (create or update).
-#[derive(Debug, Clone, PartialEq)]
-pub struct StreamSettings {
-    /// How long JetStream keeps a message (`CHAT_MAX_AGE_SECS`, default 3 days).
-    pub max_age: Duration,
-    /// Upper bound on stored bytes; oldest messages go first (`CHAT_MAX_BYTES`, default 1 GiB).
-    pub max_bytes: i64,
-    /// Window in which a resent `Nats-Msg-Id` is stored once (`CHAT_DUPLICATE_WINDOW_SECS`, default 10 min).
-    pub duplicate_window: Duration,
-    /// Replicas (`CHAT_REPLICAS`, default 1; use 3 on a 3-node cluster).
-    pub replicas: usize,
-}
-
-impl Default for StreamSettings {
-    fn default() -> Self {
-        Self {
-            max_age: Duration::from_secs(3 * 24 * 3600),
-            max_bytes: 1 << 30,
-            duplicate_window: Duration::from_secs(600),
-            replicas: 1,
-        }
-    }
-}
+pub use protocol::stream::StreamSettings;
 
 /// How a gateway subscribes to direct messages (`GATEWAY_DM_SUBSCRIPTION`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -5,7 +5,9 @@
 //! own policy: fail closed (`unavailable`, the default) or fail open (publish).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use protocol::UserId;
 use protocol::control::{

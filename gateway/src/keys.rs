@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use auth::jwks::JwkSet;
-use auth::token::{KeySet, VerifyingKey};
+use protocol::api::Envelope;
+use token::{JwkSet, KeySet, VerifyingKey};
 use tokio_util::sync::CancellationToken;
 
 /// Fetches `<auth_url>/api/keys` and returns the usable keys.
@@ -13,13 +13,8 @@ pub async fn fetch(
     http: &reqwest::Client,
     auth_url: &str,
 ) -> anyhow::Result<Vec<(String, VerifyingKey)>> {
-    #[derive(serde::Deserialize)]
-    struct Envelope {
-        code: i64,
-        data: Option<JwkSet>,
-    }
     let url = format!("{auth_url}/api/keys");
-    let env: Envelope = http
+    let env: Envelope<Option<JwkSet>> = http
         .get(&url)
         .timeout(Duration::from_secs(5))
         .send()
@@ -28,9 +23,10 @@ pub async fn fetch(
         .json()
         .await
         .with_context(|| format!("decoding {url}"))?;
+    let ok = env.is_ok();
     let set = env
         .data
-        .filter(|_| env.code == 0)
+        .filter(|_| ok)
         .with_context(|| format!("{url} answered code {}", env.code))?;
     let keys: Vec<_> = set
         .keys

@@ -24,12 +24,15 @@ pub mod session;
 pub mod tls;
 pub mod writer;
 
+#[cfg(feature = "test-support")]
+pub mod testing;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use auth::token::KeySet;
+use token::KeySet;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -41,8 +44,6 @@ pub use config::Config;
 const KEYS_WAIT: Duration = Duration::from_secs(30);
 /// How long `run` keeps trying to reach NATS and stream CHAT at start before giving up.
 const STARTUP_WAIT: Duration = Duration::from_secs(60);
-/// Longest pause between NATS reconnect attempts.
-const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
 
 const INDEX_HTML: &str = include_str!("../web/index.html");
 
@@ -77,13 +78,17 @@ pub async fn run(
     }
     anyhow::ensure!(!keys.is_empty(), "no token keys: set GATEWAY_AUTH_URL");
 
-    let (reconnects_tx, reconnects) = tokio::sync::watch::channel(0u64);
-    let nats = connect_nats(&config.nats_url, reconnects_tx).await?;
+    let svc::nats::Connection {
+        client: nats,
+        connects: reconnects,
+    } = svc::nats::connect(&config.nats_url, "liaotian-gateway")
+        .await
+        .context("NATS_URL")?;
     let js = async_nats::jetstream::new(nats.clone());
     // A gateway may start before NATS or JetStream is ready (a fresh cluster, a rolling restart):
     // keep trying for a bounded time, then fail so the supervisor sees it.
     let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
-    while let Err(e) = publish::ensure_stream(&js, &config.stream).await {
+    while let Err(e) = svc::nats::ensure_chat_stream(&js, &config.stream).await {
         if tokio::time::Instant::now() >= deadline {
             return Err(e.context(format!("stream CHAT not ready within {STARTUP_WAIT:?}")));
         }
@@ -181,39 +186,4 @@ pub async fn run(
     }
     svc::final_flush(&nats).await;
     Ok(())
-}
-
-async fn connect_nats(
-    url: &str,
-    reconnects: tokio::sync::watch::Sender<u64>,
-) -> anyhow::Result<async_nats::Client> {
-    let reconnects = Arc::new(reconnects);
-    let servers = url
-        .split(',')
-        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
-        .collect::<Result<Vec<_>, _>>()
-        .with_context(|| format!("NATS_URL={url} is not a comma-separated list of URLs"))?;
-    async_nats::ConnectOptions::new()
-        .name("liaotian-gateway")
-        .reconnect_delay_callback(|attempts| {
-            let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
-            step.min(MAX_RECONNECT_DELAY)
-        })
-        .event_callback(move |event| {
-            let reconnects = reconnects.clone();
-            async move {
-                match event {
-                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
-                    async_nats::Event::Connected => {
-                        tracing::info!("NATS connected");
-                        reconnects.send_modify(|n| *n += 1);
-                    }
-                    other => tracing::debug!(event = %other, "NATS event"),
-                }
-            }
-        })
-        .retry_on_initial_connect()
-        .connect(servers)
-        .await
-        .with_context(|| format!("connecting to NATS at {url}"))
 }

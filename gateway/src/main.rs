@@ -14,7 +14,7 @@ fn main() -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(&config.listen)
             .await
             .with_context(|| format!("binding GATEWAY_LISTEN={}", config.listen))?;
-        let keys = auth::KeySet::new(config.issuer.clone());
+        let keys = token::KeySet::new(config.issuer.clone());
         gateway::run(listener, config, keys, svc::shutdown_signal()).await
     })
 }

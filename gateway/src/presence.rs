@@ -1,9 +1,7 @@
 //! Presence in the NATS KV bucket `presence`, with per-key TTLs refreshed by client heartbeats.
 //!
-//! Keys (all in one bucket, each written with a per-message TTL):
-//! - `conn.<user>.<conn>`: one per open connection; the user is online while any exists.
-//! - `room.<room>.<user>.<conn>`: one per connection in a room.
-//! - `seen.<user>`: the time of the user's latest activity, for `last_seen` (kept 30 days).
+//! The keys (`conn.<user>.<conn>`, `room.<room>.<user>.<conn>`, and `seen.<user>`, kept 30 days)
+//! are `protocol::presence`'s, since every gateway reads what the others write.
 //!
 //! A clean close deletes its keys. A crashed gateway's keys expire after the TTL, and the server then
 //! writes a delete marker (`Nats-Marker-Reason: MaxAge`) that every watcher sees. Keys are written by
@@ -29,8 +27,8 @@ use async_nats::jetstream::{self, consumer, kv, message::PublishMessage, stream}
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use protocol::frame::PresenceEntry;
+use protocol::presence as keys;
 use protocol::{RoomId, ServerFrame, UserId};
-use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -40,10 +38,7 @@ pub use crate::config::RoomPresenceWatch;
 use crate::conn::{self, Outbound, Outbox, Pushed};
 use crate::metrics::Metrics;
 
-/// The KV bucket.
-pub const BUCKET: &str = "presence";
-/// The subject prefix of the bucket's keys (`$KV.<BUCKET>.`).
-const KEY_PREFIX: &str = "$KV.presence.";
+pub use protocol::presence::BUCKET;
 /// How long a delete marker stays (the server's minimum is 1 s).
 const MARKER_TTL: Duration = Duration::from_secs(5);
 /// How long a watch waits for its snapshot before answering with what it has.
@@ -100,11 +95,6 @@ impl PresenceSettings {
 pub enum WatchKey {
     User(UserId),
     Room(RoomId),
-}
-
-#[derive(Serialize, Deserialize)]
-struct Seen {
-    ts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -266,7 +256,7 @@ impl Presence {
                 .context("creating KV bucket presence (needs nats-server >= 2.11)")?,
         };
         let mut stream = js
-            .get_stream(format!("KV_{BUCKET}"))
+            .get_stream(keys::STREAM)
             .await
             .context("reading stream KV_presence")?;
         // Every watch is a consumer; nats-server 2.15 caps a stream at 1000 unless it says otherwise.
@@ -280,7 +270,7 @@ impl Presence {
                 .await
                 .context("raising the consumer limit of stream KV_presence")?;
             stream = js
-                .get_stream(format!("KV_{BUCKET}"))
+                .get_stream(keys::STREAM)
                 .await
                 .context("reading stream KV_presence")?;
         }
@@ -293,22 +283,22 @@ impl Presence {
 
     /// Writes (or refreshes) a connection's key and its user's `seen` time.
     pub async fn put_conn(&self, user: &UserId, conn: &protocol::ConnId) {
-        self.put_ttl(format!("conn.{user}.{conn}")).await;
+        self.put_ttl(keys::conn_key(user, conn)).await;
         self.put_seen(user).await;
     }
 
     /// Writes (or refreshes) a connection's key in a room.
     pub async fn put_room(&self, room: &RoomId, user: &UserId, conn: &protocol::ConnId) {
-        self.put_ttl(format!("room.{room}.{user}.{conn}")).await;
+        self.put_ttl(keys::room_key(room, user, conn)).await;
     }
 
     pub async fn delete_conn(&self, user: &UserId, conn: &protocol::ConnId) {
-        self.delete(format!("conn.{user}.{conn}")).await;
+        self.delete(keys::conn_key(user, conn)).await;
         self.put_seen(user).await;
     }
 
     pub async fn delete_room(&self, room: &RoomId, user: &UserId, conn: &protocol::ConnId) {
-        self.delete(format!("room.{room}.{user}.{conn}")).await;
+        self.delete(keys::room_key(room, user, conn)).await;
     }
 
     async fn put_ttl(&self, key: String) {
@@ -319,19 +309,19 @@ impl Presence {
     }
 
     async fn put_seen(&self, user: &UserId) {
-        let body = serde_json::to_vec(&Seen {
+        let body = serde_json::to_vec(&keys::Seen {
             ts: crate::publish::now_ms(),
         })
         .unwrap_or_default();
         self.write(
-            format!("seen.{user}"),
+            keys::seen_key(user),
             PublishMessage::build().payload(body.into()),
         )
         .await;
     }
 
     async fn write(&self, key: String, msg: PublishMessage) {
-        let subject = format!("{KEY_PREFIX}{key}");
+        let subject = keys::key_subject(&key);
         let result = async {
             let ack = self.js.send_publish(subject, msg).await?;
             tokio::time::timeout(WRITE_TIMEOUT, ack).await??;
@@ -526,7 +516,7 @@ impl RoomFeed {
     ) -> anyhow::Result<(consumer::pull::Ordered, u64)> {
         let consumer = stream
             .create_consumer(consumer::pull::OrderedConfig {
-                filter_subject: format!("{KEY_PREFIX}room.>"),
+                filter_subject: keys::ALL_ROOMS_FILTER.to_owned(),
                 deliver_policy,
                 ..Default::default()
             })
@@ -714,11 +704,7 @@ impl RoomRoute {
 
 /// The room of a `$KV.presence.room.<room>.<user>.<conn>` subject.
 fn room_of(subject: &str) -> Option<&str> {
-    subject
-        .strip_prefix(KEY_PREFIX)?
-        .strip_prefix("room.")?
-        .split('.')
-        .next()
+    keys::Key::parse_subject(subject)?.room()
 }
 
 fn stream_sequence(msg: &jetstream::Message) -> u64 {
@@ -755,31 +741,21 @@ enum KeyKind {
 impl WatchTask {
     fn filters(&self) -> Vec<String> {
         match &self.key {
-            WatchKey::User(u) => vec![
-                format!("{KEY_PREFIX}conn.{u}.*"),
-                format!("{KEY_PREFIX}seen.{u}"),
-            ],
-            WatchKey::Room(r) => vec![format!("{KEY_PREFIX}room.{r}.*.*")],
+            WatchKey::User(u) => keys::user_filters(u),
+            WatchKey::Room(r) => vec![keys::room_filter(r)],
         }
     }
 
     fn parse_key(&self, subject: &str) -> Option<KeyKind> {
-        let key = subject.strip_prefix(KEY_PREFIX)?;
-        let parts: Vec<&str> = key.split('.').collect();
-        match parts.as_slice() {
-            ["conn", user, conn] => Some(KeyKind::Conn {
-                user: UserId::parse(*user).ok()?,
-                conn: (*conn).to_owned(),
-            }),
-            ["room", _room, user, conn] => Some(KeyKind::Conn {
-                user: UserId::parse(*user).ok()?,
-                conn: (*conn).to_owned(),
-            }),
-            ["seen", user] => Some(KeyKind::Seen {
-                user: UserId::parse(*user).ok()?,
-            }),
-            _ => None,
-        }
+        let key = keys::Key::parse_subject(subject)?;
+        let user = UserId::parse(key.user()).ok()?;
+        Some(match key {
+            keys::Key::Conn { conn, .. } | keys::Key::Room { conn, .. } => KeyKind::Conn {
+                user,
+                conn: conn.to_owned(),
+            },
+            keys::Key::Seen { .. } => KeyKind::Seen { user },
+        })
     }
 
     /// Reads the watch's snapshot, then follows its keys. After a reconnect to NATS, or if the
@@ -966,7 +942,7 @@ impl WatchTask {
             let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
             match kind {
                 KeyKind::Seen { user } => {
-                    if let Ok(seen) = serde_json::from_slice::<Seen>(&msg.payload) {
+                    if let Ok(seen) = serde_json::from_slice::<keys::Seen>(&msg.payload) {
                         let t = state.entry(user).or_default();
                         t.last_seen = Some(t.last_seen.unwrap_or(0).max(seen.ts));
                     }
@@ -1382,7 +1358,7 @@ mod tests {
         // and the watch holds e from a put it read after the stream's last sequence.
         p.stream
             .purge()
-            .filter(format!("{KEY_PREFIX}room.r.a.ca"))
+            .filter(keys::key_subject("room.r.a.ca"))
             .await
             .unwrap();
         {
@@ -1406,8 +1382,7 @@ mod tests {
     }
 
     #[test]
-    fn key_prefix_is_the_bucket_subject() {
-        assert_eq!(KEY_PREFIX, format!("$KV.{BUCKET}."));
+    fn room_of_reads_room_keys_only() {
         assert_eq!(room_of("$KV.presence.room.lobby.alice.c1"), Some("lobby"));
         assert_eq!(room_of("$KV.presence.conn.alice.c1"), None);
     }

@@ -1,25 +1,24 @@
-//! Publishing client messages into stream `CHAT`, and the stream's definition.
+//! Publishing client messages into stream `CHAT` (defined in `protocol::stream`).
 //!
 //! A message is acked to its sender only after JetStream acked the publish, that is after it was stored.
 //! Every attempt carries the same `Nats-Msg-Id` (`<sender>:<client_msg_id>`), so a retry after a lost
 //! ack, or a client resend, is stored once and answered with the original sequence.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use async_nats::jetstream::{self, message::PublishMessage, stream};
 use bytes::Bytes;
 use protocol::subject::{self, Conversation};
 use protocol::{StoredMessage, UserId};
 
-use crate::config::StreamSettings;
 use crate::metrics::Metrics;
 
 /// First pause between publish attempts; doubles up to [`MAX_BACKOFF`].
 const FIRST_BACKOFF: Duration = Duration::from_millis(50);
 const MAX_BACKOFF: Duration = Duration::from_secs(1);
-/// Consumers allowed on stream `CHAT` (the persister's durable one, and the gateways' replays).
-pub const MAX_CONSUMERS: i32 = 100_000;
 /// Longest wait for one attempt's ack.
 const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -36,45 +35,6 @@ pub struct Stored {
     pub seq: u64,
     /// The stored message's timestamp (the original one for a duplicate).
     pub ts: u64,
-}
-
-/// The configuration of stream `CHAT`.
-pub fn stream_config(s: &StreamSettings) -> stream::Config {
-    stream::Config {
-        name: subject::STREAM.to_owned(),
-        description: Some("liaotian chat messages; republished to chat.out.> after storing".into()),
-        subjects: vec![subject::INGEST_WILDCARD.to_owned()],
-        republish: Some(stream::Republish {
-            source: subject::INGEST_WILDCARD.to_owned(),
-            destination: subject::DELIVER_WILDCARD.to_owned(),
-            headers_only: false,
-        }),
-        duplicate_window: s.duplicate_window,
-        max_age: s.max_age,
-        max_bytes: s.max_bytes,
-        num_replicas: s.replicas,
-        storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::Old,
-        allow_direct: true,
-        // Replays and gap fills are ordered consumers, many at once in a resume storm; nats-server
-        // 2.15 otherwise caps a stream at 1000 consumers.
-        max_consumers: MAX_CONSUMERS,
-        ..Default::default()
-    }
-}
-
-/// Creates stream `CHAT`, or updates it to `settings`.
-pub async fn ensure_stream(
-    js: &jetstream::Context,
-    settings: &StreamSettings,
-) -> anyhow::Result<stream::Stream> {
-    use anyhow::Context;
-    js.create_or_update_stream(stream_config(settings))
-        .await
-        .context("creating or updating stream CHAT")?;
-    js.get_stream(subject::STREAM)
-        .await
-        .context("reading stream CHAT")
 }
 
 /// Publishes messages with retries and reads back what was stored.

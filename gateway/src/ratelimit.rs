@@ -1,6 +1,6 @@
 //! A token bucket per connection.
 
-use std::time::Instant;
+use tokio::time::Instant;
 
 /// Allows `rate` events per second on average and bursts of up to `burst`.
 #[derive(Debug)]

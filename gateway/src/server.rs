@@ -3,8 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use auth::envelope::ApiError;
-use auth::token::{KeySet, now_secs};
 use axum::Router;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{Query, State};
@@ -12,6 +10,8 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
+use svc::http::ApiError;
+use token::{KeySet, now_secs};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;

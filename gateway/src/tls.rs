@@ -14,6 +14,8 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::rustls::ServerConfig;
+use tokio_rustls::rustls::pki_types::pem::{self, PemObject};
+use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::server::TlsStream;
 
 /// Handshakes in progress at once.
@@ -23,22 +25,22 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Builds a rustls server config (TLS 1.2 and 1.3, HTTP/1.1) from PEM files.
 pub fn server_config(cert_path: &str, key_path: &str) -> anyhow::Result<Arc<ServerConfig>> {
-    let certs = rustls_pemfile::certs(&mut io::BufReader::new(
-        std::fs::File::open(cert_path)
-            .with_context(|| format!("opening GATEWAY_TLS_CERT={cert_path}"))?,
-    ))
-    .collect::<Result<Vec<_>, _>>()
-    .with_context(|| format!("reading certificates from {cert_path}"))?;
+    let certs = CertificateDer::pem_file_iter(cert_path)
+        .with_context(|| format!("opening GATEWAY_TLS_CERT={cert_path}"))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("reading certificates from {cert_path}"))?;
     anyhow::ensure!(
         !certs.is_empty(),
         "GATEWAY_TLS_CERT={cert_path} holds no certificate"
     );
-    let key = rustls_pemfile::private_key(&mut io::BufReader::new(
-        std::fs::File::open(key_path)
-            .with_context(|| format!("opening GATEWAY_TLS_KEY={key_path}"))?,
-    ))
-    .with_context(|| format!("reading the key from {key_path}"))?
-    .with_context(|| format!("GATEWAY_TLS_KEY={key_path} holds no private key"))?;
+    let key = match PrivateKeyDer::from_pem_file(key_path) {
+        Err(pem::Error::NoItemsFound) => {
+            anyhow::bail!("GATEWAY_TLS_KEY={key_path} holds no private key")
+        }
+        other => {
+            other.with_context(|| format!("reading the key from GATEWAY_TLS_KEY={key_path}"))?
+        }
+    };
     let mut cfg = ServerConfig::builder()
         .with_no_client_auth()
         .with_single_cert(certs, key)

@@ -1,60 +1,14 @@
-//! Resume after `since`, gap fill after a lost NATS connection, and history pages, through real
-//! gateways, a real nats-server and a real persister on SQLite.
+//! Resume after `since`, gap fill after a lost NATS connection, and history without a history
+//! service, through real gateways and a real nats-server. Tests that need a persister are in
+//! `e2e/tests/history.rs`.
 
 mod common;
 
 use std::time::Duration;
 
-use common::{Stack, join, messages, send};
-use serde_json::{Value, json};
+use common::{Stack, join, messages, resume_and_check, send, send_many};
+use serde_json::json;
 use testkit::WsClient;
-
-/// Sends `n` room messages from `c`, waiting for each ack; returns their seqs.
-async fn send_many(c: &mut WsClient, room: &str, prefix: &str, n: usize) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    for i in 0..n {
-        c.send(send(room, &format!("{prefix}{i}"), &format!("{prefix}{i}")))
-            .await
-            .unwrap();
-        seqs.push(c.recv_type("ack").await.unwrap()["seq"].as_u64().unwrap());
-    }
-    seqs
-}
-
-/// Resumes `room` after `since` and checks the replay: every missed seq once, in order, then `live`.
-/// `chain_intact` is false when the stream dropped the room's messages: the next live message's
-/// `prev_seq` then restarts at 0, which a client must not take for a gap.
-async fn resume_and_check(
-    stack: &Stack,
-    gw: &common::Gateway,
-    room: &str,
-    since: u64,
-    missed: &[u64],
-    chain_intact: bool,
-) {
-    let mut c = stack.connect(gw, "late").await;
-    c.send(json!({"type": "join", "room": room, "since": since, "id": "r"}))
-        .await
-        .unwrap();
-    let joined = c.recv_type("joined").await.unwrap();
-    assert_eq!(joined["recovered"], true, "{joined}");
-    assert_eq!(joined["last_seq"], *missed.last().unwrap());
-    let got = messages(&mut c, missed.len()).await;
-    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
-    assert_eq!(seqs, missed, "every missed message once, in order");
-    // Live messages follow the replay without a seam.
-    let mut other = stack.connect(gw, "other").await;
-    join(&mut other, room).await;
-    other.send(send(room, "live", "live-1")).await.unwrap();
-    let live = c.recv_type("message").await.unwrap();
-    assert_eq!(live["client_msg_id"], "live-1");
-    let expected_prev = if chain_intact {
-        *missed.last().unwrap()
-    } else {
-        0
-    };
-    assert_eq!(live["prev_seq"], expected_prev);
-}
 
 #[tokio::test]
 async fn resume_replays_500_missed_messages_without_the_persister() {
@@ -76,39 +30,6 @@ async fn resume_replays_500_missed_messages_without_the_persister() {
     join(&mut sender, "busy").await;
     let missed = send_many(&mut sender, "busy", "m", 500).await;
     resume_and_check(&stack, &g, "busy", since, &missed, true).await;
-}
-
-#[tokio::test]
-async fn resume_reads_from_the_persister_when_the_stream_no_longer_holds_the_range() {
-    // After the stream dropped old messages (here: a purge), a resume is served by the persister's history.
-    let stack = Stack::start();
-    let g = stack.gateway_with(stack.config_unlimited()).await;
-    let _persister = stack.persister().await;
-    let mut sender = stack.connect(&g, "sender").await;
-    join(&mut sender, "old").await;
-    let missed = send_many(&mut sender, "old", "p", 500).await;
-    // Wait until the persister stored them all, then purge the stream.
-    let mut probe = stack.connect(&g, "probe").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    loop {
-        probe
-            .send(json!({"type":"history","room":"old","after": missed[498], "limit": 5}))
-            .await
-            .unwrap();
-        let h = history_or_unavailable(&mut probe).await;
-        if h.is_some_and(|h| h["messages"].as_array().is_some_and(|m| m.len() == 1)) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "persister did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
-    let js = async_nats::jetstream::new(nats);
-    js.get_stream("CHAT").await.unwrap().purge().await.unwrap();
-    resume_and_check(&stack, &g, "old", 0, &missed, false).await;
 }
 
 #[tokio::test]
@@ -204,80 +125,6 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
 }
 
 #[tokio::test]
-async fn history_pages_back_and_forth_through_the_gateway() {
-    // history pages come from the persister in seq order with exact `more`; bad limits are bad_request.
-    let stack = Stack::start();
-    let g = stack.gateway_with(stack.config_unlimited()).await;
-    let _persister = stack.persister().await;
-    let mut c = stack.connect(&g, "alice").await;
-    join(&mut c, "h").await;
-    let seqs = send_many(&mut c, "h", "h", 120).await;
-    let page = |before: Option<u64>, after: Option<u64>, limit: u64| {
-        let mut f = json!({"type":"history","room":"h","limit":limit,"id":"q"});
-        if let Some(b) = before {
-            f["before"] = json!(b);
-        }
-        if let Some(a) = after {
-            f["after"] = json!(a);
-        }
-        f
-    };
-    // Wait until all 120 are persisted.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    let newest = loop {
-        c.send(page(None, None, 50)).await.unwrap();
-        if let Some(h) = history_or_unavailable(&mut c).await
-            && h["messages"]
-                .as_array()
-                .unwrap()
-                .last()
-                .map(|m| m["seq"].as_u64().unwrap())
-                == Some(seqs[119])
-        {
-            break h;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "persister did not catch up"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
-    let seqs_of = |h: &Value| {
-        h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect::<Vec<_>>()
-    };
-    assert_eq!(seqs_of(&newest), seqs[70..]);
-    assert_eq!(
-        (
-            newest["more"].as_bool(),
-            newest["room"].as_str(),
-            newest["id"].as_str()
-        ),
-        (Some(true), Some("h"), Some("q"))
-    );
-    c.send(page(Some(seqs[70]), None, 50)).await.unwrap();
-    let older = c.recv_type("history").await.unwrap();
-    assert_eq!(seqs_of(&older), seqs[20..70]);
-    assert_eq!(older["more"], true);
-    c.send(page(Some(seqs[20]), None, 50)).await.unwrap();
-    let oldest = c.recv_type("history").await.unwrap();
-    assert_eq!(seqs_of(&oldest), seqs[..20]);
-    assert_eq!(oldest["more"], false);
-    c.send(page(None, Some(seqs[99]), 50)).await.unwrap();
-    let forward = c.recv_type("history").await.unwrap();
-    assert_eq!(seqs_of(&forward), seqs[100..]);
-    assert_eq!(forward["more"], false);
-    for limit in [0, 101] {
-        c.send(page(None, None, limit)).await.unwrap();
-        assert_eq!(c.recv_type("error").await.unwrap()["code"], "bad_request");
-    }
-}
-
-#[tokio::test]
 async fn history_without_a_persister_is_unavailable() {
     // With no persister answering, history is `unavailable`, not a hang.
     let stack = Stack::start();
@@ -332,19 +179,6 @@ async fn concurrent_identical_resumes_all_get_every_message() {
             c.recv_type("message").await.unwrap()["client_msg_id"],
             "after"
         );
-    }
-}
-
-/// The answer to a `history` request: the page, or `None` while the history service is not up yet
-/// (`unavailable`: the persister started in the same test may still be connecting).
-async fn history_or_unavailable(c: &mut WsClient) -> Option<Value> {
-    loop {
-        let v = c.recv().await.unwrap();
-        match v["type"].as_str() {
-            Some("history") => return Some(v),
-            Some("error") if v["code"] == "unavailable" => return None,
-            _ => {}
-        }
     }
 }
 

@@ -2,7 +2,8 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use common::{Stack, join, metric};
 use gateway::presence::RoomPresenceWatch;
@@ -682,7 +683,7 @@ async fn gateways_starting_together_on_a_fresh_server_all_come_up() {
     for _ in 0..3 {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let keys = auth::KeySet::new("liaotian");
+        let keys = token::KeySet::new("liaotian");
         keys.insert(stack.signer.kid().to_owned(), stack.signer.public_key());
         let task = tokio::spawn(gateway::run(
             listener,

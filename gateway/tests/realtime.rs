@@ -137,16 +137,16 @@ async fn handshakes_without_a_valid_token_get_401() {
     use tokio_tungstenite::tungstenite::{Error, client::IntoClientRequest};
     let stack = Stack::start();
     let g = stack.gateway().await;
-    let expired = stack.signer.sign(&auth::token::Claims {
+    let expired = stack.signer.sign(&token::Claims {
         sub: "alice".into(),
         iat: 1,
         exp: 2,
         iss: "liaotian".into(),
         kid: stack.signer.kid().into(),
     });
-    let foreign = auth::Signer::generate("liaotian").issue(
+    let foreign = token::Signer::generate("liaotian").issue(
         &protocol::UserId::parse("alice").unwrap(),
-        auth::token::now_secs(),
+        token::now_secs(),
         60,
     );
     for query in [
@@ -609,13 +609,13 @@ async fn gateway_started_before_nats_waits_for_it() {
     });
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let keys = auth::KeySet::new("liaotian");
+    let keys = token::KeySet::new("liaotian");
     keys.insert(signer.kid().to_owned(), signer.public_key());
     let task = tokio::spawn(gateway::run(listener, config, keys, std::future::pending()));
     let _nats = restarter.join().unwrap();
     let token = signer.issue(
         &protocol::UserId::parse("alice").unwrap(),
-        auth::token::now_secs(),
+        token::now_secs(),
         60,
     );
     let mut client = None;

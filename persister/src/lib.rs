@@ -24,8 +24,6 @@ use tokio_util::sync::CancellationToken;
 pub use config::{Config, ConfigError, StoreConfig};
 pub use store::{Store, StoreError};
 
-/// Longest pause between NATS reconnect attempts.
-pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(5);
 /// Time given to the consumer and service to finish their current work after shutdown.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 
@@ -34,12 +32,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 pub enum Error {
     #[error("opening the history store")]
     Store(#[from] StoreError),
-    #[error("connecting to NATS at {url}")]
-    Nats {
-        url: String,
-        #[source]
-        source: async_nats::ConnectError,
-    },
+    #[error("setting up the NATS connection")]
+    Nats(#[from] svc::nats::ConnectError),
     #[error("subscribing to the history service subject")]
     Subscribe(#[from] async_nats::SubscribeError),
     #[error("serving HTTP")]
@@ -64,18 +58,9 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), Error> {
     let store = open_store(&config).await?;
-    let nats = async_nats::ConnectOptions::new()
-        .name("liaotian-persister")
-        .reconnect_delay_callback(|attempts| {
-            let step = Duration::from_millis(100).saturating_mul(1 << attempts.min(5));
-            step.min(MAX_RECONNECT_DELAY)
-        })
-        .connect(&config.nats_url)
-        .await
-        .map_err(|source| Error::Nats {
-            url: config.nats_url.clone(),
-            source,
-        })?;
+    let nats = svc::nats::connect(&config.nats_url, "liaotian-persister")
+        .await?
+        .client;
     let js = async_nats::jetstream::new(nats.clone());
     let metrics = Arc::new(metrics::Metrics::new());
     let ready = Arc::new(AtomicBool::new(false));

@@ -38,6 +38,11 @@ fn check(kind: &'static str, s: &str) -> Result<(), IdError> {
     Ok(())
 }
 
+/// Whether `s` is a valid id of any kind (`[A-Za-z0-9_-]{1,64}`), for parsers that only borrow.
+pub(crate) fn is_valid_id(s: &str) -> bool {
+    check("id", s).is_ok()
+}
+
 macro_rules! id_type {
     ($(#[$doc:meta])* $name:ident, $kind:literal) => {
         $(#[$doc])*

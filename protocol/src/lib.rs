@@ -1,15 +1,20 @@
 //! The one serialization boundary of liaotian.
 //!
 //! Everything that crosses a process boundary is defined here: the JSON frames a client exchanges with a
-//! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), the MessagePack payload stored in
-//! JetStream ([`stored`]), and the id newtypes that carry their own validation ([`ids`]).
+//! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), stream `CHAT` ([`stream`]), the
+//! MessagePack payload stored in JetStream ([`stored`]), the id newtypes that carry their own
+//! validation ([`ids`]), the presence key schema ([`presence`]), and the HTTP envelope and login
+//! replies of the services ([`api`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
+pub mod api;
 pub mod control;
 pub mod frame;
 pub mod history;
 pub mod ids;
+pub mod presence;
 pub mod stored;
+pub mod stream;
 pub mod subject;
 
 pub use frame::{ClientFrame, ErrorCode, FrameError, ServerFrame, Target};

@@ -1,5 +1,9 @@
-//! Process plumbing shared by the service binaries (`auth`, `gateway`, `persister`), so each
-//! `main.rs` stays the same four steps: tracing → config → bind → run.
+//! Plumbing shared by the services (`auth`, `gateway`, `persister`), written once so that each
+//! behaves the same: tracing, the shutdown signal, the NATS connection ([`nats`]) and its final
+//! flush, and HTTP answers in the envelope ([`http`]). Each `main.rs` stays the same four steps: tracing → config → bind → run.
+
+pub mod http;
+pub mod nats;
 
 /// Installs the global `tracing` subscriber: the filter from `RUST_LOG` (default `info`), and JSON
 /// lines when `LOG_FORMAT=json`, plain text otherwise.

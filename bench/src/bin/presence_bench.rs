@@ -18,7 +18,8 @@ use std::io::BufRead;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 use anyhow::{Context, bail};
 use futures_util::{SinkExt, StreamExt};
@@ -59,8 +60,8 @@ struct Gateway {
 
 impl Gateway {
     async fn start(nats_url: String, ttl: Duration, grace: Duration) -> anyhow::Result<Self> {
-        let signer = auth::Signer::from_seed(&SEED, "liaotian");
-        let keys = auth::KeySet::new("liaotian");
+        let signer = token::Signer::from_seed(&SEED, "liaotian");
+        let keys = token::KeySet::new("liaotian");
         keys.insert(signer.kid().to_owned(), signer.public_key());
         let listener = TcpListener::bind("0.0.0.0:0").await?;
         let port = listener.local_addr()?.port();
@@ -147,8 +148,8 @@ fn nats_pid(port: u16) -> Option<u32> {
 }
 
 async fn ws_connect(addr: SocketAddr, source: Option<Ipv4Addr>, user: &str) -> anyhow::Result<Ws> {
-    let signer = auth::Signer::from_seed(&SEED, "liaotian");
-    let token = signer.issue(&UserId::parse(user)?, auth::token::now_secs(), 3600);
+    let signer = token::Signer::from_seed(&SEED, "liaotian");
+    let token = signer.issue(&UserId::parse(user)?, token::now_secs(), 3600);
     let sock = tokio::net::TcpSocket::new_v4()?;
     if let Some(ip) = source {
         sock.bind(SocketAddr::new(IpAddr::V4(ip), 0))?;

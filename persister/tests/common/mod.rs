@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, message::PublishMessage};
 use persister::Config;
 use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -15,24 +15,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// Longest wait for a condition in a test.
 pub const WAIT: Duration = Duration::from_secs(30);
 
-/// Creates stream CHAT as the gateway defines it (`gateway::publish::stream_config`).
+/// Creates stream CHAT from its one definition (`protocol::stream`), as a gateway does.
 pub async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
-    js.create_stream(stream::Config {
-        name: "CHAT".into(),
-        subjects: vec!["chat.in.>".into()],
-        republish: Some(stream::Republish {
-            source: "chat.in.>".into(),
-            destination: "chat.out.>".into(),
-            headers_only: false,
-        }),
-        duplicate_window: Duration::from_secs(600),
-        max_age: Duration::from_secs(24 * 3600),
-        storage: stream::StorageType::File,
-        discard: stream::DiscardPolicy::Old,
-        allow_direct: true,
-        ..Default::default()
-    })
-    .await?;
+    svc::nats::ensure_chat_stream(js, &protocol::stream::StreamSettings::default()).await?;
     Ok(())
 }
 

@@ -1,22 +1,15 @@
-//! The JSON envelope of every HTTP response: `{"code": 0, "message": "ok", "data": {...}}`.
-//!
-//! Mini-program code checks `code === 0` before it reads `data`. Errors keep the envelope, with a
-//! non-zero `code` (the HTTP status × 100 plus a detail) and a stable machine-readable `data.reason`.
+//! HTTP answers in the services' JSON envelope ([`protocol::api::Envelope`]): [`ok`] for a
+//! success and [`ApiError`] for an error a client can act on, as axum responses.
 
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use protocol::api::{Envelope, ErrorData, error_code};
 use serde::Serialize;
-use serde_json::{Value, json};
 
-/// A successful response.
+/// A successful response: `{"code": 0, "message": "ok", "data": data}`.
 pub fn ok<T: Serialize>(data: T) -> Response {
-    let data = serde_json::to_value(data).unwrap_or(Value::Null);
-    (
-        StatusCode::OK,
-        Json(json!({"code": 0, "message": "ok", "data": data})),
-    )
-        .into_response()
+    (StatusCode::OK, Json(Envelope::ok(data))).into_response()
 }
 
 /// An error a client can act on.
@@ -53,14 +46,19 @@ impl ApiError {
 
     /// The envelope `code`: HTTP status × 100 (40300 for a 403), so it is never 0.
     pub fn code(&self) -> u32 {
-        u32::from(self.status.as_u16()) * 100
+        error_code(self.status.as_u16())
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let body =
-            json!({"code": self.code(), "message": self.message, "data": {"reason": self.reason}});
+        let body = Envelope {
+            code: self.code(),
+            message: self.message,
+            data: ErrorData {
+                reason: self.reason.to_owned(),
+            },
+        };
         let mut resp = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after {
             resp.headers_mut()

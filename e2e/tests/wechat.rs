@@ -94,7 +94,7 @@ impl Stack {
         let task = tokio::spawn(gateway::run(
             listener,
             config,
-            auth::KeySet::new("liaotian"),
+            token::KeySet::new("liaotian"),
             async {
                 let _ = rx.await;
             },
@@ -212,7 +212,7 @@ async fn key_rotation_reaches_gateways_without_restart() {
     connect(&gw, &old_token).await;
     let old_kid = s.auth.keys.signer().kid().to_owned();
     std::fs::rename(&current, &previous).unwrap();
-    let reloaded = std::time::Instant::now();
+    let reloaded = tokio::time::Instant::now();
     s.auth.keys.reload(&s.auth.config).unwrap();
     assert!(
         s.auth.keys.signer().kid() == old_kid || reloaded.elapsed() >= delay,

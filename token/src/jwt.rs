@@ -1,4 +1,4 @@
-//! Ed25519-signed JWTs (`alg: EdDSA`).
+//! Ed25519-signed JWTs (`alg: EdDSA`, RFC 8037).
 //!
 //! The auth service signs with [`Signer`]; gateways check with [`KeySet::verify`], which needs only public
 //! keys and makes no call per connection. [`VerifiedClaims`] can be made only by a successful verify, so a
@@ -27,10 +27,10 @@ pub struct Claims {
     pub kid: String,
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Header {
     alg: String,
-    typ: String,
+    #[serde(default)]
     kid: String,
 }
 
@@ -67,6 +67,8 @@ pub enum VerifyError {
     Issuer,
     #[error("token has expired")]
     Expired,
+    #[error("token is issued in the future")]
+    IssuedInFuture,
     #[error("token subject is not a valid user id")]
     Subject,
 }
@@ -77,6 +79,9 @@ pub struct Signer {
     kid: String,
     key: SigningKey,
     issuer: String,
+    /// The token header, encoded once: it is the same for every token of this key, and `sign`
+    /// cannot emit an empty one.
+    head: String,
 }
 
 impl std::fmt::Debug for Signer {
@@ -94,10 +99,13 @@ impl Signer {
     pub fn from_seed(seed: &[u8; 32], issuer: impl Into<String>) -> Self {
         let key = SigningKey::from_bytes(seed);
         let kid = kid_of(&key.verifying_key());
+        // The kid is base64url, so it needs no JSON escaping.
+        let head = B64.encode(format!(r#"{{"alg":"EdDSA","typ":"JWT","kid":"{kid}"}}"#));
         Self {
             kid,
             key,
             issuer: issuer.into(),
+            head,
         }
     }
 
@@ -132,13 +140,13 @@ impl Signer {
 
     /// Signs arbitrary claims; tests use it to make expired or foreign tokens.
     pub fn sign(&self, claims: &Claims) -> String {
-        let header = Header {
-            alg: "EdDSA".into(),
-            typ: "JWT".into(),
-            kid: self.kid.clone(),
-        };
-        let head = B64.encode(serde_json::to_vec(&header).unwrap_or_default());
-        let body = B64.encode(serde_json::to_vec(claims).unwrap_or_default());
+        let body = serde_json::to_vec(claims)
+            .unwrap_or_else(|e| unreachable!("strings and integers always serialize: {e}"));
+        self.sign_parts(&self.head, &B64.encode(body))
+    }
+
+    /// `<head>.<body>.<signature>` over the two encoded parts (RFC 7515's compact form).
+    fn sign_parts(&self, head: &str, body: &str) -> String {
         let signing_input = format!("{head}.{body}");
         let sig = self.key.sign(signing_input.as_bytes());
         format!("{signing_input}.{}", B64.encode(sig.to_bytes()))
@@ -228,6 +236,9 @@ impl KeySet {
         if claims.exp + CLOCK_SKEW_SECS <= now {
             return Err(VerifyError::Expired);
         }
+        if claims.iat > now + CLOCK_SKEW_SECS {
+            return Err(VerifyError::IssuedInFuture);
+        }
         let user = UserId::parse(claims.sub).map_err(|_| VerifyError::Subject)?;
         Ok(VerifiedClaims {
             user,
@@ -304,6 +315,72 @@ mod tests {
             VerifyError::Malformed
         );
         assert_eq!(keys.verify("", 1000).unwrap_err(), VerifyError::Malformed);
+    }
+
+    // Proves a token issued later than the clock skew allows is refused, and one within it is not.
+    #[test]
+    fn refuses_tokens_issued_in_the_future() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000 + CLOCK_SKEW_SECS + 1, 60);
+        assert_eq!(
+            keys.verify(&t, 1000).unwrap_err(),
+            VerifyError::IssuedInFuture
+        );
+        let within = signer.issue(&alice, 1000 + CLOCK_SKEW_SECS, 60);
+        assert!(keys.verify(&within, 1000).is_ok());
+    }
+
+    // Proves every token carries the full header, and a token whose header names another
+    // algorithm or is missing is refused.
+    #[test]
+    fn header_is_never_empty_and_is_checked() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000, 60);
+        let head = t.split('.').next().unwrap();
+        let header: serde_json::Value = serde_json::from_slice(&B64.decode(head).unwrap()).unwrap();
+        assert_eq!(
+            header,
+            serde_json::json!({"alg": "EdDSA", "typ": "JWT", "kid": signer.kid()})
+        );
+        let body = t.split('.').nth(1).unwrap();
+        let none = signer.sign_parts(&B64.encode(br#"{"alg":"none"}"#), body);
+        assert_eq!(
+            keys.verify(&none, 1000).unwrap_err(),
+            VerifyError::Algorithm
+        );
+        let empty = signer.sign_parts("", body);
+        assert_eq!(
+            keys.verify(&empty, 1000).unwrap_err(),
+            VerifyError::Malformed
+        );
+    }
+
+    /// RFC 8037, appendix A.1: the Ed25519 private key `d` and its public key `x`.
+    const RFC8037_D: &str = "nWGxne_9WmC6hEr0kuwsxERJxWl7MmkZcDusAxyuf2A";
+    const RFC8037_X: &str = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    /// RFC 8037, appendix A.4: the JWS of "Example of Ed25519 signing" with header `{"alg":"EdDSA"}`.
+    const RFC8037_JWS: &str = "eyJhbGciOiJFZERTQSJ9.RXhhbXBsZSBvZiBFZDI1NTE5IHNpZ25pbmc.hgyY0il_MGCjP0JzlnLWG1PPOt7-09PGcvMg3AIbQR6dWbhijcNR4ki4iylGjg5BhVsPt9g7sVvpAr_MuM0KAg";
+
+    // Proves the signing and the key encoding are RFC 8037's: its key pair and its signature.
+    #[test]
+    fn rfc8037_test_vectors() {
+        let seed: [u8; 32] = B64.decode(RFC8037_D).unwrap().try_into().unwrap();
+        let signer = Signer::from_seed(&seed, "i");
+        assert_eq!(B64.encode(signer.public_key().as_bytes()), RFC8037_X);
+        let mut parts = RFC8037_JWS.split('.');
+        let (head, body) = (parts.next().unwrap(), parts.next().unwrap());
+        assert_eq!(signer.sign_parts(head, body), RFC8037_JWS);
+        let jwk = crate::Jwk::ed25519("k", &signer.public_key());
+        assert_eq!(jwk.x, RFC8037_X);
+        // Verification accepts the RFC's own signature, checked byte for byte by verify_strict.
+        let sig = Signature::from_slice(&B64.decode(parts.next().unwrap()).unwrap()).unwrap();
+        let input = &RFC8037_JWS[..head.len() + 1 + body.len()];
+        assert!(
+            signer
+                .public_key()
+                .verify_strict(input.as_bytes(), &sig)
+                .is_ok()
+        );
     }
 
     #[test]

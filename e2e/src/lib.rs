@@ -1,0 +1,55 @@
+//! Tests that span services: history through the gateway from a real persister, WeChat login
+//! through auth to a socket on a gateway. Each service's own tests need only what it talks to; the
+//! tests here start several services through their `run` on 127.0.0.1:0, over one real nats-server
+//! (and a real redis-server and SQLite file where they need them).
+//!
+//! This library is the setup those tests share; the tests are in `tests/`.
+
+use std::time::Duration;
+
+pub use gateway::testing::*;
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+/// A persister started through `persister::run` with SQLite in a temp dir.
+pub struct Persister {
+    pub dir: testkit::TempDir,
+    _stop: oneshot::Sender<()>,
+    pub task: JoinHandle<Result<(), persister::Error>>,
+}
+
+impl Persister {
+    /// A persister on a fresh SQLite file, consuming the stream of `stack`'s nats-server.
+    pub async fn start(stack: &Stack) -> Persister {
+        let dir = testkit::TempDir::new("liaotian-history").unwrap();
+        Self::start_in(stack, dir).await
+    }
+
+    /// A persister on `dir/history.db`.
+    pub async fn start_in(stack: &Stack, dir: testkit::TempDir) -> Persister {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let config = persister::Config {
+            nats_url: stack.nats.url(),
+            store: persister::config::StoreConfig::Sqlite {
+                path: dir.path().join("history.db"),
+            },
+            batch_wait: Duration::from_millis(20),
+            ..persister::Config::default()
+        };
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(persister::run(listener, config, async {
+            let _ = rx.await;
+        }));
+        Persister {
+            dir,
+            _stop: tx,
+            task,
+        }
+    }
+}
+
+impl Drop for Persister {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,136 @@
+//! The one way the services connect to NATS, so they all behave alike when NATS is away: each
+//! accepts a comma-separated list of servers, keeps trying when NATS is not up at start
+//! (`retry_on_initial_connect`), reconnects without limit with a backoff of 100 ms doubling up to
+//! [`MAX_RECONNECT_DELAY`], and logs `NATS disconnected` / `NATS connected`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::{self, stream};
+use protocol::stream::StreamSettings;
+use protocol::subject;
+use tokio::sync::watch;
+
+/// Longest pause between reconnect attempts.
+pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// First pause between reconnect attempts; it doubles up to [`MAX_RECONNECT_DELAY`].
+const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
+
+/// Why a NATS connection could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError {
+    #[error("{url} is not a comma-separated list of NATS URLs")]
+    Url {
+        url: String,
+        #[source]
+        source: async_nats::Error,
+    },
+    #[error("connecting to NATS at {url}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+}
+
+/// A client and the count of its connections: the count goes up each time the client
+/// (re)connects, so tasks that must redo work after a reconnect can follow it.
+pub struct Connection {
+    pub client: async_nats::Client,
+    pub connects: watch::Receiver<u64>,
+}
+
+/// Connects to the servers in `url` (comma-separated) as client `name`.
+pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> {
+    let servers = url
+        .split(',')
+        .map(|u| u.trim().parse::<async_nats::ServerAddr>())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| ConnectError::Url {
+            url: url.to_owned(),
+            source: e.into(),
+        })?;
+    let (tx, connects) = watch::channel(0u64);
+    let tx = Arc::new(tx);
+    let client = async_nats::ConnectOptions::new()
+        .name(name)
+        .reconnect_delay_callback(reconnect_delay)
+        .event_callback(move |event| {
+            let tx = tx.clone();
+            async move {
+                match event {
+                    async_nats::Event::Disconnected => tracing::warn!("NATS disconnected"),
+                    async_nats::Event::Connected => {
+                        tracing::info!("NATS connected");
+                        tx.send_modify(|n| *n += 1);
+                    }
+                    other => tracing::debug!(event = %other, "NATS event"),
+                }
+            }
+        })
+        .retry_on_initial_connect()
+        .connect(servers)
+        .await
+        .map_err(|source| ConnectError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    Ok(Connection { client, connects })
+}
+
+/// Stream `CHAT` as the NATS client wants it, from its one definition in `protocol::stream`.
+pub fn chat_stream_config(s: &StreamSettings) -> stream::Config {
+    stream::Config {
+        name: s.name().to_owned(),
+        description: Some(protocol::stream::DESCRIPTION.to_owned()),
+        subjects: vec![subject::INGEST_WILDCARD.to_owned()],
+        republish: Some(stream::Republish {
+            source: subject::INGEST_WILDCARD.to_owned(),
+            destination: subject::DELIVER_WILDCARD.to_owned(),
+            headers_only: false,
+        }),
+        duplicate_window: s.duplicate_window,
+        max_age: s.max_age,
+        max_bytes: s.max_bytes,
+        num_replicas: s.replicas,
+        storage: stream::StorageType::File,
+        discard: stream::DiscardPolicy::Old,
+        allow_direct: true,
+        max_consumers: protocol::stream::MAX_CONSUMERS,
+        ..Default::default()
+    }
+}
+
+/// Creates stream `CHAT`, or updates it to `settings`, and returns it.
+pub async fn ensure_chat_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> anyhow::Result<stream::Stream> {
+    use anyhow::Context;
+    js.create_or_update_stream(chat_stream_config(settings))
+        .await
+        .context("creating or updating stream CHAT")?;
+    js.get_stream(settings.name())
+        .await
+        .context("reading stream CHAT")
+}
+
+/// The pause before reconnect attempt `attempts`: 100 ms doubling, at most [`MAX_RECONNECT_DELAY`].
+fn reconnect_delay(attempts: usize) -> Duration {
+    let step = FIRST_RECONNECT_DELAY.saturating_mul(1 << attempts.min(5));
+    step.min(MAX_RECONNECT_DELAY)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Proves the backoff doubles from 100 ms and stops at the cap.
+    #[test]
+    fn reconnect_delay_doubles_up_to_the_cap() {
+        let delays: Vec<u64> = (0..8)
+            .map(|n| reconnect_delay(n).as_millis() as u64)
+            .collect();
+        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+    }
+}
