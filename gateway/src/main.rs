@@ -5,10 +5,16 @@ use anyhow::Context;
 fn main() -> anyhow::Result<()> {
     runtime()?.block_on(async {
         svc::init_tracing();
-        tracing::info!(
-            lifo_slot = !cfg!(tokio_unstable),
-            "runtime: tokio multi-thread scheduler"
-        );
+        if cfg!(tokio_unstable) {
+            tracing::info!(lifo_slot = false, "runtime: tokio multi-thread scheduler");
+        } else {
+            // A RUSTFLAGS of the builder's own replaces `.cargo/config.toml`'s `--cfg tokio_unstable`.
+            tracing::warn!(
+                lifo_slot = true,
+                "runtime: tokio multi-thread scheduler with its LIFO slot: this build lacks \
+                 `--cfg tokio_unstable` (a RUSTFLAGS of its own?), so it costs more CPU per message"
+            );
+        }
         let config = gateway::Config::from_lookup(|k| std::env::var(k).ok())
             .context("reading configuration")?;
         let listener = tokio::net::TcpListener::bind(&config.listen)

