@@ -1,7 +1,6 @@
-//! The HTTP API: routes, state and handlers.
+//! The HTTP API: routes and handlers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
@@ -17,73 +16,14 @@ use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::CorsLayer;
 
-use crate::Config;
-use crate::keyring::KeyRing;
-use crate::login::Exchanges;
-use crate::metrics::Metrics;
-use crate::store::{CODE_WINDOW_SECS, IP_WINDOW_SECS, Rotation, Store, StoreError};
-use crate::wechat::WeChatClient;
+pub use crate::state::AppState;
+use crate::store::{CODE_WINDOW_SECS, IP_WINDOW_SECS, Rotation, StoreError};
 use protocol::api::{LogoutReply, TokenReply};
 use svc::http::{ApiError, ok};
 use token::now_secs;
 
 /// Longest accepted `wx.login` code.
 pub const MAX_CODE_LEN: usize = 128;
-
-/// Shared state of the handlers.
-#[derive(Clone)]
-pub struct AppState {
-    pub config: Arc<Config>,
-    pub keys: KeyRing,
-    pub metrics: Arc<Metrics>,
-    /// Redis, when `AUTH_REDIS_URL` is set.
-    pub store: Option<Store>,
-    /// The WeChat API, when credentials are set.
-    pub wechat: Option<WeChatClient>,
-    /// NATS, when `AUTH_NATS_URL` is set.
-    pub nats: Option<async_nats::Client>,
-    pub exchanges: Arc<Exchanges>,
-}
-
-impl AppState {
-    /// State without NATS; [`crate::start`] adds it.
-    pub fn new(config: Config) -> anyhow::Result<Self> {
-        config.validate()?;
-        let keys = KeyRing::load(&config)?;
-        let metrics = Arc::new(Metrics::new());
-        let store = config
-            .redis_url
-            .as_ref()
-            .map(|u| Store::new(&u.0, config.refresh_ttl_secs, config.session_key_ttl_secs))
-            .transpose()?;
-        let wechat = config
-            .wechat
-            .clone()
-            .map(|w| WeChatClient::new(w, metrics.clone()))
-            .transpose()?;
-        if config.wechat.is_some() && config.dev_login {
-            tracing::warn!(
-                "dev login is on next to WeChat login (AUTH_DEV_LOGIN): anyone can log in as anyone"
-            );
-        }
-        tracing::info!(
-            kid = keys.signer().kid(),
-            served_keys = keys.public_keys().len(),
-            dev_login = config.dev_login,
-            wechat = config.wechat.is_some(),
-            "signing key loaded"
-        );
-        Ok(Self {
-            config: Arc::new(config),
-            keys,
-            metrics,
-            store,
-            wechat,
-            nats: None,
-            exchanges: Arc::default(),
-        })
-    }
-}
 
 /// The router. Kept apart from `run` so tests can drive it directly.
 pub fn app(state: AppState) -> Router {

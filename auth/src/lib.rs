@@ -11,10 +11,12 @@
 
 pub mod config;
 pub mod content;
+pub mod exchange;
 pub mod http;
 pub mod keyring;
 pub mod login;
 pub mod metrics;
+pub mod state;
 pub mod store;
 pub mod wechat;
 

@@ -77,7 +77,24 @@ pub enum EncodedReplay {
     TooMany,
 }
 
-type ReplayKey = (String, u64, u64, usize, bool);
+/// Where a replay reads a range that the stream no longer holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Older {
+    /// From the history service: a client's resume, which must not miss what retention dropped.
+    FromHistory,
+    /// Nowhere: the stream's part only (a gateway's own gap fill, which clients page past).
+    Skip,
+}
+
+/// What makes two replays the same read, so they can share it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ReplayKey {
+    subject: String,
+    after: u64,
+    until: u64,
+    max: usize,
+    older: Older,
+}
 type SharedReplay = Shared<BoxFuture<'static, Result<Arc<EncodedReplay>, Arc<BacklogError>>>>;
 
 impl Backlog {
@@ -99,9 +116,15 @@ impl Backlog {
         after: u64,
         until: u64,
         max: usize,
-        use_history: bool,
+        older: Older,
     ) -> Result<Arc<EncodedReplay>, Arc<BacklogError>> {
-        let key = (conv.ingest_subject(), after, until, max, use_history);
+        let key = ReplayKey {
+            subject: conv.ingest_subject(),
+            after,
+            until,
+            max,
+            older,
+        };
         let shared = {
             let mut replays = self.replays.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(existing) = replays.get(&key) {
@@ -111,7 +134,7 @@ impl Backlog {
                 let this = self.clone();
                 let conv = conv.clone();
                 let fut: BoxFuture<'static, _> = Box::pin(async move {
-                    match this.replay(&conv, after, until, max, use_history).await {
+                    match this.replay(&conv, after, until, max, older).await {
                         Ok(Replay::Complete(frames)) => Ok(Arc::new(EncodedReplay::Complete(
                             frames
                                 .into_iter()
@@ -205,20 +228,20 @@ impl Backlog {
 
     /// The messages of `conv` with `after < seq <= until`, or [`Replay::TooMany`] past `max`.
     ///
-    /// With `use_history`, a range the stream may no longer hold (its first sequence is past
-    /// `after + 1`) is read from the history service instead.
+    /// With [`Older::FromHistory`], a range the stream may no longer hold (its first sequence is
+    /// past `after + 1`) is read from the history service instead.
     pub async fn replay(
         &self,
         conv: &Conversation,
         after: u64,
         until: u64,
         max: usize,
-        use_history: bool,
+        older: Older,
     ) -> Result<Replay, BacklogError> {
         if until <= after {
             return Ok(Replay::Complete(Vec::new()));
         }
-        if use_history {
+        if older == Older::FromHistory {
             let first = self.first_seq().await?;
             if after + 1 < first {
                 // The stream no longer holds the start of the range: read that part from history,

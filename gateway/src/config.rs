@@ -61,21 +61,7 @@ pub enum DmSubscription {
     Shared,
 }
 
-/// How a gateway follows the presence of its rooms (`GATEWAY_ROOM_PRESENCE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum RoomPresenceWatch {
-    /// `shared` (the default): one consumer on `room.>` of the presence bucket per gateway, routed to
-    /// the room's watch by key; each room's current state is read once, when its first local member
-    /// joins. The gateway receives every room presence write of the cluster and drops those of rooms
-    /// it has no member in.
-    #[default]
-    Shared,
-    /// `per-room`: one filtered consumer per room with local members. The gateway receives only its
-    /// rooms' writes, but nats-server wakes a consumer per write that scans the bucket's messages
-    /// since that room's previous write, which costs it more CPU than the shared consumer at any
-    /// write rate measured (docs/benchmarks.md).
-    PerRoom,
-}
+pub use crate::presence::RoomPresenceWatch;
 
 /// Where the gateway gets the public keys that verify tokens.
 #[derive(Debug, Clone, PartialEq)]

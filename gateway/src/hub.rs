@@ -32,7 +32,7 @@ use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
 
-use crate::backlog::{Backlog, Replay};
+use crate::backlog::{Backlog, Older, Replay};
 use crate::config::DmSubscription;
 use crate::conn::{self, Outbound, Outbox, Pushed, close_code};
 use crate::metrics::Metrics;
@@ -525,7 +525,7 @@ impl TopicTask {
         self.metrics.gap_fills.inc();
         match self
             .backlog
-            .replay(&conv, after, until, MAX_GAP_FILL, false)
+            .replay(&conv, after, until, MAX_GAP_FILL, Older::Skip)
             .await
         {
             Ok(Replay::Complete(frames)) => {

@@ -21,6 +21,7 @@ pub mod publish;
 pub mod ratelimit;
 pub mod server;
 pub mod session;
+pub mod state;
 pub mod tls;
 pub mod writer;
 
@@ -115,7 +116,7 @@ pub async fn run(
     let shared_dm = hub.start_dm(config.dm_subscription);
     // Logout and other per-user commands: one subscription for the whole gateway, routed locally.
     let control = hub.start_control().await?;
-    let state = server::AppState::new(server::AppStateInner {
+    let state = state::AppState::new(state::AppStateInner {
         hub,
         backlog,
         presence,

@@ -1,6 +1,5 @@
 //! HTTP routes of the gateway: the WebSocket endpoint, health, metrics and the dev web page.
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
@@ -11,15 +10,9 @@ use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
 use svc::http::ApiError;
-use token::{KeySet, now_secs};
-use tokio::sync::Semaphore;
-use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
+use token::now_secs;
 
-use crate::config::Config;
-use crate::hub::Hub;
-use crate::metrics::Metrics;
-use crate::publish::Publisher;
+use crate::state::AppState;
 
 /// How much larger than our frame limit tungstenite's own limit is. Frames between the two are read
 /// and answered with `too_large` and 1009; tungstenite's limit only guards memory beyond that.
@@ -32,45 +25,6 @@ const TUNGSTENITE_LIMIT_FACTOR: usize = 4;
 const READ_BUFFER: usize = 256;
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
-
-/// Everything a handler or session needs. Cheap to clone: one reference count, since every
-/// connection holds one for its whole life.
-#[derive(Clone)]
-pub struct AppState(Arc<AppStateInner>);
-
-impl AppState {
-    pub fn new(inner: AppStateInner) -> Self {
-        Self(Arc::new(inner))
-    }
-}
-
-impl std::ops::Deref for AppState {
-    type Target = AppStateInner;
-
-    fn deref(&self) -> &AppStateInner {
-        &self.0
-    }
-}
-
-pub struct AppStateInner {
-    pub config: Arc<Config>,
-    pub keys: KeySet,
-    pub hub: Hub,
-    pub publisher: Publisher,
-    pub backlog: crate::backlog::Backlog,
-    pub presence: crate::presence::Presence,
-    /// Set when `GATEWAY_CONTENT_CHECK` is on.
-    pub content: Option<crate::content::ContentChecker>,
-    pub metrics: Arc<Metrics>,
-    pub nats: async_nats::Client,
-    /// Cancelled on shutdown; sessions then close with 1001.
-    pub shutdown: CancellationToken,
-    /// One permit per open connection: the connection cap.
-    pub conn_limit: Arc<Semaphore>,
-    /// Tracks sessions so shutdown can wait for them.
-    pub sessions: TaskTracker,
-    pub index_html: Arc<str>,
-}
 
 pub fn router(state: AppState) -> Router {
     Router::new()

@@ -20,13 +20,13 @@ use protocol::subject::Conversation;
 use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Target, UserId};
 use tracing::Instrument;
 
-use crate::backlog::{BacklogError, EncodedReplay, LastSeq};
+use crate::backlog::{BacklogError, EncodedReplay, LastSeq, Older};
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, Queue, close_code};
 use crate::hub::{Gate, TopicKey};
 use crate::presence::{ONLINE_LIST_CAP, WatchKey};
 use crate::publish::{Stored, now_ms, stored_message};
 use crate::ratelimit::TokenBucket;
-use crate::server::AppState;
+use crate::state::AppState;
 use crate::writer::Writer;
 use protocol::control::ContentDecision;
 use protocol::frame::{MAX_WATCHED, PresenceTarget};
@@ -648,7 +648,7 @@ impl Session {
         let replayed = if last.exact {
             self.state
                 .backlog
-                .replay_shared(conv, since, last_seq, max, true)
+                .replay_shared(conv, since, last_seq, max, Older::FromHistory)
                 .await
         } else {
             Err(Arc::new(BacklogError::History(

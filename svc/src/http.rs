@@ -44,6 +44,11 @@ impl ApiError {
         Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(1)
     }
 
+    /// 500 `internal`: a fault of ours; the details are in our log, not in the answer.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    }
+
     /// The envelope `code`: HTTP status × 100 (40300 for a 403), so it is never 0.
     pub fn code(&self) -> u32 {
         error_code(self.status.as_u16())

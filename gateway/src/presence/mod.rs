@@ -39,7 +39,6 @@ mod feed;
 mod state;
 mod watch_task;
 
-pub use crate::config::RoomPresenceWatch;
 use crate::conn::{self, Outbox};
 use crate::metrics::Metrics;
 use feed::{Pending, Phase, RoomFeed, RoomRoute};
@@ -75,6 +74,22 @@ pub const MAX_SNAPSHOT_BUFFER: usize = 65_536;
 pub const RECREATE_IN_FLIGHT: usize = 64;
 /// Pause before a presence consumer that failed to start is tried again.
 const RETRY_PAUSE: Duration = Duration::from_millis(500);
+
+/// How a gateway follows the presence of its rooms (`GATEWAY_ROOM_PRESENCE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RoomPresenceWatch {
+    /// `shared` (the default): one consumer on `room.>` of the presence bucket per gateway, routed to
+    /// the room's watch by key; each room's current state is read once, when its first local member
+    /// joins. The gateway receives every room presence write of the cluster and drops those of rooms
+    /// it has no member in.
+    #[default]
+    Shared,
+    /// `per-room`: one filtered consumer per room with local members. The gateway receives only its
+    /// rooms' writes, but nats-server wakes a consumer per write that scans the bucket's messages
+    /// since that room's previous write, which costs it more CPU than the shared consumer at any
+    /// write rate measured (docs/benchmarks.md).
+    PerRoom,
+}
 
 /// Presence settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -38,6 +38,15 @@ pub(super) struct WatchTask {
     pub(super) recreate: Arc<tokio::sync::Semaphore>,
 }
 
+/// Whether a watch opens its consumer on its own (at start), or with every other watch of the
+/// gateway at once (after a reconnect), when each attempt takes one of the gateway's
+/// [`RECREATE_IN_FLIGHT`](super::RECREATE_IN_FLIGHT) permits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Recreate {
+    Alone,
+    WithOthers,
+}
+
 /// What a presence key means to a watcher.
 pub(super) enum KeyKind {
     Conn { user: UserId, conn: String },
@@ -74,7 +83,7 @@ impl WatchTask {
         mut reconnects: watch::Receiver<u64>,
     ) {
         let policy = consumer::DeliverPolicy::LastPerSubject;
-        let (mut messages, mut initial) = self.open_retrying(policy, false).await;
+        let (mut messages, mut initial) = self.open_retrying(policy, Recreate::Alone).await;
         if initial == 0 {
             let _ = ready.send(true);
         }
@@ -131,7 +140,7 @@ impl WatchTask {
                 _ => consumer::DeliverPolicy::LastPerSubject,
             };
             // After a reconnect every watch of the gateway gets here at once.
-            let (m, pending) = self.open_retrying(policy, true).await;
+            let (m, pending) = self.open_retrying(policy, Recreate::WithOthers).await;
             messages = m;
             if initial > 0 {
                 // The current keys again, from the start: a key applied from the first, partial read
@@ -148,17 +157,16 @@ impl WatchTask {
         }
     }
 
-    /// [`WatchTask::open`], retried so a watch survives a NATS outage; with `limited`, through
-    /// [`WatchTask::until_ok_limited`].
+    /// [`WatchTask::open`], retried so a watch survives a NATS outage.
     pub(super) async fn open_retrying(
         &self,
         policy: consumer::DeliverPolicy,
-        limited: bool,
+        when: Recreate,
     ) -> (consumer::pull::Ordered, u64) {
         let what = "presence watch";
-        match limited {
-            true => self.until_ok_limited(what, || self.open(policy)).await,
-            false => until_ok(what, || self.open(policy)).await,
+        match when {
+            Recreate::WithOthers => self.until_ok_limited(what, || self.open(policy)).await,
+            Recreate::Alone => until_ok(what, || self.open(policy)).await,
         }
     }
 
