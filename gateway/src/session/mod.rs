@@ -5,6 +5,10 @@
 //! publish, the ping and idle timer, the writer stopping, and a close request (shutdown included).
 //! Everything the connection sends, replies and fan-out alike, goes through one bounded queue to the
 //! writer. When the writer stops, or the connection's token is cancelled, the loop ends.
+//!
+//! This module is the connection's life (setup, the read loop, dispatch, replies, teardown); the
+//! frames' handlers are in `rooms` (join, leave, resume, replay), `send` (send, history) and
+//! `watch` (watch, unwatch, presence queries, presence refresh).
 
 use std::collections::HashSet;
 use std::pin::{Pin, pin};
@@ -16,21 +20,20 @@ use tokio::time::Instant;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::{FuturesUnordered, SplitStream};
-use protocol::subject::Conversation;
-use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, Target, UserId};
+use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, UserId};
 use tracing::Instrument;
 
-use crate::backlog::{BacklogError, EncodedReplay, LastSeq, Older};
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, Queue, close_code};
 use crate::hub::{Gate, TopicKey};
-use crate::presence::{ONLINE_LIST_CAP, WatchKey};
-use crate::publish::{Stored, now_ms, stored_message};
+use crate::presence::WatchKey;
+use crate::publish::{Stored, now_ms};
 use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use crate::writer::Writer;
-use protocol::control::ContentDecision;
-use protocol::frame::{MAX_WATCHED, PresenceTarget};
-use protocol::history::{ConvRef, HistoryRequest};
+
+mod rooms;
+mod send;
+mod watch;
 
 /// How long an ordered close may take to write what is queued before its Close frame, and how long
 /// the client then has to answer it.
@@ -356,98 +359,6 @@ impl Session {
         None
     }
 
-    /// Refreshes this connection's presence keys, at most every third of their TTL, in the background.
-    fn refresh_presence(&mut self) {
-        if Instant::now() < self.next_refresh
-            || self.refreshing.as_ref().is_some_and(|r| !r.is_finished())
-        {
-            return;
-        }
-        let presence = self.state.presence.clone();
-        self.next_refresh = Instant::now() + refresh_period(&presence);
-        let (user, conn) = (
-            self.outbox.shared.user.clone(),
-            self.outbox.shared.conn.clone(),
-        );
-        let rooms: Vec<RoomId> = self.joined.iter().cloned().collect();
-        self.refreshing = Some(tokio::spawn(
-            async move {
-                presence.put_conn(&user, &conn).await;
-                for room in rooms {
-                    presence.put_room(&room, &user, &conn).await;
-                }
-            }
-            .in_current_span(),
-        ));
-    }
-
-    async fn watch(&mut self, id: Option<FrameId>, users: Vec<UserId>) {
-        let new: HashSet<UserId> = users
-            .into_iter()
-            .filter(|u| !self.watched.contains(u))
-            .collect();
-        if self.watched.len() + new.len() > MAX_WATCHED {
-            return self.error(
-                id,
-                ErrorCode::BadRequest,
-                format!("a connection may watch at most {MAX_WATCHED} users"),
-            );
-        }
-        // The watches start together: each waits for its own snapshot (a consumer created at the
-        // server), and one after another, 200 of them took seconds.
-        let presence = self.state.presence.clone();
-        let states = futures_util::future::join_all(
-            new.iter()
-                .map(|user| presence.watch(WatchKey::User(user.clone()), self.outbox.clone())),
-        )
-        .await;
-        self.watched.extend(new);
-        for p in states.into_iter().flatten() {
-            self.reply(ServerFrame::Presence {
-                room: None,
-                user: p.user,
-                online: p.online,
-                last_seen: p.last_seen,
-            });
-        }
-        let watching = self.watched.len();
-        self.reply(ServerFrame::Watched { id, watching });
-    }
-
-    fn unwatch(&mut self, id: Option<FrameId>, users: Vec<UserId>) {
-        for user in users {
-            if self.watched.remove(&user) {
-                self.state
-                    .presence
-                    .unwatch(&WatchKey::User(user), self.outbox.conn());
-            }
-        }
-        let watching = self.watched.len();
-        self.reply(ServerFrame::Unwatched { id, watching });
-    }
-
-    async fn presence_query(&mut self, id: Option<FrameId>, target: PresenceTarget) {
-        let (room, keys) = match target {
-            PresenceTarget::Room(room) => (Some(room.clone()), vec![WatchKey::Room(room)]),
-            PresenceTarget::Users(users) => (None, users.into_iter().map(WatchKey::User).collect()),
-        };
-        let mut users = Vec::new();
-        for key in keys {
-            match self.state.presence.query(key).await {
-                Ok(state) => users.extend(state),
-                Err(e) => {
-                    tracing::warn!(error = %e, "presence query failed");
-                    return self.error(
-                        id,
-                        ErrorCode::Unavailable,
-                        "presence is unavailable; try again",
-                    );
-                }
-            }
-        }
-        self.reply(ServerFrame::PresenceState { id, room, users });
-    }
-
     /// Answers the frames that need no waiting; hands back the others.
     fn dispatch(&mut self, id: Option<FrameId>, frame: ClientFrame) -> Option<Step> {
         match frame {
@@ -479,368 +390,11 @@ impl Session {
             ClientFrame::PresenceQuery { target } => self.presence_query(id, target).await,
             ClientFrame::Join { room, since } => self.join(id, room, since).await,
             ClientFrame::Resume { with, since } => self.resume(id, with, since).await,
-            ClientFrame::Leave { room } => {
-                if self.joined.remove(&room) {
-                    self.state
-                        .hub
-                        .leave(&TopicKey::Room(room.clone()), self.outbox.conn());
-                    let presence = &self.state.presence;
-                    presence.unwatch(&WatchKey::Room(room.clone()), self.outbox.conn());
-                    let shared = &self.outbox.shared;
-                    presence
-                        .delete_room(&room, &shared.user, &shared.conn)
-                        .await;
-                    self.reply(ServerFrame::Left { id, room });
-                } else {
-                    self.error(id, ErrorCode::NotJoined, format!("not in room {room}"));
-                }
-            }
+            ClientFrame::Leave { room } => self.leave(id, room).await,
             // Never handed here by `dispatch`, which answers these at once.
             other => {
                 let _ = self.dispatch(id, other);
             }
-        }
-    }
-
-    async fn join(&mut self, id: Option<FrameId>, room: RoomId, since: Option<u64>) {
-        let fresh = !self.joined.contains(&room);
-        if fresh && self.joined.len() >= self.state.config.max_rooms_per_conn {
-            let max = self.state.config.max_rooms_per_conn;
-            self.error(
-                id,
-                ErrorCode::BadRequest,
-                format!("a connection may join at most {max} rooms"),
-            );
-            return;
-        }
-        let key = TopicKey::Room(room.clone());
-        let conv = Conversation::Room(room.clone());
-        // A resume holds the room's live frames back until the replay is queued.
-        let gate = since.map(|_| Arc::new(Gate::new(conv.deliver_subject())));
-        if fresh {
-            // Subscribe before reading the last sequence, so nothing stored after it is missed.
-            self.state
-                .hub
-                .join(key.clone(), self.outbox.clone(), gate.clone())
-                .await;
-            self.joined.insert(room.clone());
-        } else if gate.is_some() {
-            self.state.hub.set_gate(&key, &self.outbox, gate.clone());
-        }
-        let last = match self.state.backlog.last_seq(&conv).await {
-            Ok(last) => last,
-            Err(e) => {
-                tracing::warn!(error = %e, %room, "join: stream unreachable");
-                if fresh {
-                    self.joined.remove(&room);
-                    self.state.hub.leave(&key, self.outbox.conn());
-                } else if gate.is_some() {
-                    self.state.hub.set_gate(&key, &self.outbox, None);
-                }
-                self.error(
-                    id,
-                    ErrorCode::Unavailable,
-                    "the message store is unreachable; try again",
-                );
-                return;
-            }
-        };
-        let last_seq = last.seq;
-        // Announce this connection in the room, then read who is online (including itself).
-        let shared = self.outbox.shared.clone();
-        let presence = self.state.presence.clone();
-        presence.put_room(&room, &shared.user, &shared.conn).await;
-        let (members, mut online_count) = presence
-            .watch_capped(
-                WatchKey::Room(room.clone()),
-                self.outbox.clone(),
-                ONLINE_LIST_CAP,
-            )
-            .await;
-        let mut online: Vec<UserId> = members.into_iter().map(|p| p.user).collect();
-        // A watch already running here may not have seen this connection's own key yet.
-        if let Err(at) = online.binary_search(&shared.user) {
-            // Online but not listed: either not seen yet, or listed past the cap.
-            if at < ONLINE_LIST_CAP {
-                online.insert(at, shared.user.clone());
-                online.truncate(ONLINE_LIST_CAP);
-            }
-            if !presence.is_online_in(&room, &shared.user) {
-                online_count += 1;
-            }
-        }
-        match (since, gate) {
-            (Some(since), Some(gate)) => {
-                self.replay(&key, &conv, since, last, &gate, |recovered| {
-                    ServerFrame::Joined {
-                        id,
-                        room,
-                        last_seq,
-                        recovered: Some(recovered),
-                        online,
-                        online_count,
-                    }
-                })
-                .await;
-            }
-            _ => self.reply(ServerFrame::Joined {
-                id,
-                room,
-                last_seq,
-                recovered: None,
-                online,
-                online_count,
-            }),
-        }
-    }
-
-    /// `resume {with, since}`: the direct-message counterpart of `join {room, since}`.
-    async fn resume(&mut self, id: Option<FrameId>, with: UserId, since: u64) {
-        let Some(conv) = Conversation::dm(self.outbox.shared.user.clone(), with.clone()) else {
-            return self.error(
-                id,
-                ErrorCode::BadRequest,
-                "there is no thread with yourself",
-            );
-        };
-        let key = TopicKey::User(self.outbox.shared.user.clone());
-        let gate = Arc::new(Gate::new(conv.deliver_subject()));
-        self.state
-            .hub
-            .set_gate(&key, &self.outbox, Some(gate.clone()));
-        let last = match self.state.backlog.last_seq(&conv).await {
-            Ok(last) => last,
-            Err(e) => {
-                tracing::warn!(error = %e, "resume: stream unreachable");
-                self.state.hub.set_gate(&key, &self.outbox, None);
-                return self.error(
-                    id,
-                    ErrorCode::Unavailable,
-                    "the message store is unreachable; try again",
-                );
-            }
-        };
-        let last_seq = last.seq;
-        self.replay(&key, &conv, since, last, &gate, |recovered| {
-            ServerFrame::Resumed {
-                id,
-                with,
-                last_seq,
-                recovered,
-            }
-        })
-        .await;
-    }
-
-    /// Queues `head(recovered)`, then every message in `(since, last_seq]`, then the live frames the
-    /// gate held back that are newer than `last_seq`, and removes the gate: no gap, no duplicate.
-    async fn replay(
-        &mut self,
-        key: &TopicKey,
-        conv: &Conversation,
-        since: u64,
-        last: LastSeq,
-        gate: &Arc<Gate>,
-        head: impl FnOnce(bool) -> ServerFrame,
-    ) {
-        let max = self.state.config.max_resume;
-        let last_seq = last.seq;
-        let replayed = if last.exact {
-            self.state
-                .backlog
-                .replay_shared(conv, since, last_seq, max, Older::FromHistory)
-                .await
-        } else {
-            Err(Arc::new(BacklogError::History(
-                "the newest sequence is unknown".into(),
-            )))
-        };
-        let frames: Option<&[(u64, Utf8Bytes)]> = match replayed.as_deref() {
-            Ok(EncodedReplay::Complete(frames)) => Some(frames),
-            Ok(EncodedReplay::TooMany) => None,
-            Err(e) => {
-                tracing::warn!(error = %e, since, last_seq, "resume could not read the backlog");
-                None
-            }
-        };
-        let recovered = frames.is_some();
-        self.state
-            .metrics
-            .resumes
-            .with_label_values(&[if recovered { "true" } else { "false" }])
-            .inc();
-        self.reply(head(recovered));
-        let patience = crate::hub::REPLAY_PATIENCE;
-        let mut complete = true;
-        for (_, json) in frames.unwrap_or_default() {
-            if !self
-                .outbox
-                .send_wait(Outbound::Text(json.clone()), patience)
-                .await
-            {
-                complete = false;
-                break;
-            }
-        }
-        complete = complete && gate.release(&self.outbox, last_seq).await;
-        self.state.hub.set_gate(key, &self.outbox, None);
-        if !complete {
-            self.outbox
-                .shared
-                .close(close_code::SLOW_CONSUMER, "slow consumer");
-        }
-    }
-
-    fn history(
-        &mut self,
-        id: Option<FrameId>,
-        target: Target,
-        before: Option<u64>,
-        after: Option<u64>,
-        limit: u32,
-    ) {
-        let me = self.outbox.shared.user.clone();
-        // Rooms are public: anyone may read a room's history without joining it. A thread is named
-        // by its other participant, so a user can only ever name a thread they are part of.
-        let (conv, room, with) = match target {
-            Target::Room(room) => (Conversation::Room(room.clone()), Some(room), None),
-            Target::User(other) => match Conversation::dm(me, other.clone()) {
-                Some(conv) => (conv, None, Some(other)),
-                None => {
-                    return self.error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "there is no thread with yourself",
-                    );
-                }
-            },
-        };
-        let req = HistoryRequest {
-            conv: ConvRef::from(&conv),
-            before,
-            after,
-            limit,
-        };
-        let backlog = self.state.backlog.clone();
-        self.inflight.push(Box::pin(async move {
-            let frame = match backlog.history(&req).await {
-                Ok((messages, more)) => ServerFrame::History {
-                    id,
-                    room,
-                    with,
-                    messages,
-                    more,
-                },
-                Err(BacklogError::Refused(message)) => ServerFrame::Error {
-                    id,
-                    code: ErrorCode::BadRequest,
-                    message,
-                },
-                Err(e) => ServerFrame::Error {
-                    id,
-                    code: ErrorCode::Unavailable,
-                    message: format!("history is unavailable: {e}"),
-                },
-            };
-            Done::Reply(frame)
-        }));
-    }
-
-    fn send(
-        &mut self,
-        id: Option<FrameId>,
-        target: Target,
-        text: String,
-        cmid: protocol::ClientMsgId,
-    ) {
-        let cfg = &self.state.config;
-        if text.is_empty() {
-            return self.error(id, ErrorCode::BadRequest, "text must not be empty");
-        }
-        if text.chars().count() > cfg.max_text_chars {
-            let max = cfg.max_text_chars;
-            return self.error(
-                id,
-                ErrorCode::TooLarge,
-                format!("text is longer than {max} characters"),
-            );
-        }
-        let me = self.outbox.shared.user.clone();
-        let conv = match &target {
-            Target::Room(room) if !self.joined.contains(room) => {
-                return self.error(
-                    id,
-                    ErrorCode::NotJoined,
-                    format!("join room {room} before sending to it"),
-                );
-            }
-            Target::Room(room) => Conversation::Room(room.clone()),
-            Target::User(to) => match Conversation::dm(me.clone(), to.clone()) {
-                Some(conv) => conv,
-                None => {
-                    return self.error(
-                        id,
-                        ErrorCode::BadRequest,
-                        "cannot send a direct message to yourself",
-                    );
-                }
-            },
-        };
-        let msg = stored_message(me, &target, text, cmid.clone());
-        // The future holds the shared state (one pointer), not clones of the publisher and the
-        // checker (half a kilobyte), and boxes the content check and the publish's retry and
-        // duplicate paths: at about 650 bytes it stays within glibc's per-thread cache (1 KiB); at
-        // 3 KB each send took malloc's slow path.
-        let state = self.state.clone();
-        self.inflight.push(Box::pin(async move {
-            if let Some(checker) = &state.content {
-                match Box::pin(checker.check(&msg.from, &msg.text)).await {
-                    Ok(ContentDecision::Deliver) => {}
-                    Ok(ContentDecision::Reject) => {
-                        return Done::Send(id, cmid, SendOutcome::Rejected);
-                    }
-                    Ok(ContentDecision::Hold) => return Done::Send(id, cmid, SendOutcome::Held),
-                    Err(e) => {
-                        return Done::Send(id, cmid, SendOutcome::Unavailable(e.to_string()));
-                    }
-                }
-            }
-            let outcome = match state.publisher.publish(&conv, &msg).await {
-                Ok(stored) => SendOutcome::Stored(stored),
-                Err(e) => SendOutcome::Unavailable(e.to_string()),
-            };
-            Done::Send(id, cmid, outcome)
-        }));
-    }
-
-    fn finish_send(
-        &mut self,
-        id: Option<FrameId>,
-        client_msg_id: protocol::ClientMsgId,
-        outcome: SendOutcome,
-    ) {
-        match outcome {
-            SendOutcome::Stored(Stored { seq, ts }) => self.reply(ServerFrame::Ack {
-                id,
-                client_msg_id,
-                seq,
-                ts,
-            }),
-            SendOutcome::Unavailable(e) => self.error(
-                id,
-                ErrorCode::Unavailable,
-                format!("message not stored: {e}; resend with the same client_msg_id"),
-            ),
-            SendOutcome::Rejected => self.error(
-                id,
-                ErrorCode::ContentRejected,
-                "the message was rejected by the content check and not stored",
-            ),
-            SendOutcome::Held => self.error(
-                id,
-                ErrorCode::ContentHeld,
-                "the message is held for review and was not delivered",
-            ),
         }
     }
 
