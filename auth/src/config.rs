@@ -143,13 +143,8 @@ pub struct Config {
     pub content_check: Option<ContentCheck>,
 }
 
-/// A configuration value that cannot be used; names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {problem}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub problem: String,
-}
+/// The configuration variables that cannot be used, each named.
+pub use svc::env::ConfigError;
 
 impl Default for Config {
     fn default() -> Self {
@@ -178,51 +173,33 @@ impl Default for Config {
 impl Config {
     /// Reads the configuration through `get`, which is `std::env::var` in `main` and a map in tests.
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut env = svc::env::Env::new(get);
         let mut c = Config::default();
-        let get = |k: &str| get(k).filter(|v| !v.trim().is_empty());
-        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
-            get(var)
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| ConfigError {
-                            var,
-                            problem: format!("expected a positive number, got {v:?}"),
-                        })
-                })
-                .transpose()
-        };
-        if let Some(v) = get("AUTH_LISTEN") {
+        if let Some(v) = env.string("AUTH_LISTEN") {
             c.listen = v;
         }
-        if let Some(v) = get("AUTH_DEV_LOGIN") {
-            c.dev_login = parse_bool("AUTH_DEV_LOGIN", &v)?;
+        if let Some(b) = env.flag("AUTH_DEV_LOGIN") {
+            c.dev_login = b;
         }
-        if let Some(v) = get("AUTH_ISSUER") {
+        if let Some(v) = env.string("AUTH_ISSUER") {
             c.issuer = v;
         }
-        if let Some(n) = num("AUTH_ACCESS_TTL_SECS")? {
+        if let Some(n) = env.positive("AUTH_ACCESS_TTL_SECS") {
             c.access_ttl_secs = n;
         }
-        if let Some(n) = num("AUTH_REFRESH_TTL_SECS")? {
+        if let Some(n) = env.positive("AUTH_REFRESH_TTL_SECS") {
             c.refresh_ttl_secs = n;
         }
-        if let Some(n) = num("AUTH_SESSION_KEY_TTL_SECS")? {
+        if let Some(n) = env.positive("AUTH_SESSION_KEY_TTL_SECS") {
             c.session_key_ttl_secs = n;
         }
-        c.key = match (get("AUTH_SIGNING_KEY"), get("AUTH_KEY_FILE")) {
-            (Some(seed), _) => KeySource::Seed(Secret(parse_seed(&seed).map_err(|problem| {
-                ConfigError {
-                    var: "AUTH_SIGNING_KEY",
-                    problem,
-                }
-            })?)),
+        let seed = env.with("AUTH_SIGNING_KEY", parse_seed);
+        c.key = match (seed, env.string("AUTH_KEY_FILE")) {
+            (Some(seed), _) => KeySource::Seed(Secret(seed)),
             (None, Some(path)) => KeySource::File(path.into()),
             (None, None) => KeySource::Ephemeral,
         };
-        if let Some(v) = get("AUTH_PREVIOUS_KEY_FILES") {
+        if let Some(v) = env.string("AUTH_PREVIOUS_KEY_FILES") {
             c.previous_key_files = v
                 .split(',')
                 .map(str::trim)
@@ -230,96 +207,76 @@ impl Config {
                 .map(PathBuf::from)
                 .collect();
         }
-        if let Some(v) = get("AUTH_KEY_ACTIVATION_DELAY_SECS") {
-            c.key_activation_delay =
-                Duration::from_secs(v.trim().parse().map_err(|_| ConfigError {
-                    var: "AUTH_KEY_ACTIVATION_DELAY_SECS",
-                    problem: format!("expected a number of seconds, got {v:?}"),
-                })?);
+        if let Some(n) = env.unsigned("AUTH_KEY_ACTIVATION_DELAY_SECS") {
+            c.key_activation_delay = Duration::from_secs(n);
         }
-        c.wechat = match (get("AUTH_WECHAT_APPID"), get("AUTH_WECHAT_SECRET")) {
+        let timeout = env.positive("AUTH_WECHAT_TIMEOUT_MS");
+        let retry_delay = env.positive("AUTH_WECHAT_RETRY_DELAY_MS");
+        c.wechat = match (
+            env.string("AUTH_WECHAT_APPID"),
+            env.string("AUTH_WECHAT_SECRET"),
+        ) {
             (Some(appid), Some(secret)) => Some(WeChat {
                 appid,
                 secret: Secret(secret),
-                api_base: get("AUTH_WECHAT_API_BASE")
+                api_base: env
+                    .string("AUTH_WECHAT_API_BASE")
                     .unwrap_or_else(|| DEFAULT_WECHAT_API_BASE.into())
                     .trim_end_matches('/')
                     .to_owned(),
-                timeout: num("AUTH_WECHAT_TIMEOUT_MS")?
-                    .map_or(DEFAULT_WECHAT_TIMEOUT, Duration::from_millis),
-                retry_delay: num("AUTH_WECHAT_RETRY_DELAY_MS")?
-                    .map_or(DEFAULT_WECHAT_RETRY_DELAY, Duration::from_millis),
+                timeout: timeout.map_or(DEFAULT_WECHAT_TIMEOUT, Duration::from_millis),
+                retry_delay: retry_delay.map_or(DEFAULT_WECHAT_RETRY_DELAY, Duration::from_millis),
             }),
             (None, None) => None,
             (Some(_), None) => {
-                return Err(ConfigError {
-                    var: "AUTH_WECHAT_SECRET",
-                    problem: "AUTH_WECHAT_APPID is set, so the AppSecret is needed too".into(),
-                });
+                env.invalid(
+                    "AUTH_WECHAT_SECRET",
+                    "AUTH_WECHAT_APPID is set, so the AppSecret is needed too",
+                );
+                None
             }
             (None, Some(_)) => {
-                return Err(ConfigError {
-                    var: "AUTH_WECHAT_APPID",
-                    problem: "AUTH_WECHAT_SECRET is set, so the appid is needed too".into(),
-                });
+                env.invalid(
+                    "AUTH_WECHAT_APPID",
+                    "AUTH_WECHAT_SECRET is set, so the appid is needed too",
+                );
+                None
             }
         };
-        if let Some(v) = get("AUTH_USER_ID_SECRET") {
-            if v.len() < 16 {
-                return Err(ConfigError {
-                    var: "AUTH_USER_ID_SECRET",
-                    problem: "expected at least 16 bytes".into(),
-                });
-            }
+        if let Some(v) = env.with("AUTH_USER_ID_SECRET", |v| {
+            (v.len() >= 16)
+                .then(|| v.to_owned())
+                .ok_or_else(|| "expected at least 16 bytes".to_owned())
+        }) {
             c.user_id_secret = Some(Secret(v.into_bytes()));
         }
-        c.redis_url = get("AUTH_REDIS_URL").map(Secret);
-        c.nats_url = get("AUTH_NATS_URL");
-        if let Some(n) = num("AUTH_LOGIN_PER_IP_PER_MIN")? {
+        c.redis_url = env.string("AUTH_REDIS_URL").map(Secret);
+        c.nats_url = env.string("AUTH_NATS_URL");
+        if let Some(n) = env.positive("AUTH_LOGIN_PER_IP_PER_MIN") {
             c.login_per_ip_per_min = n;
         }
-        if let Some(n) = num("AUTH_LOGIN_PER_CODE")? {
+        if let Some(n) = env.positive("AUTH_LOGIN_PER_CODE") {
             c.login_per_code = n;
         }
-        if let Some(v) = get("AUTH_TRUST_FORWARDED_FOR") {
-            c.trust_forwarded_for = parse_bool("AUTH_TRUST_FORWARDED_FOR", &v)?;
+        if let Some(b) = env.flag("AUTH_TRUST_FORWARDED_FOR") {
+            c.trust_forwarded_for = b;
         }
-        let content = match get("AUTH_CONTENT_CHECK") {
-            Some(v) => parse_bool("AUTH_CONTENT_CHECK", &v)?,
-            None => false,
-        };
-        if content {
-            let scene = match get("AUTH_CONTENT_SCENE") {
-                None => DEFAULT_CONTENT_SCENE,
-                Some(v) => v
-                    .trim()
-                    .parse::<u8>()
-                    .ok()
-                    .filter(|s| (1..=4).contains(s))
-                    .ok_or_else(|| ConfigError {
-                        var: "AUTH_CONTENT_SCENE",
-                        problem: format!("expected 1, 2, 3 or 4, got {v:?}"),
-                    })?,
+        if env.flag("AUTH_CONTENT_CHECK").unwrap_or(false) {
+            let scene = env
+                .with("AUTH_CONTENT_SCENE", |v| {
+                    v.parse::<u8>()
+                        .ok()
+                        .filter(|s| (1..=4).contains(s))
+                        .ok_or_else(|| format!("expected 1, 2, 3 or 4, got {v:?}"))
+                })
+                .unwrap_or(DEFAULT_CONTENT_SCENE);
+            let review = match env.mode("AUTH_CONTENT_REVIEW_POLICY", &["deliver", "hold"]) {
+                Some(1) => ReviewPolicy::Hold,
+                _ => ReviewPolicy::Deliver,
             };
-            let review = match get("AUTH_CONTENT_REVIEW_POLICY").as_deref().map(str::trim) {
-                None | Some("deliver") => ReviewPolicy::Deliver,
-                Some("hold") => ReviewPolicy::Hold,
-                Some(v) => {
-                    return Err(ConfigError {
-                        var: "AUTH_CONTENT_REVIEW_POLICY",
-                        problem: format!("expected deliver or hold, got {v:?}"),
-                    });
-                }
-            };
-            let fail = match get("AUTH_CONTENT_FAIL_POLICY").as_deref().map(str::trim) {
-                None | Some("closed") => FailPolicy::Closed,
-                Some("open") => FailPolicy::Open,
-                Some(v) => {
-                    return Err(ConfigError {
-                        var: "AUTH_CONTENT_FAIL_POLICY",
-                        problem: format!("expected open or closed, got {v:?}"),
-                    });
-                }
+            let fail = match env.mode("AUTH_CONTENT_FAIL_POLICY", &["closed", "open"]) {
+                Some(1) => FailPolicy::Open,
+                _ => FailPolicy::Closed,
             };
             c.content_check = Some(ContentCheck {
                 scene,
@@ -327,6 +284,8 @@ impl Config {
                 fail,
             });
         }
+        // The checks across variables only mean something once each variable was readable.
+        let c = env.finish(c)?;
         c.validate()?;
         Ok(c)
     }
@@ -335,34 +294,30 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.wechat.is_some() {
             if self.redis_url.is_none() {
-                return Err(ConfigError {
-                    var: "AUTH_REDIS_URL",
-                    problem: "WeChat login keeps sessions and refresh tokens in Redis; set it"
-                        .into(),
-                });
+                return Err(ConfigError::one(
+                    "AUTH_REDIS_URL",
+                    "WeChat login keeps sessions and refresh tokens in Redis; set it",
+                ));
             }
             if self.user_id_secret.is_none() {
-                return Err(ConfigError {
-                    var: "AUTH_USER_ID_SECRET",
-                    problem:
-                        "WeChat login derives user ids with this key; set it (at least 16 bytes)"
-                            .into(),
-                });
+                return Err(ConfigError::one(
+                    "AUTH_USER_ID_SECRET",
+                    "WeChat login derives user ids with this key; set it (at least 16 bytes)",
+                ));
             }
         }
         if self.content_check.is_some() {
             if self.wechat.is_none() {
-                return Err(ConfigError {
-                    var: "AUTH_CONTENT_CHECK",
-                    problem: "the content check calls WeChat; set AUTH_WECHAT_APPID and AUTH_WECHAT_SECRET"
-                        .into(),
-                });
+                return Err(ConfigError::one(
+                    "AUTH_CONTENT_CHECK",
+                    "the content check calls WeChat; set AUTH_WECHAT_APPID and AUTH_WECHAT_SECRET",
+                ));
             }
             if self.nats_url.is_none() {
-                return Err(ConfigError {
-                    var: "AUTH_NATS_URL",
-                    problem: "the content check is a NATS service; set it".into(),
-                });
+                return Err(ConfigError::one(
+                    "AUTH_NATS_URL",
+                    "the content check is a NATS service; set it",
+                ));
             }
         }
         Ok(())
@@ -442,18 +397,6 @@ fn parse_seed(s: &str) -> Result<[u8; 32], String> {
         .map_err(|_| "expected exactly 32 bytes".to_owned())
 }
 
-/// Parses `1/0/true/false/yes/no`.
-pub fn parse_bool(var: &'static str, v: &str) -> Result<bool, ConfigError> {
-    match v.to_ascii_lowercase().as_str() {
-        "1" | "true" | "yes" | "on" => Ok(true),
-        "0" | "false" | "no" | "off" | "" => Ok(false),
-        _ => Err(ConfigError {
-            var,
-            problem: format!("expected true or false, got {v:?}"),
-        }),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -476,15 +419,15 @@ mod tests {
     #[test]
     fn bad_values_name_their_variable() {
         assert_eq!(
-            cfg(&[("AUTH_DEV_LOGIN", "maybe")]).unwrap_err().var,
+            cfg(&[("AUTH_DEV_LOGIN", "maybe")]).unwrap_err().vars()[0],
             "AUTH_DEV_LOGIN"
         );
         assert_eq!(
-            cfg(&[("AUTH_SIGNING_KEY", "short")]).unwrap_err().var,
+            cfg(&[("AUTH_SIGNING_KEY", "short")]).unwrap_err().vars()[0],
             "AUTH_SIGNING_KEY"
         );
         assert_eq!(
-            cfg(&[("AUTH_ACCESS_TTL_SECS", "0")]).unwrap_err().var,
+            cfg(&[("AUTH_ACCESS_TTL_SECS", "0")]).unwrap_err().vars()[0],
             "AUTH_ACCESS_TTL_SECS"
         );
     }
@@ -495,10 +438,10 @@ mod tests {
             ("AUTH_WECHAT_APPID", "wx1"),
             ("AUTH_WECHAT_SECRET", "s3cr3t"),
         ];
-        assert_eq!(cfg(&base).unwrap_err().var, "AUTH_REDIS_URL");
+        assert_eq!(cfg(&base).unwrap_err().vars()[0], "AUTH_REDIS_URL");
         let mut more = base.to_vec();
         more.push(("AUTH_REDIS_URL", "redis://127.0.0.1:1"));
-        assert_eq!(cfg(&more).unwrap_err().var, "AUTH_USER_ID_SECRET");
+        assert_eq!(cfg(&more).unwrap_err().vars()[0], "AUTH_USER_ID_SECRET");
         more.push(("AUTH_USER_ID_SECRET", "0123456789abcdef"));
         let c = cfg(&more).unwrap();
         assert!(
@@ -510,7 +453,7 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cr3t") && !debug.contains("0123456789abcdef"));
         assert_eq!(
-            cfg(&[("AUTH_WECHAT_APPID", "wx1")]).unwrap_err().var,
+            cfg(&[("AUTH_WECHAT_APPID", "wx1")]).unwrap_err().vars()[0],
             "AUTH_WECHAT_SECRET"
         );
     }
@@ -524,7 +467,7 @@ mod tests {
             ("AUTH_USER_ID_SECRET", "0123456789abcdef"),
             ("AUTH_CONTENT_CHECK", "1"),
         ];
-        assert_eq!(cfg(&v).unwrap_err().var, "AUTH_NATS_URL");
+        assert_eq!(cfg(&v).unwrap_err().vars()[0], "AUTH_NATS_URL");
         v.push(("AUTH_NATS_URL", "nats://127.0.0.1:4222"));
         let c = cfg(&v).unwrap().content_check.unwrap();
         assert_eq!(
@@ -532,7 +475,7 @@ mod tests {
             (2, ReviewPolicy::Deliver, FailPolicy::Closed)
         );
         v.push(("AUTH_CONTENT_REVIEW_POLICY", "maybe"));
-        assert_eq!(cfg(&v).unwrap_err().var, "AUTH_CONTENT_REVIEW_POLICY");
+        assert_eq!(cfg(&v).unwrap_err().vars()[0], "AUTH_CONTENT_REVIEW_POLICY");
     }
 
     #[test]

@@ -175,166 +175,122 @@ impl Default for Config {
     }
 }
 
-/// A configuration value that cannot be used; names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {problem}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub problem: String,
-}
+/// The configuration variables that cannot be used, each named.
+pub use svc::env::ConfigError;
 
 impl Config {
     /// Reads the configuration through `get` (`std::env::var` in `main`, a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut env = svc::env::Env::new(get);
         let mut c = Config::default();
-        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
-            get(var)
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| ConfigError {
-                            var,
-                            problem: format!("expected a positive integer, got {v:?}"),
-                        })
-                })
-                .transpose()
-        };
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
-        // A variable that names one of a few modes.
-        let mode = |var: &'static str, modes: &[&str]| -> Result<Option<usize>, ConfigError> {
-            get(var)
-                .map(|v| {
-                    modes
-                        .iter()
-                        .position(|m| *m == v.trim())
-                        .ok_or_else(|| ConfigError {
-                            var,
-                            problem: format!("expected {}, got {v:?}", modes.join(" or ")),
-                        })
-                })
-                .transpose()
-        };
-        if let Some(v) = get("GATEWAY_LISTEN") {
+        if let Some(v) = env.string("GATEWAY_LISTEN") {
             c.listen = v;
         }
-        if let Some(v) = get("NATS_URL") {
+        if let Some(v) = env.string("NATS_URL") {
             c.nats_url = v;
         }
-        if let Some(v) = get("GATEWAY_AUTH_URL") {
+        if let Some(v) = env.string("GATEWAY_AUTH_URL") {
             c.public_auth_url = v.trim_end_matches('/').to_owned();
             c.keys = KeySource::AuthUrl(v.trim_end_matches('/').to_owned());
         }
-        if let Some(v) = get("GATEWAY_PUBLIC_AUTH_URL") {
+        if let Some(v) = env.string("GATEWAY_PUBLIC_AUTH_URL") {
             c.public_auth_url = v.trim_end_matches('/').to_owned();
         }
-        if let Some(v) = get("GATEWAY_JWT_ISSUER") {
+        if let Some(v) = env.string("GATEWAY_JWT_ISSUER") {
             c.issuer = v;
         }
-        if let Some(n) = num("GATEWAY_KEYS_REFRESH_SECS")? {
+        if let Some(n) = env.positive("GATEWAY_KEYS_REFRESH_SECS") {
             c.keys_refresh = Duration::from_secs(n);
         }
-        if let Some(n) = num("GATEWAY_MAX_FRAME_BYTES")? {
+        if let Some(n) = env.positive("GATEWAY_MAX_FRAME_BYTES") {
             c.max_frame_bytes = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_MAX_TEXT_CHARS")? {
+        if let Some(n) = env.positive("GATEWAY_MAX_TEXT_CHARS") {
             c.max_text_chars = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_MAX_ROOMS_PER_CONN")? {
+        if let Some(n) = env.positive("GATEWAY_MAX_ROOMS_PER_CONN") {
             c.max_rooms_per_conn = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_RATE_PER_SEC")? {
+        if let Some(n) = env.positive("GATEWAY_RATE_PER_SEC") {
             c.rate_per_sec = n as f64;
         }
-        if let Some(n) = num("GATEWAY_RATE_BURST")? {
+        if let Some(n) = env.positive("GATEWAY_RATE_BURST") {
             c.rate_burst = n as f64;
         }
-        if let Some(n) = num("GATEWAY_MAX_CONNECTIONS")? {
+        if let Some(n) = env.positive("GATEWAY_MAX_CONNECTIONS") {
             c.max_connections = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_OUTBOUND_QUEUE")? {
+        if let Some(n) = env.positive("GATEWAY_OUTBOUND_QUEUE") {
             c.outbound_queue = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_HEARTBEAT_MS")? {
+        if let Some(n) = env.positive("GATEWAY_HEARTBEAT_MS") {
             c.heartbeat = Duration::from_millis(n);
         }
-        if let Some(n) = num("GATEWAY_IDLE_TIMEOUT_MS")? {
+        if let Some(n) = env.positive("GATEWAY_IDLE_TIMEOUT_MS") {
             c.idle_timeout = Duration::from_millis(n);
         }
-        if let Some(n) = num("GATEWAY_PUBLISH_BUDGET_MS")? {
+        if let Some(n) = env.positive("GATEWAY_PUBLISH_BUDGET_MS") {
             c.publish_budget = Duration::from_millis(n);
         }
-        if let Some(n) = num("GATEWAY_SHUTDOWN_GRACE_MS")? {
+        if let Some(n) = env.positive("GATEWAY_SHUTDOWN_GRACE_MS") {
             c.shutdown_grace = Duration::from_millis(n);
         }
-        if let Some(n) = num("GATEWAY_HEARTBEAT_MS")? {
+        if let Some(n) = env.positive("GATEWAY_HEARTBEAT_MS") {
             // Nats-TTL has whole seconds: round up.
             c.presence_ttl = Duration::from_secs((n * 3).div_ceil(1000).max(1));
         }
-        if let Some(n) = num("GATEWAY_PRESENCE_TTL_SECS")? {
+        if let Some(n) = env.positive("GATEWAY_PRESENCE_TTL_SECS") {
             c.presence_ttl = Duration::from_secs(n);
         }
-        if let Some(n) = num("GATEWAY_PRESENCE_GRACE_MS")? {
+        if let Some(n) = env.positive("GATEWAY_PRESENCE_GRACE_MS") {
             c.presence_grace = Duration::from_millis(n);
         }
-        if let Some(n) = num("GATEWAY_PRESENCE_ROOM_EVENT_LIMIT")? {
+        if let Some(n) = env.positive("GATEWAY_PRESENCE_ROOM_EVENT_LIMIT") {
             c.presence_room_event_limit = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_MAX_RESUME")? {
+        if let Some(n) = env.positive("GATEWAY_MAX_RESUME") {
             c.max_resume = usize_of(n);
         }
-        if let Some(n) = num("GATEWAY_MAX_INFLIGHT_SENDS")? {
+        if let Some(n) = env.positive("GATEWAY_MAX_INFLIGHT_SENDS") {
             c.max_inflight_sends = usize_of(n);
         }
-        let flag = |var: &'static str| -> Result<Option<bool>, ConfigError> {
-            get(var)
-                .map(|v| match v.trim().to_ascii_lowercase().as_str() {
-                    "1" | "true" | "yes" | "on" => Ok(true),
-                    "0" | "false" | "no" | "off" | "" => Ok(false),
-                    _ => Err(ConfigError {
-                        var,
-                        problem: format!("expected true or false, got {v:?}"),
-                    }),
-                })
-                .transpose()
-        };
-        if let Some(b) = flag("GATEWAY_CONTENT_CHECK")? {
+        if let Some(b) = env.flag("GATEWAY_CONTENT_CHECK") {
             c.content_check = b;
         }
-        if let Some(b) = flag("GATEWAY_CONTENT_CHECK_FAIL_OPEN")? {
+        if let Some(b) = env.flag("GATEWAY_CONTENT_CHECK_FAIL_OPEN") {
             c.content_check_fail_open = b;
         }
-        if let Some(n) = num("GATEWAY_CONTENT_CHECK_TIMEOUT_MS")? {
+        if let Some(n) = env.positive("GATEWAY_CONTENT_CHECK_TIMEOUT_MS") {
             c.content_check_timeout = Duration::from_millis(n);
         }
-        if let Some(i) = mode("GATEWAY_DM_SUBSCRIPTION", &["shared", "per-user"])? {
+        if let Some(i) = env.mode("GATEWAY_DM_SUBSCRIPTION", &["shared", "per-user"]) {
             c.dm_subscription = [DmSubscription::Shared, DmSubscription::PerUser][i];
         }
-        if let Some(i) = mode("GATEWAY_ROOM_PRESENCE", &["shared", "per-room"])? {
+        if let Some(i) = env.mode("GATEWAY_ROOM_PRESENCE", &["shared", "per-room"]) {
             c.room_presence = [RoomPresenceWatch::Shared, RoomPresenceWatch::PerRoom][i];
         }
-        c.tls_cert = get("GATEWAY_TLS_CERT");
-        c.tls_key = get("GATEWAY_TLS_KEY");
+        c.tls_cert = env.string("GATEWAY_TLS_CERT");
+        c.tls_key = env.string("GATEWAY_TLS_KEY");
         if c.tls_cert.is_some() != c.tls_key.is_some() {
-            return Err(ConfigError {
-                var: "GATEWAY_TLS_CERT",
-                problem: "GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must be set together".into(),
-            });
+            env.invalid(
+                "GATEWAY_TLS_CERT",
+                "GATEWAY_TLS_CERT and GATEWAY_TLS_KEY must be set together",
+            );
         }
-        if let Some(n) = num("CHAT_MAX_AGE_SECS")? {
+        if let Some(n) = env.positive("CHAT_MAX_AGE_SECS") {
             c.stream.max_age = Duration::from_secs(n);
         }
-        if let Some(n) = num("CHAT_MAX_BYTES")? {
+        if let Some(n) = env.positive("CHAT_MAX_BYTES") {
             c.stream.max_bytes = i64::try_from(n).unwrap_or(i64::MAX);
         }
-        if let Some(n) = num("CHAT_DUPLICATE_WINDOW_SECS")? {
+        if let Some(n) = env.positive("CHAT_DUPLICATE_WINDOW_SECS") {
             c.stream.duplicate_window = Duration::from_secs(n);
         }
-        if let Some(n) = num("CHAT_REPLICAS")? {
+        if let Some(n) = env.positive("CHAT_REPLICAS") {
             c.stream.replicas = usize_of(n);
         }
-        Ok(c)
+        env.finish(c)
     }
 }
 
@@ -373,7 +329,7 @@ mod tests {
         assert_eq!(
             cfg(&[("GATEWAY_ROOM_PRESENCE", "per-user")])
                 .unwrap_err()
-                .var,
+                .vars()[0],
             "GATEWAY_ROOM_PRESENCE"
         );
     }
@@ -385,28 +341,57 @@ mod tests {
         let per_user = cfg(&[("GATEWAY_DM_SUBSCRIPTION", "per-user")]).unwrap();
         assert_eq!(per_user.dm_subscription, DmSubscription::PerUser);
         assert_eq!(
-            cfg(&[("GATEWAY_DM_SUBSCRIPTION", "all")]).unwrap_err().var,
+            cfg(&[("GATEWAY_DM_SUBSCRIPTION", "all")])
+                .unwrap_err()
+                .vars()[0],
             "GATEWAY_DM_SUBSCRIPTION"
+        );
+    }
+
+    #[test]
+    fn every_bad_variable_is_named_at_once() {
+        let err = cfg(&[
+            ("GATEWAY_MAX_FRAME_BYTES", "lots"),
+            ("GATEWAY_ROOM_PRESENCE", "all"),
+            ("GATEWAY_TLS_KEY", "k.pem"),
+        ])
+        .unwrap_err();
+        assert_eq!(
+            err.vars(),
+            [
+                "GATEWAY_MAX_FRAME_BYTES",
+                "GATEWAY_ROOM_PRESENCE",
+                "GATEWAY_TLS_CERT"
+            ]
+        );
+        // An empty value is the default, as it is for auth and the persister.
+        let c = cfg(&[("GATEWAY_MAX_FRAME_BYTES", ""), ("NATS_URL", "")]).unwrap();
+        let d = Config::default();
+        assert_eq!(
+            (c.max_frame_bytes, c.nats_url),
+            (d.max_frame_bytes, d.nats_url)
         );
     }
 
     #[test]
     fn bad_values_name_their_variable() {
         assert_eq!(
-            cfg(&[("GATEWAY_MAX_FRAME_BYTES", "lots")]).unwrap_err().var,
+            cfg(&[("GATEWAY_MAX_FRAME_BYTES", "lots")])
+                .unwrap_err()
+                .vars()[0],
             "GATEWAY_MAX_FRAME_BYTES"
         );
         assert_eq!(
-            cfg(&[("GATEWAY_IDLE_TIMEOUT_MS", "0")]).unwrap_err().var,
+            cfg(&[("GATEWAY_IDLE_TIMEOUT_MS", "0")]).unwrap_err().vars()[0],
             "GATEWAY_IDLE_TIMEOUT_MS"
         );
         // The session's one timer would fire at once forever with a zero period.
         assert_eq!(
-            cfg(&[("GATEWAY_HEARTBEAT_MS", "0")]).unwrap_err().var,
+            cfg(&[("GATEWAY_HEARTBEAT_MS", "0")]).unwrap_err().vars()[0],
             "GATEWAY_HEARTBEAT_MS"
         );
         assert_eq!(
-            cfg(&[("GATEWAY_TLS_KEY", "k.pem")]).unwrap_err().var,
+            cfg(&[("GATEWAY_TLS_KEY", "k.pem")]).unwrap_err().vars()[0],
             "GATEWAY_TLS_CERT"
         );
     }

@@ -127,77 +127,58 @@ impl Default for Config {
     }
 }
 
-/// A configuration value that cannot be used; names the variable.
-#[derive(Debug, thiserror::Error)]
-#[error("{var}: {problem}")]
-pub struct ConfigError {
-    pub var: &'static str,
-    pub problem: String,
-}
+/// The configuration variables that cannot be used, each named.
+pub use svc::env::ConfigError;
 
 impl Config {
     /// Reads the configuration through `get` (`std::env::var` in `main`, a map in tests).
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let mut env = svc::env::Env::new(get);
         let mut c = Config::default();
-        let num = |var: &'static str| -> Result<Option<u64>, ConfigError> {
-            get(var)
-                .map(|v| {
-                    v.trim()
-                        .parse::<u64>()
-                        .ok()
-                        .filter(|n| *n > 0)
-                        .ok_or_else(|| ConfigError {
-                            var,
-                            problem: format!("expected a positive integer, got {v:?}"),
-                        })
-                })
-                .transpose()
-        };
-        if let Some(v) = get("PERSISTER_LISTEN") {
+        if let Some(v) = env.string("PERSISTER_LISTEN") {
             c.listen = v;
         }
-        if let Some(v) = get("NATS_URL") {
+        if let Some(v) = env.string("NATS_URL") {
             c.nats_url = v;
         }
-        if let Some(v) = get("PERSISTER_STORE") {
-            c.store = StoreConfig::parse(v.trim()).map_err(|problem| ConfigError {
-                var: "PERSISTER_STORE",
-                problem,
-            })?;
+        if let Some(store) = env.with("PERSISTER_STORE", StoreConfig::parse) {
+            c.store = store;
         }
-        if let Some(n) = num("PERSISTER_BATCH_MAX")? {
+        if let Some(n) = env.positive("PERSISTER_BATCH_MAX") {
             c.batch_max = usize::try_from(n).unwrap_or(usize::MAX);
         }
-        if let Some(n) = num("PERSISTER_BATCH_WAIT_MS")? {
+        if let Some(n) = env.positive("PERSISTER_BATCH_WAIT_MS") {
             c.batch_wait = Duration::from_millis(n);
         }
-        if let Some(n) = num("PERSISTER_ACK_WAIT_MS")? {
+        if let Some(n) = env.positive("PERSISTER_ACK_WAIT_MS") {
             c.ack_wait = Duration::from_millis(n);
         }
-        if let Some(v) = get("SCYLLA_REPLICATION") {
+        if let Some(v) = env.string("SCYLLA_REPLICATION") {
             let v = v.trim();
             // The map is spliced into CREATE KEYSPACE, so accept only a single map literal.
             if !(v.starts_with('{') && v.ends_with('}')) || v.contains(';') {
-                return Err(ConfigError {
-                    var: "SCYLLA_REPLICATION",
-                    problem: format!("expected a CQL map like {DEFAULT_SCYLLA_REPLICATION}"),
-                });
+                env.invalid(
+                    "SCYLLA_REPLICATION",
+                    format!("expected a CQL map like {DEFAULT_SCYLLA_REPLICATION}"),
+                );
+            } else {
+                c.scylla_replication = v.to_owned();
             }
-            c.scylla_replication = v.to_owned();
         }
-        if let Some(v) = get("PERSISTER_CONSUMER") {
+        if let Some(v) = env.string("PERSISTER_CONSUMER") {
             let ok = !v.is_empty()
                 && v.chars()
                     .all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-');
-            if !ok {
-                return Err(ConfigError {
-                    var: "PERSISTER_CONSUMER",
-                    problem: format!("expected [A-Za-z0-9_-]+, got {v:?}"),
-                });
+            if ok {
+                c.consumer = v;
+            } else {
+                env.invalid(
+                    "PERSISTER_CONSUMER",
+                    format!("expected [A-Za-z0-9_-]+, got {v:?}"),
+                );
             }
-            c.consumer = v;
         }
-        Ok(c)
+        env.finish(c)
     }
 }
 
@@ -249,17 +230,19 @@ mod tests {
             "sqlite://",
         ] {
             assert_eq!(
-                cfg(&[("PERSISTER_STORE", bad)]).unwrap_err().var,
+                cfg(&[("PERSISTER_STORE", bad)]).unwrap_err().vars()[0],
                 "PERSISTER_STORE",
                 "{bad}"
             );
         }
         assert_eq!(
-            cfg(&[("PERSISTER_BATCH_MAX", "0")]).unwrap_err().var,
+            cfg(&[("PERSISTER_BATCH_MAX", "0")]).unwrap_err().vars()[0],
             "PERSISTER_BATCH_MAX"
         );
         assert_eq!(
-            cfg(&[("SCYLLA_REPLICATION", "{}; DROP")]).unwrap_err().var,
+            cfg(&[("SCYLLA_REPLICATION", "{}; DROP")])
+                .unwrap_err()
+                .vars()[0],
             "SCYLLA_REPLICATION"
         );
     }

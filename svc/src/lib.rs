@@ -1,7 +1,9 @@
 //! Plumbing shared by the services (`auth`, `gateway`, `persister`), written once so that each
 //! behaves the same: tracing, the shutdown signal, the NATS connection ([`nats`]) and its final
-//! flush, and HTTP answers in the envelope ([`http`]). Each `main.rs` stays the same four steps: tracing → config → bind → run.
+//! flush, the environment ([`env`]), and HTTP answers in the envelope ([`http`]). Each `main.rs`
+//! stays the same four steps: tracing → config → bind → run.
 
+pub mod env;
 pub mod http;
 pub mod nats;
 
