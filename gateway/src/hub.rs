@@ -445,25 +445,16 @@ impl TopicTask {
             }
         }
         let mut subs = Vec::new();
+        let retry = svc::retry::Backoff::constant(SUBSCRIBE_RETRY);
         for subject in subjects {
-            loop {
-                match self.nats.subscribe(subject.clone()).await {
-                    Ok(sub) => {
-                        subs.push(sub);
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(%subject, error = %e, "subscribe failed; retrying");
-                        tokio::time::sleep(SUBSCRIBE_RETRY).await;
-                    }
-                }
-            }
+            let what = format!("subscribing {subject}");
+            subs.push(
+                svc::retry::until_ok(&what, retry, || self.nats.subscribe(subject.clone())).await,
+            );
         }
         // A flush round trip means the server has processed our SUBs. While NATS is away, keep
         // trying: the client re-sends the SUBs itself on reconnect.
-        while self.nats.flush().await.is_err() {
-            tokio::time::sleep(SUBSCRIBE_RETRY).await;
-        }
+        svc::retry::until_ok("flushing the subscriptions", retry, || self.nats.flush()).await;
         let _ = ready.send(true);
         reconnects.mark_unchanged();
         let mut stream = futures_util::stream::select_all(subs);

@@ -45,6 +45,7 @@ pub async fn load(
     wait: Duration,
 ) -> anyhow::Result<()> {
     let deadline = tokio::time::Instant::now() + wait;
+    let mut pause = svc::retry::Backoff::constant(Duration::from_millis(500));
     loop {
         match fetch(http, auth_url).await {
             Ok(k) => {
@@ -54,7 +55,7 @@ pub async fn load(
             }
             Err(e) if tokio::time::Instant::now() < deadline => {
                 tracing::info!(error = %format!("{e:#}"), "auth keys not available yet; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
+                tokio::time::sleep(pause.next_delay()).await;
             }
             Err(e) => return Err(e),
         }

@@ -89,12 +89,13 @@ pub async fn run(
     // A gateway may start before NATS or JetStream is ready (a fresh cluster, a rolling restart):
     // keep trying for a bounded time, then fail so the supervisor sees it.
     let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
+    let mut pause = svc::retry::Backoff::constant(Duration::from_secs(1));
     while let Err(e) = svc::nats::ensure_chat_stream(&js, &config.stream).await {
         if tokio::time::Instant::now() >= deadline {
             return Err(e.context(format!("stream CHAT not ready within {STARTUP_WAIT:?}")));
         }
         tracing::warn!(error = %format!("{e:#}"), "stream CHAT not ready yet; retrying");
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(pause.next_delay()).await;
     }
 
     let metrics = Arc::new(metrics::Metrics::new());

@@ -317,21 +317,20 @@ fn observe_lag(
 #[derive(Debug)]
 pub(crate) struct Stopped;
 
-/// Capped exponential backoff that gives way to shutdown.
-pub(crate) struct Backoff(Duration);
+/// Capped exponential backoff with jitter (`svc::retry`) that gives way to shutdown.
+pub(crate) struct Backoff(svc::retry::Backoff);
 
 impl Backoff {
     pub(crate) fn new() -> Self {
-        Self(FIRST_BACKOFF)
+        Self(svc::retry::Backoff::new(FIRST_BACKOFF, MAX_BACKOFF))
     }
 
     fn reset(&mut self) {
-        self.0 = FIRST_BACKOFF;
+        self.0.reset();
     }
 
     pub(crate) async fn wait(&mut self, stop: &CancellationToken) -> Result<(), Stopped> {
-        let d = self.0;
-        self.0 = (self.0 * 2).min(MAX_BACKOFF);
+        let d = self.0.next_delay();
         tokio::select! {
             _ = stop.cancelled() => Err(Stopped),
             _ = tokio::time::sleep(d) => Ok(()),

@@ -1,11 +1,13 @@
 //! Plumbing shared by the services (`auth`, `gateway`, `persister`), written once so that each
 //! behaves the same: tracing, the shutdown signal, the NATS connection ([`nats`]) and its final
-//! flush, the environment ([`env`]), and HTTP answers in the envelope ([`http`]). Each `main.rs`
-//! stays the same four steps: tracing → config → bind → run.
+//! flush, the environment ([`env`]), retries with jittered backoff ([`retry`]), and HTTP answers
+//! in the envelope ([`http`]). Each `main.rs` stays the same four steps: tracing → config → bind →
+//! run.
 
 pub mod env;
 pub mod http;
 pub mod nats;
+pub mod retry;
 
 /// Installs the global `tracing` subscriber: the filter from `RUST_LOG` (default `info`), and JSON
 /// lines when `LOG_FORMAT=json`, plain text otherwise.

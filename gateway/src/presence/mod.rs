@@ -475,24 +475,16 @@ fn view_capped(key: &WatchKey, state: &State, cap: usize) -> (Vec<PresenceEntry>
     }
 }
 
-/// Runs `attempt` up to [`ENSURE_ATTEMPTS`] times, [`ENSURE_RETRY`] apart: what gateways starting
-/// together race to create.
-async fn with_attempts<T, Fut>(what: &str, mut attempt: impl FnMut() -> Fut) -> anyhow::Result<T>
+/// Runs `attempt` up to [`ENSURE_ATTEMPTS`] times, about [`ENSURE_RETRY`] (jittered) apart: what
+/// gateways starting together race to create.
+async fn with_attempts<T, Fut>(what: &str, attempt: impl FnMut() -> Fut) -> anyhow::Result<T>
 where
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    let mut n = 1;
-    loop {
-        match attempt().await {
-            Ok(v) => return Ok(v),
-            Err(e) if n < ENSURE_ATTEMPTS => {
-                tracing::debug!(error = %e, attempt = n, "{what} not ready; retrying");
-                n += 1;
-                tokio::time::sleep(ENSURE_RETRY).await;
-            }
-            Err(e) => return Err(e.context(format!("{what}: {ENSURE_ATTEMPTS} attempts"))),
-        }
-    }
+    let backoff = svc::retry::Backoff::constant(ENSURE_RETRY);
+    svc::retry::with_attempts(what, ENSURE_ATTEMPTS, backoff, attempt)
+        .await
+        .map_err(|e| e.context(format!("{what}: {ENSURE_ATTEMPTS} attempts")))
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ use protocol::{ServerFrame, UserId};
 use tokio::sync::{Notify, watch};
 use tokio::time::Instant;
 
+use svc::retry::Backoff;
+
 use super::state::Change;
 use super::{Members, RETRY_PAUSE, SNAPSHOT_WAIT, State, WatchKey};
 use crate::conn::{Outbound, Pushed};
@@ -386,21 +388,13 @@ pub(super) fn is_removal(msg: &jetstream::Message) -> bool {
         .is_some_and(|v| matches!(v.as_str(), "DEL" | "PURGE"))
 }
 
-/// Runs `attempt` until it succeeds, pausing [`RETRY_PAUSE`] after each failure: what must come
-/// back by itself after a NATS outage.
-pub(super) async fn until_ok<T, Fut>(what: &str, mut attempt: impl FnMut() -> Fut) -> T
+/// Runs `attempt` until it succeeds, pausing about [`RETRY_PAUSE`] (jittered) after each
+/// failure: what must come back by itself after a NATS outage.
+pub(super) async fn until_ok<T, Fut>(what: &str, attempt: impl FnMut() -> Fut) -> T
 where
     Fut: Future<Output = anyhow::Result<T>>,
 {
-    loop {
-        match attempt().await {
-            Ok(v) => return v,
-            Err(e) => {
-                tracing::warn!(error = %e, "{what} failed; retrying");
-                tokio::time::sleep(RETRY_PAUSE).await;
-            }
-        }
-    }
+    svc::retry::until_ok(what, Backoff::constant(RETRY_PAUSE), attempt).await
 }
 
 pub(super) async fn sleep_until_opt(due: Option<Instant>) {
