@@ -440,7 +440,7 @@ async fn dev_login_is_off_next_to_wechat_unless_flagged() {
 async fn keys_rotate_on_reload() {
     // After a reload, /api/keys serves the new and the previous key at once; new tokens use the new
     // key only after the activation delay, so every gateway can fetch it first.
-    let dir = testkit::TempDir::new("auth-keys").unwrap();
+    let dir = testkit::temp_dir("auth-keys").unwrap();
     let current = dir.path().join("current");
     let previous = dir.path().join("previous");
     let delay = Duration::from_secs(2);

@@ -94,7 +94,7 @@ impl Drop for Stack {
 
 impl Stack {
     pub async fn start(o: &StackOptions) -> anyhow::Result<Stack> {
-        let dir = testkit::TempDir::new("liaotian-bench")?;
+        let dir = testkit::temp_dir("liaotian-bench")?;
         let nats_port = free_port()?;
         let store = dir.path().join("js");
         let nats = spawn(

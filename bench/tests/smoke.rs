@@ -234,7 +234,7 @@ async fn persister_catches_up_a_backlog_exactly_once() {
     let published = bench::inject::publish(&js, &batch).await.unwrap();
     assert_eq!(published.total(), 2_000);
 
-    let dir = testkit::TempDir::new("bench-smoke-catchup").unwrap();
+    let dir = testkit::temp_dir("bench-smoke-catchup").unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let http = listener.local_addr().unwrap();
     let config = persister::Config {

@@ -21,7 +21,7 @@ pub struct Persister {
 impl Persister {
     /// A persister on a fresh SQLite file, consuming the stream of `stack`'s nats-server.
     pub async fn start(stack: &Stack) -> Persister {
-        let dir = testkit::TempDir::new("liaotian-history").unwrap();
+        let dir = testkit::temp_dir("liaotian-history").unwrap();
         Self::start_in(stack, dir).await
     }
 

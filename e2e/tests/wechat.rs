@@ -34,17 +34,8 @@ impl Drop for Gw {
     }
 }
 
-fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
-
 async fn stack(tweak: impl FnOnce(&mut auth::Config)) -> Stack {
-    init_tracing();
+    testkit::init_tracing();
     let _ = rustls::crypto::ring::default_provider().install_default();
     let nats = NatsServer::start().expect("start nats-server");
     let redis = RedisServer::start().expect("start redis-server");
@@ -197,7 +188,7 @@ async fn key_rotation_reaches_gateways_without_restart() {
     // After auth reloads a new key, it signs only after the activation delay; a running gateway has
     // fetched it by then (it refreshes every 200 ms here), so the first token of the new key is
     // accepted at once, and tokens of the previous key still are.
-    let dir = testkit::TempDir::new("gw-keys").unwrap();
+    let dir = testkit::temp_dir("gw-keys").unwrap();
     let current = dir.path().join("current");
     let previous = dir.path().join("previous");
     let delay = Duration::from_secs(2);

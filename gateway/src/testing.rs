@@ -38,15 +38,7 @@ impl Drop for Gateway {
     }
 }
 
-/// Test logs at `warn` (or `RUST_LOG`), captured per test.
-pub fn init_tracing() {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
-        )
-        .with_test_writer()
-        .try_init();
-}
+pub use testkit::init_tracing;
 
 impl Stack {
     pub fn start() -> Stack {
@@ -183,12 +175,7 @@ pub async fn messages(c: &mut WsClient, n: usize) -> Vec<serde_json::Value> {
 
 /// A gateway metric without labels, read from its `/metrics` page; `None` if it is not there.
 pub async fn metric(gw: &Gateway, name: &str) -> Option<f64> {
-    let body = testkit::http_get(&format!("http://{}/metrics", gw.addr))
-        .await
-        .unwrap()
-        .1;
-    body.lines()
-        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+    testkit::metric(gw.addr, name).await.unwrap()
 }
 
 /// Sends `n` room messages from `c`, waiting for each ack; returns their seqs.

@@ -14,7 +14,7 @@ async fn wss_with_a_configured_certificate() {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let stack = Stack::start();
     let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let dir = testkit::TempDir::new("liaotian-tls").unwrap();
+    let dir = testkit::temp_dir("liaotian-tls").unwrap();
     let (cert_path, key_path) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert_path, cert.cert.pem()).unwrap();
     std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();

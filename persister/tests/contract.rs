@@ -208,7 +208,7 @@ async fn dead_letter_suite(store: &dyn Store, base: u64) {
 // Proves the SQLite backend meets the whole store contract.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_meets_the_store_contract() {
-    let dir = testkit::TempDir::new("persister-contract").unwrap();
+    let dir = testkit::temp_dir("persister-contract").unwrap();
     let store = persister::store::SqliteStore::open(dir.path().join("h.db"))
         .await
         .unwrap();

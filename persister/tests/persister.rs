@@ -52,7 +52,7 @@ fn req(r: &str, before: Option<u64>, after: Option<u64>, limit: u32) -> HistoryR
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn crash_mid_stream_then_restart_stores_each_message_once() {
     let nats = testkit::NatsServer::start().unwrap();
-    let dir = testkit::TempDir::new("persister-crash").unwrap();
+    let dir = testkit::temp_dir("persister-crash").unwrap();
     let db = dir.path().join("history.db");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -100,7 +100,7 @@ async fn crash_mid_stream_then_restart_stores_each_message_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn poison_messages_are_set_aside_and_do_not_block() {
     let nats = testkit::NatsServer::start().unwrap();
-    let dir = testkit::TempDir::new("persister-poison").unwrap();
+    let dir = testkit::temp_dir("persister-poison").unwrap();
     let db = dir.path().join("history.db");
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     create_stream(&js).await.unwrap();
@@ -159,7 +159,7 @@ async fn poison_messages_are_set_aside_and_do_not_block() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_history_survives_a_restart() {
     let mut nats = testkit::NatsServer::start().unwrap();
-    let dir = testkit::TempDir::new("persister-restart").unwrap();
+    let dir = testkit::temp_dir("persister-restart").unwrap();
     let db = dir.path().join("data").join("history.db");
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
     create_stream(&js).await.unwrap();
@@ -203,7 +203,7 @@ async fn sqlite_history_survives_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn history_service_pages_validates_and_coalesces() {
     let nats = testkit::NatsServer::start().unwrap();
-    let dir = testkit::TempDir::new("persister-history").unwrap();
+    let dir = testkit::temp_dir("persister-history").unwrap();
     let db = dir.path().join("history.db");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
@@ -285,7 +285,7 @@ async fn history_service_pages_validates_and_coalesces() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_store_that_cannot_read_answers_unavailable() {
     let nats = testkit::NatsServer::start().unwrap();
-    let dir = testkit::TempDir::new("persister-broken").unwrap();
+    let dir = testkit::temp_dir("persister-broken").unwrap();
     let db = dir.path().join("history.db");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());

@@ -3,7 +3,8 @@
 //! [`NatsServer`] starts the real `nats-server` binary with JetStream on an ephemeral port and a fresh
 //! store directory, and kills it and removes the directory on drop. Each test gets its own server, so
 //! tests run in parallel without sharing streams. [`WsClient`] is a thin tokio-tungstenite client that
-//! speaks JSON frames.
+//! speaks JSON frames. The small helpers every test tree needs (a temp dir, test logs, an HTTP GET
+//! and a metric read) are here once.
 
 pub mod nats;
 pub mod proxy;
@@ -14,9 +15,6 @@ pub use nats::NatsServer;
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;
 pub use ws::WsClient;
-
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Calls `start` up to `attempts` times, `pause` apart, returning the first success or the last
 /// error: for servers whose port may still be held by the kernel, or taken by another test.
@@ -36,58 +34,52 @@ pub(crate) fn retry<T>(
     Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
 }
 
-/// A fresh, empty directory under the system temp dir, removed by [`TempDir`]'s drop.
-pub struct TempDir(PathBuf);
+pub use tempfile::TempDir;
 
-impl TempDir {
-    pub fn new(prefix: &str) -> anyhow::Result<Self> {
-        static N: AtomicU64 = AtomicU64::new(0);
-        let n = N.fetch_add(1, Ordering::Relaxed);
-        let nanos = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.subsec_nanos())
-            .unwrap_or(0);
-        let path =
-            std::env::temp_dir().join(format!("{prefix}-{}-{n}-{nanos}", std::process::id()));
-        std::fs::create_dir_all(&path)?;
-        Ok(Self(path))
-    }
-
-    pub fn path(&self) -> &std::path::Path {
-        &self.0
-    }
+/// A fresh, empty directory under the system temp dir whose name starts with `prefix`, removed
+/// when the [`TempDir`] is dropped.
+pub fn temp_dir(prefix: &str) -> anyhow::Result<TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("{prefix}-"))
+        .tempdir()?)
 }
 
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Test logs at `warn` (or `RUST_LOG`), captured per test by the test harness.
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .with_test_writer()
+        .try_init();
 }
 
-/// A minimal HTTP/1.1 GET over a fresh TCP connection (`http://host:port/path`), returning the
-/// status and the body. Enough for health and metrics endpoints in tests, without an HTTP client.
+/// `GET url`: the status and the body. For health and metrics endpoints.
 pub async fn http_get(url: &str) -> anyhow::Result<(u16, String)> {
-    use anyhow::Context;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let rest = url.strip_prefix("http://").context("only http:// URLs")?;
-    let (host, path) = rest
-        .split_once('/')
-        .map_or((rest, "/".to_owned()), |(h, p)| (h, format!("/{p}")));
-    let mut s = tokio::net::TcpStream::connect(host).await?;
-    s.write_all(
-        format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
-    )
-    .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let status = buf
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .context("no HTTP status")?;
-    let body = buf
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_owned())
-        .unwrap_or_default();
-    Ok((status, body))
+    // reqwest is built without a default TLS provider; tests speak plain HTTP, but the client
+    // still needs one installed. A client per call: each test has its own runtime, and pooled
+    // connections would belong to the first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(0)
+        .build()?;
+    let resp = client
+        .get(url)
+        .timeout(std::time::Duration::from_secs(10))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    Ok((status, resp.text().await?))
+}
+
+/// The value of metric `name` (without labels) in Prometheus text, if it is there.
+pub fn metric_in(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+/// The value of metric `name` on the `/metrics` page of the server at `addr`, if it is there.
+pub async fn metric(addr: std::net::SocketAddr, name: &str) -> anyhow::Result<Option<f64>> {
+    let (_, body) = http_get(&format!("http://{addr}/metrics")).await?;
+    Ok(metric_in(&body, name))
 }

@@ -24,7 +24,7 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream on a random loopback port and a fresh store directory.
     pub fn start() -> anyhow::Result<Self> {
-        let store = TempDir::new("liaotian-nats")?;
+        let store = crate::temp_dir("liaotian-nats")?;
         let (child, port) = spawn(store.path(), None)?;
         Ok(Self {
             child: Some(child),

@@ -206,7 +206,7 @@ async fn ingest(n: u64, batch_max: usize) -> anyhow::Result<()> {
         fill_time.as_secs_f64(),
         n as f64 / fill_time.as_secs_f64()
     );
-    let dir = TempDir::new("hbench-ingest")?;
+    let dir = testkit::temp_dir("hbench-ingest")?;
     let p = Persister::start(&nats, &dir, batch_max).await?;
     let took = caught_up(&js, &p, n).await?;
     let batches = p.metric("persister_batches_total").await?;
@@ -263,7 +263,7 @@ async fn latency(n: u64, per_level: usize) -> anyhow::Result<()> {
     let (nats, _client, js) = nats_with_stream().await?;
     let room = RoomId::parse("hist").expect("valid room");
     fill(&js, n, std::slice::from_ref(&room)).await?;
-    let dir = TempDir::new("hbench-latency")?;
+    let dir = testkit::temp_dir("hbench-latency")?;
     let p = Persister::start(&nats, &dir, 2000).await?;
     caught_up(&js, &p, n).await?;
     let db = std::fs::metadata(dir.path().join("history.db")).map_or(0, |m| m.len());
@@ -427,7 +427,7 @@ async fn storm(clients: usize, missed: u64) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     let room = RoomId::parse("storm").expect("valid room");
-    let dir = TempDir::new("hbench-storm")?;
+    let dir = testkit::temp_dir("hbench-storm")?;
     // Some older history first, so the store is not trivially small.
     fill(&js, 10_000, std::slice::from_ref(&room)).await?;
 

@@ -10,7 +10,6 @@ use std::time::Duration;
 use async_nats::jetstream::{self, message::PublishMessage};
 use persister::Config;
 use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Longest wait for a condition in a test.
 pub const WAIT: Duration = Duration::from_secs(30);
@@ -117,29 +116,17 @@ impl Running {
         Ok(())
     }
 
-    /// The value of one metric line (`name` or `name{labels}`), 0 if absent.
+    /// The value of metric `name` (without labels); an error if the persister does not export it.
     pub async fn metric(&self, name: &str) -> anyhow::Result<f64> {
-        let text = http_get(self.addr, "/metrics").await?;
-        Ok(text
-            .lines()
-            .find_map(|l| {
-                l.strip_prefix(name)
-                    .and_then(|rest| rest.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse().ok())
-            })
-            .unwrap_or(0.0))
+        testkit::metric(self.addr, name)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("no metric {name}"))
     }
 }
 
-/// The body of `GET path` (HTTP/1.0, so the server closes after replying).
+/// The body of `GET path`.
 pub async fn http_get(addr: SocketAddr, path: &str) -> anyhow::Result<String> {
-    let mut s = tokio::net::TcpStream::connect(addr).await?;
-    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-        .await?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).await?;
-    let (_, body) = buf.split_once("\r\n\r\n").unwrap_or(("", ""));
-    Ok(body.to_owned())
+    Ok(testkit::http_get(&format!("http://{addr}{path}")).await?.1)
 }
 
 /// Polls `cond` until it holds, failing after [`WAIT`].
