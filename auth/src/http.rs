@@ -18,7 +18,7 @@ use tower_http::cors::CorsLayer;
 
 pub use crate::state::AppState;
 use crate::store::{CODE_WINDOW_SECS, IP_WINDOW_SECS, Rotation, StoreError};
-use protocol::api::{LogoutReply, TokenReply};
+use protocol::api::{LogoutReply, Reason, TokenReply};
 use svc::http::{ApiError, ok};
 use token::now_secs;
 
@@ -79,7 +79,7 @@ struct LoginBody {
 type JsonBody<T> = Result<Json<T>, axum::extract::rejection::JsonRejection>;
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    ApiError::new(StatusCode::BAD_REQUEST, Reason::BadRequest, message)
 }
 
 fn store_down(e: StoreError) -> ApiError {
@@ -100,7 +100,7 @@ async fn login(State(state): State<AppState>, ip: ClientIp, body: JsonBody<Login
     let label = match &result {
         Ok(_) => "ok",
         Err(e) => match (e.status, e.reason) {
-            (_, "relogin") => "relogin",
+            (_, Reason::Relogin) => "relogin",
             (StatusCode::FORBIDDEN, _) => "refused",
             (StatusCode::TOO_MANY_REQUESTS, _) => "rate_limited",
             (StatusCode::SERVICE_UNAVAILABLE, _) => "unavailable",
@@ -123,7 +123,7 @@ async fn wechat_login(
     let Some(store) = state.store.as_ref().filter(|_| state.wechat.is_some()) else {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "wechat_login_disabled",
+            Reason::WechatLoginDisabled,
             "WeChat login is not configured on this server",
         ));
     };
@@ -133,7 +133,7 @@ async fn wechat_login(
     let limited = |secs| {
         ApiError::new(
             StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
+            Reason::RateLimited,
             "too many login attempts; try again later",
         )
         .retry_after(secs)
@@ -160,12 +160,12 @@ fn dev_login(state: &AppState, name: String) -> Result<TokenReply, ApiError> {
     if !state.config.dev_login {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
-            "dev_login_disabled",
+            Reason::DevLoginDisabled,
             "dev login is disabled on this server",
         ));
     }
     let user = UserId::parse(name)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_id", e.to_string()))?;
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Reason::InvalidId, e.to_string()))?;
     let now = now_secs();
     let token = state
         .keys
@@ -186,7 +186,7 @@ struct RefreshBody {
 fn no_refresh() -> ApiError {
     ApiError::new(
         StatusCode::FORBIDDEN,
-        "refresh_disabled",
+        Reason::RefreshDisabled,
         "refresh tokens need the session store (AUTH_REDIS_URL)",
     )
 }
@@ -202,7 +202,7 @@ async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> 
         match store.rotate(&token).await.map_err(store_down)? {
             Rotation::Rotated { user, token } => {
                 let uid = UserId::parse(user.clone()).map_err(|_| {
-                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_refresh_token", "unknown user")
+                    ApiError::new(StatusCode::UNAUTHORIZED, Reason::InvalidRefreshToken, "unknown user")
                 })?;
                 let ttl = state.config.access_ttl_secs;
                 let access = state.keys.signer().issue(&uid, now_secs(), ttl);
@@ -213,13 +213,13 @@ async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> 
                 tracing::warn!(%user, "a rotated refresh token was presented again: its family is revoked");
                 Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "refresh_reused",
+                    Reason::RefreshReused,
                     "this refresh token was already used; log in again",
                 ))
             }
             Rotation::Invalid => Err(ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "invalid_refresh_token",
+                Reason::InvalidRefreshToken,
                 "the refresh token is unknown, expired or revoked; log in again",
             )),
         }
@@ -227,7 +227,7 @@ async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> 
     .await;
     let label = match &result {
         Ok(_) => "ok",
-        Err(e) if e.reason == "refresh_reused" => "reused",
+        Err(e) if e.reason == Reason::RefreshReused => "reused",
         Err(e) if e.status == StatusCode::SERVICE_UNAVAILABLE => "unavailable",
         Err(_) => "invalid",
     };
@@ -259,7 +259,11 @@ async fn logout(
                 .verifier()
                 .verify(token.trim(), now_secs())
                 .map_err(|e| {
-                    ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string())
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        Reason::InvalidToken,
+                        e.to_string(),
+                    )
                 })?
                 .user()
                 .to_string(),
@@ -272,7 +276,7 @@ async fn logout(
                     .ok_or_else(|| {
                         ApiError::new(
                             StatusCode::UNAUTHORIZED,
-                            "invalid_refresh_token",
+                            Reason::InvalidRefreshToken,
                             "unknown refresh token",
                         )
                     })?
@@ -280,7 +284,7 @@ async fn logout(
             (None, None) => {
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
-                    "missing_token",
+                    Reason::MissingToken,
                     "send the access token as `Authorization: Bearer` or {\"refresh_token\"}",
                 ));
             }
@@ -289,8 +293,9 @@ async fn logout(
             Some(store) => store.revoke_user(&user).await.map_err(store_down)?,
             None => 0,
         };
-        let uid = UserId::parse(user.clone())
-            .map_err(|_| ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", "bad user"))?;
+        let uid = UserId::parse(user.clone()).map_err(|_| {
+            ApiError::new(StatusCode::UNAUTHORIZED, Reason::InvalidToken, "bad user")
+        })?;
         match &state.nats {
             Some(nats) => {
                 let subject = protocol::subject::user_control_subject(&uid);

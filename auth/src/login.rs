@@ -6,7 +6,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
-use protocol::api::TokenReply;
+use protocol::api::{Reason, TokenReply};
 use svc::http::ApiError;
 
 use crate::exchange::Outcome;
@@ -41,17 +41,17 @@ pub fn map_wx_error(e: &WxError) -> ApiError {
             }
             40029 | 40163 => ApiError::new(
                 StatusCode::UNAUTHORIZED,
-                "relogin",
+                Reason::Relogin,
                 "the login code is invalid, expired or used; call wx.login again",
             ),
             40226 => ApiError::new(
                 StatusCode::FORBIDDEN,
-                "login_blocked",
+                Reason::LoginBlocked,
                 "login refused by WeChat risk control",
             ),
             45011 => ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
-                "rate_limited",
+                Reason::RateLimited,
                 "too many logins; try again in a minute",
             )
             .retry_after(QUOTA_RETRY_AFTER_SECS),

@@ -8,6 +8,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use protocol::api::Reason;
 use serde::Deserialize;
 use svc::http::ApiError;
 use token::now_secs;
@@ -78,20 +79,24 @@ fn accept(
         "unauthorized",
         ApiError::new(
             StatusCode::UNAUTHORIZED,
-            "missing_token",
+            Reason::MissingToken,
             "send the token as `Authorization: Bearer` or `?token=`",
         ),
     ))?;
     let claims = state.keys.verify(token, now_secs()).map_err(|e| {
         (
             "unauthorized",
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid_token", e.to_string()),
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                Reason::InvalidToken,
+                e.to_string(),
+            ),
         )
     })?;
     let upgrade = upgrade.map_err(|e| {
         (
             "bad_request",
-            ApiError::new(e.status(), "not_websocket", e.body_text()),
+            ApiError::new(e.status(), Reason::NotWebsocket, e.body_text()),
         )
     })?;
     if state.shutdown.is_cancelled() {
@@ -99,7 +104,7 @@ fn accept(
             "shutting_down",
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
+                Reason::ShuttingDown,
                 "gateway is shutting down",
             ),
         ));
@@ -109,7 +114,7 @@ fn accept(
             "full",
             ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
-                "too_many_connections",
+                Reason::TooManyConnections,
                 "gateway is at its connection limit",
             ),
         )

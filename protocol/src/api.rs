@@ -35,8 +35,72 @@ impl<T> Envelope<T> {
 /// The `data` of an error envelope.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorData {
-    /// Stable and machine-readable, such as `relogin` or `rate_limited`.
-    pub reason: String,
+    pub reason: Reason,
+}
+
+/// The `data.reason` of an error envelope: stable and machine-readable, for clients to act on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Reason {
+    /// The request is malformed.
+    BadRequest,
+    /// Dev login is off on this server.
+    DevLoginDisabled,
+    /// A user id is not `[A-Za-z0-9_-]{1,64}`.
+    InvalidId,
+    /// The refresh token is unknown, expired or revoked: log in again.
+    InvalidRefreshToken,
+    /// The access token is malformed, expired, or signed by a key not served.
+    InvalidToken,
+    /// WeChat's risk control refused the login (40226).
+    LoginBlocked,
+    /// No access token was sent.
+    MissingToken,
+    /// `/ws` was requested without a WebSocket upgrade.
+    NotWebsocket,
+    /// Too many attempts: wait for `Retry-After`.
+    RateLimited,
+    /// Refresh tokens need the session store, which is not configured.
+    RefreshDisabled,
+    /// A rotated refresh token was presented again: its family is revoked.
+    RefreshReused,
+    /// The `wx.login` code is invalid, expired or used: call `wx.login` again.
+    Relogin,
+    /// The gateway is shutting down: connect to another.
+    ShuttingDown,
+    /// The gateway is at its connection limit.
+    TooManyConnections,
+    /// WeChat login is not configured on this server.
+    WechatLoginDisabled,
+    /// A fault of the server; its log has the details.
+    Internal,
+    /// A dependency (Redis, WeChat, NATS) cannot be reached: try again.
+    Unavailable,
+}
+
+impl Reason {
+    /// The reason as it is on the wire.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::BadRequest => "bad_request",
+            Reason::DevLoginDisabled => "dev_login_disabled",
+            Reason::InvalidId => "invalid_id",
+            Reason::InvalidRefreshToken => "invalid_refresh_token",
+            Reason::InvalidToken => "invalid_token",
+            Reason::LoginBlocked => "login_blocked",
+            Reason::MissingToken => "missing_token",
+            Reason::NotWebsocket => "not_websocket",
+            Reason::RateLimited => "rate_limited",
+            Reason::RefreshDisabled => "refresh_disabled",
+            Reason::RefreshReused => "refresh_reused",
+            Reason::Relogin => "relogin",
+            Reason::ShuttingDown => "shutting_down",
+            Reason::TooManyConnections => "too_many_connections",
+            Reason::WechatLoginDisabled => "wechat_login_disabled",
+            Reason::Internal => "internal",
+            Reason::Unavailable => "unavailable",
+        }
+    }
 }
 
 /// The envelope `code` of an error with HTTP status `status`: status × 100, so never 0.
@@ -95,6 +159,32 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    // Proves every reason's wire name is its serde name.
+    #[test]
+    fn reasons_are_named_as_on_the_wire() {
+        for r in [
+            Reason::BadRequest,
+            Reason::DevLoginDisabled,
+            Reason::InvalidId,
+            Reason::InvalidRefreshToken,
+            Reason::InvalidToken,
+            Reason::LoginBlocked,
+            Reason::MissingToken,
+            Reason::NotWebsocket,
+            Reason::RateLimited,
+            Reason::RefreshDisabled,
+            Reason::RefreshReused,
+            Reason::Relogin,
+            Reason::ShuttingDown,
+            Reason::TooManyConnections,
+            Reason::WechatLoginDisabled,
+            Reason::Internal,
+            Reason::Unavailable,
+        ] {
+            assert_eq!(serde_json::to_value(r).unwrap(), r.as_str());
+        }
+    }
+
     // Proves the envelope and the replies have the field names clients read.
     #[test]
     fn wire_shapes_are_the_documented_ones() {
@@ -113,7 +203,7 @@ mod tests {
             code: error_code(401),
             message: "log in again".into(),
             data: ErrorData {
-                reason: "relogin".into(),
+                reason: Reason::Relogin,
             },
         };
         assert_eq!(

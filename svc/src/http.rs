@@ -4,7 +4,7 @@
 use axum::Json;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use protocol::api::{Envelope, ErrorData, error_code};
+use protocol::api::{Envelope, ErrorData, Reason, error_code};
 use serde::Serialize;
 
 /// A successful response: `{"code": 0, "message": "ok", "data": data}`.
@@ -16,15 +16,15 @@ pub fn ok<T: Serialize>(data: T) -> Response {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
     pub status: StatusCode,
-    /// Stable machine-readable reason, also in `data.reason`.
-    pub reason: &'static str,
+    /// Stable machine-readable reason, in `data.reason`.
+    pub reason: Reason,
     pub message: String,
     /// Seconds for a `Retry-After` header (429 and 503 answers).
     pub retry_after: Option<u64>,
 }
 
 impl ApiError {
-    pub fn new(status: StatusCode, reason: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(status: StatusCode, reason: Reason, message: impl Into<String>) -> Self {
         Self {
             status,
             reason,
@@ -41,12 +41,17 @@ impl ApiError {
 
     /// 503 `unavailable`: a dependency (Redis, WeChat, NATS) cannot be reached; try again.
     pub fn unavailable(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message).retry_after(1)
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            Reason::Unavailable,
+            message,
+        )
+        .retry_after(1)
     }
 
     /// 500 `internal`: a fault of ours; the details are in our log, not in the answer.
     pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, Reason::Internal, message)
     }
 
     /// The envelope `code`: HTTP status × 100 (40300 for a 403), so it is never 0.
@@ -61,7 +66,7 @@ impl IntoResponse for ApiError {
             code: self.code(),
             message: self.message,
             data: ErrorData {
-                reason: self.reason.to_owned(),
+                reason: self.reason,
             },
         };
         let mut resp = (self.status, Json(body)).into_response();
