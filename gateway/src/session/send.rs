@@ -10,6 +10,15 @@ use super::{Done, SendOutcome, Session};
 use crate::backlog::BacklogError;
 use crate::publish::{Stored, stored_message};
 
+/// Most bytes a `send`'s future may hold in the tests' (debug, unoptimized) build, checked on every
+/// send there. In a release build the same future is 648 bytes, within glibc's per-thread cache
+/// (1 KiB), which a 3 KB future missed on every send (docs/benchmarks.md, fifth round); the debug
+/// build lays it out larger (1,056 bytes), so the bound catches growth, not the release size.
+const MAX_SEND_FUTURE: usize = 1152;
+/// The same for the publish future inside it, whose retry and duplicate paths are boxed (408 bytes
+/// in the debug build; about 400 in release, `publish.rs`).
+const MAX_PUBLISH_FUTURE: usize = 512;
+
 impl Session {
     pub(super) fn history(
         &mut self,
@@ -112,7 +121,7 @@ impl Session {
         // duplicate paths: at about 650 bytes it stays within glibc's per-thread cache (1 KiB); at
         // 3 KB each send took malloc's slow path.
         let state = self.state.clone();
-        self.inflight.push(Box::pin(async move {
+        let send = async move {
             if let Some(checker) = &state.content {
                 match Box::pin(checker.check(&msg.from, &msg.text)).await {
                     Ok(ContentDecision::Deliver) => {}
@@ -125,12 +134,25 @@ impl Session {
                     }
                 }
             }
-            let outcome = match state.publisher.publish(&conv, &msg).await {
+            let publish = state.publisher.publish(&conv, &msg);
+            // Checked in every debug build, so each test that sends a message fails if it grows.
+            debug_assert!(
+                std::mem::size_of_val(&publish) <= MAX_PUBLISH_FUTURE,
+                "the publish future grew to {} bytes",
+                std::mem::size_of_val(&publish)
+            );
+            let outcome = match publish.await {
                 Ok(stored) => SendOutcome::Stored(stored),
                 Err(e) => SendOutcome::Unavailable(e.to_string()),
             };
             Done::Send(id, cmid, outcome)
-        }));
+        };
+        debug_assert!(
+            std::mem::size_of_val(&send) <= MAX_SEND_FUTURE,
+            "the send future grew to {} bytes",
+            std::mem::size_of_val(&send)
+        );
+        self.inflight.push(Box::pin(send));
     }
 
     pub(super) fn finish_send(
