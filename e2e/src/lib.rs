@@ -22,11 +22,6 @@ impl Persister {
     /// A persister on a fresh SQLite file, consuming the stream of `stack`'s nats-server.
     pub async fn start(stack: &Stack) -> Persister {
         let dir = testkit::temp_dir("liaotian-history").unwrap();
-        Self::start_in(stack, dir).await
-    }
-
-    /// A persister on `dir/history.db`.
-    pub async fn start_in(stack: &Stack, dir: testkit::TempDir) -> Persister {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = persister::Config {
             nats_url: stack.nats.url(),

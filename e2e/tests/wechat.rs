@@ -90,23 +90,12 @@ impl Stack {
                 let _ = rx.await;
             },
         ));
-        for _ in 0..400 {
-            if self
-                .http
-                .get(format!("http://{addr}/healthz"))
-                .send()
-                .await
-                .is_ok_and(|r| r.status().is_success())
-            {
-                return Gw {
-                    addr,
-                    _stop: tx,
-                    task,
-                };
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+        e2e::wait_ready(addr).await;
+        Gw {
+            addr,
+            _stop: tx,
+            task,
         }
-        panic!("gateway at {addr} did not come up");
     }
 
     async fn post(&self, path: &str, body: Value, bearer: Option<&str>) -> (u16, Value) {
