@@ -44,22 +44,16 @@ pub async fn load(
     keys: &KeySet,
     wait: Duration,
 ) -> anyhow::Result<()> {
-    let deadline = tokio::time::Instant::now() + wait;
-    let mut pause = svc::retry::Backoff::constant(Duration::from_millis(500));
-    loop {
-        match fetch(http, auth_url).await {
-            Ok(k) => {
-                keys.replace(k);
-                tracing::info!(kids = ?keys.kids(), "token keys loaded");
-                return Ok(());
-            }
-            Err(e) if tokio::time::Instant::now() < deadline => {
-                tracing::info!(error = %format!("{e:#}"), "auth keys not available yet; retrying");
-                tokio::time::sleep(pause.next_delay()).await;
-            }
-            Err(e) => return Err(e),
-        }
-    }
+    let k = svc::retry::until_deadline(
+        "auth keys",
+        wait,
+        svc::retry::Backoff::constant(Duration::from_millis(500)),
+        || fetch(http, auth_url),
+    )
+    .await?;
+    keys.replace(k);
+    tracing::info!(kids = ?keys.kids(), "token keys loaded");
+    Ok(())
 }
 
 /// Refreshes the keys every `every` until `stop`. A failed fetch keeps the keys already held.

@@ -88,15 +88,14 @@ pub async fn run(
     let js = async_nats::jetstream::new(nats.clone());
     // A gateway may start before NATS or JetStream is ready (a fresh cluster, a rolling restart):
     // keep trying for a bounded time, then fail so the supervisor sees it.
-    let deadline = tokio::time::Instant::now() + STARTUP_WAIT;
-    let mut pause = svc::retry::Backoff::constant(Duration::from_secs(1));
-    while let Err(e) = svc::nats::ensure_chat_stream(&js, &config.stream).await {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(e.context(format!("stream CHAT not ready within {STARTUP_WAIT:?}")));
-        }
-        tracing::warn!(error = %format!("{e:#}"), "stream CHAT not ready yet; retrying");
-        tokio::time::sleep(pause.next_delay()).await;
-    }
+    svc::retry::until_deadline(
+        "stream CHAT",
+        STARTUP_WAIT,
+        svc::retry::Backoff::constant(Duration::from_secs(1)),
+        || svc::nats::ensure_chat_stream(&js, &config.stream),
+    )
+    .await
+    .with_context(|| format!("stream CHAT not ready within {STARTUP_WAIT:?}"))?;
 
     let metrics = Arc::new(metrics::Metrics::new());
     let backlog = backlog::Backlog::new(nats.clone(), metrics.clone());

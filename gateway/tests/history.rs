@@ -2,11 +2,9 @@
 //! service, through real gateways and a real nats-server. Tests that need a persister are in
 //! `e2e/tests/history.rs`.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Stack, join, messages, resume_and_check, send, send_many};
+use gateway::testing::{Stack, join, messages, resume_and_check, send, send_many};
 use serde_json::json;
 use testkit::WsClient;
 
@@ -117,7 +115,7 @@ async fn gateway_cut_off_from_nats_fills_the_gap_after_reconnecting() {
     seqs.extend(send_many(&mut sender, "r", "c", 1).await);
     let next = reader.recv_type("message").await.unwrap();
     assert_eq!(next["seq"], *seqs.last().unwrap());
-    let fills = common::metric(&cut_off, "gateway_gap_fills_total").await;
+    let fills = gateway::testing::metric(&cut_off, "gateway_gap_fills_total").await;
     assert!(
         fills.is_some_and(|n| n >= 1.0),
         "a gap fill was counted: {fills:?}"

@@ -1,12 +1,10 @@
 //! Presence through real gateways, a real nats-server and its KV TTLs and delete markers.
 
-mod common;
-
 use std::time::Duration;
 use tokio::time::Instant;
 
-use common::{Stack, join, metric};
 use gateway::presence::RoomPresenceWatch;
+use gateway::testing::{Stack, join, metric};
 use serde_json::{Value, json};
 use testkit::WsClient;
 
@@ -694,7 +692,7 @@ async fn gateways_starting_together_on_a_fresh_server_all_come_up() {
         starts.push((addr, task));
     }
     for (addr, task) in &starts {
-        common::wait_ready(*addr).await;
+        gateway::testing::wait_ready(*addr).await;
         assert!(!task.is_finished(), "gateway at {addr} stopped");
         let (mut c, welcome) = WsClient::connect(*addr, &stack.token("alice"))
             .await

@@ -1,11 +1,9 @@
 //! End-to-end behaviour of protocol v1 through real gateways, a real nats-server and real WebSocket
 //! clients.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Stack, join, messages, send};
+use gateway::testing::{Stack, join, messages, send};
 use serde_json::{Value, json};
 use testkit::ws::Ended;
 
@@ -600,7 +598,7 @@ async fn gateway_started_before_nats_waits_for_it() {
     // A gateway started while NATS is down keeps trying and serves once NATS is up.
     let stack = Stack::start();
     let config = stack.config();
-    let common::Stack { mut nats, signer } = stack;
+    let gateway::testing::Stack { mut nats, signer } = stack;
     nats.stop();
     let restarter = std::thread::spawn(move || {
         std::thread::sleep(Duration::from_secs(1));

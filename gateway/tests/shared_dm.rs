@@ -2,12 +2,10 @@
 //! routed to local users) next to gateways that subscribe per user. Real nats-server, real
 //! gateways. The other test files run the default; the per-user mode's own paths are here.
 
-mod common;
-
 use std::time::Duration;
 
-use common::{Stack, messages, metric};
 use gateway::config::DmSubscription;
+use gateway::testing::{Stack, messages, metric};
 use serde_json::{Value, json};
 use testkit::WsClient;
 
@@ -47,7 +45,7 @@ async fn message_seqs(c: &mut WsClient, n: usize) -> Vec<u64> {
 }
 
 /// Waits until the gateway has no open connection left (teardown done).
-async fn until_no_connections(gw: &common::Gateway) {
+async fn until_no_connections(gw: &gateway::testing::Gateway) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while metric(gw, "gateway_connections").await != Some(0.0) {
         assert!(

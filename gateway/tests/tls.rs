@@ -1,10 +1,8 @@
 //! The gateway terminates TLS itself (wss://) with rustls, TLS 1.2 and up.
 
-mod common;
-
 use std::sync::Arc;
 
-use common::Stack;
+use gateway::testing::Stack;
 use tokio_rustls::rustls::{self, pki_types::ServerName};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 

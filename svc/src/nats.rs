@@ -1,7 +1,8 @@
 //! The one way the services connect to NATS, so they all behave alike when NATS is away: each
 //! accepts a comma-separated list of servers, keeps trying when NATS is not up at start
 //! (`retry_on_initial_connect`), reconnects without limit with a backoff of 100 ms doubling up to
-//! [`MAX_RECONNECT_DELAY`], and logs `NATS disconnected` / `NATS connected`.
+//! [`MAX_RECONNECT_DELAY`], jittered so that a fleet does not reconnect in step, and logs
+//! `NATS disconnected` / `NATS connected`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -115,8 +116,13 @@ pub async fn ensure_chat_stream(
         .context("reading stream CHAT")
 }
 
-/// The pause before reconnect attempt `attempts`: 100 ms doubling, at most [`MAX_RECONNECT_DELAY`].
+/// The pause before reconnect attempt `attempts`: in the upper half of a step of 100 ms
+/// doubling, at most [`MAX_RECONNECT_DELAY`].
 fn reconnect_delay(attempts: usize) -> Duration {
+    crate::retry::jittered(reconnect_step(attempts))
+}
+
+fn reconnect_step(attempts: usize) -> Duration {
     let step = FIRST_RECONNECT_DELAY.saturating_mul(1 << attempts.min(5));
     step.min(MAX_RECONNECT_DELAY)
 }
@@ -125,12 +131,25 @@ fn reconnect_delay(attempts: usize) -> Duration {
 mod tests {
     use super::*;
 
-    // Proves the backoff doubles from 100 ms and stops at the cap.
+    // Proves the backoff doubles from 100 ms, stops at the cap, and each pause lies in the upper
+    // half of its step without being the same every time.
     #[test]
-    fn reconnect_delay_doubles_up_to_the_cap() {
-        let delays: Vec<u64> = (0..8)
-            .map(|n| reconnect_delay(n).as_millis() as u64)
+    fn reconnect_delay_doubles_up_to_the_cap_with_jitter() {
+        let steps: Vec<u64> = (0..8)
+            .map(|n| reconnect_step(n).as_millis() as u64)
             .collect();
-        assert_eq!(delays, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        assert_eq!(steps, [100, 200, 400, 800, 1600, 2000, 2000, 2000]);
+        for n in 0..8 {
+            let step = reconnect_step(n);
+            let pauses: Vec<Duration> = (0..50).map(|_| reconnect_delay(n)).collect();
+            assert!(
+                pauses.iter().all(|p| *p >= step / 2 && *p <= step),
+                "{pauses:?}"
+            );
+            assert!(
+                pauses.iter().any(|p| *p != pauses[0]),
+                "no jitter: {pauses:?}"
+            );
+        }
     }
 }

@@ -1,5 +1,5 @@
-//! Retries, written once: a capped exponential backoff with jitter, and the two loops built on it
-//! (until an attempt succeeds, or for a bounded number of attempts).
+//! Retries, written once: a capped exponential backoff with jitter, and the three loops built on
+//! it (until an attempt succeeds, for a bounded number of attempts, or for a bounded time).
 //!
 //! The jitter matters after a NATS outage, when every watch, consumer and subscription of a
 //! gateway (and every gateway) retries at once: each pause is drawn from the upper half of its
@@ -37,13 +37,18 @@ impl Backoff {
     pub fn next_delay(&mut self) -> Duration {
         let step = self.step;
         self.step = (self.step * 2).min(self.max);
-        step.mul_f64(0.5 + rand::random::<f64>() * 0.5)
+        jittered(step)
     }
 
     /// Back to the first step, after a success.
     pub fn reset(&mut self) {
         self.step = self.first;
     }
+}
+
+/// A random point in the upper half of `step` ("equal jitter").
+pub fn jittered(step: Duration) -> Duration {
+    step.mul_f64(0.5 + rand::random::<f64>() * 0.5)
 }
 
 /// Runs `attempt` until it succeeds, pausing by `backoff` after each failure and logging it: what
@@ -87,6 +92,32 @@ where
             Err(e) if n < attempts => {
                 tracing::debug!(error = %e, attempt = n, "{what} not ready; retrying");
                 n += 1;
+                tokio::time::sleep(backoff.next_delay()).await;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Runs `attempt` until it succeeds or `wait` has passed, pausing by `backoff` after each failure,
+/// and returns the last error if none succeeded: what a process waits for at start (a stream, the
+/// token keys) before it gives up and lets its supervisor see the failure.
+pub async fn until_deadline<T, E, Fut>(
+    what: &str,
+    wait: Duration,
+    mut backoff: Backoff,
+    mut attempt: impl FnMut() -> Fut,
+) -> Result<T, E>
+where
+    E: Display,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        match attempt().await {
+            Ok(v) => return Ok(v),
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::info!(error = %format!("{e:#}"), "{what} not ready yet; retrying");
                 tokio::time::sleep(backoff.next_delay()).await;
             }
             Err(e) => return Err(e),
@@ -146,5 +177,53 @@ mod tests {
             .await;
         assert_eq!(r.unwrap_err(), "failure 4");
         assert_eq!(calls.get(), 4);
+    }
+
+    // Proves until_deadline keeps trying while time remains, gives up with the last error once the
+    // wait has passed, and returns a success that comes in time.
+    #[tokio::test(start_paused = true)]
+    async fn until_deadline_stops_at_the_deadline() {
+        let calls = Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let r: Result<(), String> = until_deadline(
+            "z",
+            Duration::from_secs(10),
+            Backoff::constant(Duration::from_secs(1)),
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { Err(format!("failure {n}")) }
+            },
+        )
+        .await;
+        let waited = started.elapsed();
+        assert!(
+            waited >= Duration::from_secs(10),
+            "gave up early: {waited:?}"
+        );
+        assert!(
+            waited < Duration::from_secs(11),
+            "went on too long: {waited:?}"
+        );
+        assert_eq!(r.unwrap_err(), format!("failure {}", calls.get()));
+        assert!(
+            calls.get() >= 11,
+            "{} attempts in 10 s of 0.5-1 s pauses",
+            calls.get()
+        );
+
+        calls.set(0);
+        let v = until_deadline(
+            "z",
+            Duration::from_secs(10),
+            Backoff::constant(Duration::from_secs(1)),
+            || {
+                calls.set(calls.get() + 1);
+                let n = calls.get();
+                async move { if n < 3 { Err("not yet") } else { Ok(n) } }
+            },
+        )
+        .await;
+        assert_eq!(v, Ok(3));
     }
 }
