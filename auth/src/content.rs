@@ -119,11 +119,22 @@ fn decision_label(d: ContentDecision) -> &'static str {
     }
 }
 
-/// Serves the content check on NATS until the subscription ends.
-pub async fn serve(nats: async_nats::Client, checker: Checker) -> anyhow::Result<()> {
-    let mut sub = nats
+/// Subscribes the content check's subject and waits until the server has registered it, so a
+/// gateway asking right after auth started finds a responder.
+pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
+    let sub = nats
         .queue_subscribe(CONTENT_CHECK_SUBJECT, CONTENT_CHECK_QUEUE.into())
         .await?;
+    nats.flush().await?;
+    Ok(sub)
+}
+
+/// Serves the content check on `sub` (from [`subscribe`]) until the subscription ends.
+pub async fn serve(
+    nats: async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    checker: Checker,
+) -> anyhow::Result<()> {
     tracing::info!(
         subject = CONTENT_CHECK_SUBJECT,
         queue = CONTENT_CHECK_QUEUE,

@@ -55,8 +55,11 @@ pub async fn start(config: Config) -> anyhow::Result<http::AppState> {
             store,
             metrics: state.metrics.clone(),
         };
+        let sub = content::subscribe(&nats)
+            .await
+            .context("subscribing the content check")?;
         tokio::spawn(async move {
-            if let Err(e) = content::serve(nats, checker).await {
+            if let Err(e) = content::serve(nats, sub, checker).await {
                 tracing::error!(error = %format!("{e:#}"), "content check stopped");
             }
         });
