@@ -122,11 +122,7 @@ fn decision_label(d: ContentDecision) -> &'static str {
 /// Subscribes the content check's subject and waits until the server has registered it, so a
 /// gateway asking right after auth started finds a responder.
 pub async fn subscribe(nats: &async_nats::Client) -> anyhow::Result<async_nats::Subscriber> {
-    let sub = nats
-        .queue_subscribe(CONTENT_CHECK_SUBJECT, CONTENT_CHECK_QUEUE.into())
-        .await?;
-    nats.flush().await?;
-    Ok(sub)
+    Ok(svc::nats::queue_subscribe(nats, CONTENT_CHECK_SUBJECT, CONTENT_CHECK_QUEUE).await?)
 }
 
 /// Serves the content check on `sub` (from [`subscribe`]) until the subscription ends.

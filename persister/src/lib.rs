@@ -35,7 +35,7 @@ pub enum Error {
     #[error("setting up the NATS connection")]
     Nats(#[from] svc::nats::ConnectError),
     #[error("subscribing to the history service subject")]
-    Subscribe(#[from] async_nats::SubscribeError),
+    Subscribe(#[from] svc::nats::SubscribeError),
     #[error("serving HTTP")]
     Http(#[from] std::io::Error),
 }

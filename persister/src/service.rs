@@ -136,10 +136,9 @@ pub async fn serve(
     store: Arc<dyn Store>,
     metrics: Arc<Metrics>,
     stop: CancellationToken,
-) -> Result<(), async_nats::SubscribeError> {
-    let mut sub = nats
-        .queue_subscribe(HISTORY_SUBJECT, HISTORY_QUEUE.to_owned())
-        .await?;
+) -> Result<(), svc::nats::SubscribeError> {
+    // Registered at the server before "ready" is logged, so a request sent after it is answered.
+    let mut sub = svc::nats::queue_subscribe(&nats, HISTORY_SUBJECT, HISTORY_QUEUE).await?;
     tracing::info!(
         subject = HISTORY_SUBJECT,
         queue = HISTORY_QUEUE,

@@ -79,6 +79,42 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
     Ok(Connection { client, connects })
 }
 
+/// Why a service endpoint's subscription could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum SubscribeError {
+    #[error("subscribing {subject}")]
+    Subscribe {
+        subject: &'static str,
+        #[source]
+        source: async_nats::SubscribeError,
+    },
+    #[error("registering the subscription to {subject}")]
+    Register {
+        subject: &'static str,
+        #[source]
+        source: async_nats::client::FlushError,
+    },
+}
+
+/// Subscribes `subject` in queue group `queue` and returns once the server has registered the
+/// subscription (a flush round trip): a request sent after this returns finds this responder,
+/// never "no responders". The services' request/reply endpoints start this way.
+pub async fn queue_subscribe(
+    client: &async_nats::Client,
+    subject: &'static str,
+    queue: &str,
+) -> Result<async_nats::Subscriber, SubscribeError> {
+    let sub = client
+        .queue_subscribe(subject, queue.to_owned())
+        .await
+        .map_err(|source| SubscribeError::Subscribe { subject, source })?;
+    client
+        .flush()
+        .await
+        .map_err(|source| SubscribeError::Register { subject, source })?;
+    Ok(sub)
+}
+
 /// Stream `CHAT` as the NATS client wants it, from its one definition in `protocol::stream`.
 pub fn chat_stream_config(s: &StreamSettings) -> stream::Config {
     stream::Config {
