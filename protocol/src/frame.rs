@@ -7,7 +7,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientMsgId, ConnId, FrameId, IdError, RoomId, UserId};
+use crate::group::{GroupEvent, MAX_USERS_PER_FRAME, Role};
+use crate::ids::{ClientMsgId, ConnId, FrameId, GroupId, IdError, RoomId, UserId};
 
 /// The error codes of `error` frames. The set is closed; clients can switch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -24,10 +25,12 @@ pub enum ErrorCode {
     Forbidden,
     ContentRejected,
     ContentHeld,
+    /// The id is taken: `group_create` with the id of a group, or of an open room that has messages.
+    Conflict,
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         Self::BadRequest,
         Self::UnknownType,
         Self::NotJoined,
@@ -39,6 +42,7 @@ impl ErrorCode {
         Self::Forbidden,
         Self::ContentRejected,
         Self::ContentHeld,
+        Self::Conflict,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -54,15 +58,24 @@ impl ErrorCode {
             Self::Forbidden => "forbidden",
             Self::ContentRejected => "content_rejected",
             Self::ContentHeld => "content_held",
+            Self::Conflict => "conflict",
         }
     }
 }
 
-/// Where a `send` goes: a room, or one user as a direct message.
+/// Where a `send` goes (or what a `history` reads): a room, a group, or the thread with one user.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     Room(RoomId),
+    Group(GroupId),
     User(UserId),
+}
+
+/// What a connection joins: an open room, or a group it is a member of.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Channel {
+    Room(RoomId),
+    Group(GroupId),
 }
 
 /// A parsed, validated client frame.
@@ -70,7 +83,7 @@ pub enum Target {
 pub enum ClientFrame {
     /// `since` asks to resume: every message of the room with `seq > since`, then live ones.
     Join {
-        room: RoomId,
+        channel: Channel,
         since: Option<u64>,
     },
     /// Resume a direct-message thread with `with` after `since`.
@@ -97,7 +110,7 @@ pub enum ClientFrame {
         limit: u32,
     },
     Leave {
-        room: RoomId,
+        channel: Channel,
     },
     Send {
         target: Target,
@@ -105,12 +118,42 @@ pub enum ClientFrame {
         client_msg_id: ClientMsgId,
     },
     Ping,
+    /// A new group; the id is chosen by the server when absent.
+    GroupCreate {
+        group: Option<GroupId>,
+        name: String,
+        members: Vec<UserId>,
+    },
+    GroupAdd {
+        group: GroupId,
+        users: Vec<UserId>,
+    },
+    GroupRemove {
+        group: GroupId,
+        users: Vec<UserId>,
+    },
+    GroupQuit {
+        group: GroupId,
+    },
+    GroupRole {
+        group: GroupId,
+        user: UserId,
+        role: Role,
+    },
+    GroupRename {
+        group: GroupId,
+        name: String,
+    },
+    GroupInfo {
+        group: GroupId,
+    },
 }
 
 /// What a `presence_query` asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PresenceTarget {
     Room(RoomId),
+    Group(GroupId),
     Users(Vec<UserId>),
 }
 
@@ -154,13 +197,9 @@ struct Envelope {
 }
 
 #[derive(Deserialize)]
-struct RoomBody {
-    room: String,
-}
-
-#[derive(Deserialize)]
-struct JoinBody {
-    room: String,
+struct ChannelBody {
+    room: Option<String>,
+    group: Option<String>,
     since: Option<u64>,
 }
 
@@ -178,12 +217,14 @@ struct UsersBody {
 #[derive(Deserialize)]
 struct PresenceQueryBody {
     room: Option<String>,
+    group: Option<String>,
     users: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 struct HistoryBody {
     room: Option<String>,
+    group: Option<String>,
     with: Option<String>,
     before: Option<u64>,
     after: Option<u64>,
@@ -193,15 +234,53 @@ struct HistoryBody {
 #[derive(Deserialize)]
 struct SendBody {
     room: Option<String>,
+    group: Option<String>,
     to: Option<String>,
     text: String,
     client_msg_id: String,
 }
 
+#[derive(Deserialize)]
+struct GroupCreateBody {
+    group: Option<String>,
+    name: String,
+    #[serde(default)]
+    members: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupUsersBody {
+    group: String,
+    users: Vec<String>,
+}
+
+#[derive(Deserialize)]
+struct GroupBody {
+    group: String,
+}
+
+#[derive(Deserialize)]
+struct GroupRoleBody {
+    group: String,
+    user: String,
+    role: Role,
+}
+
+#[derive(Deserialize)]
+struct GroupRenameBody {
+    group: String,
+    name: String,
+}
+
 /// Validates a user list: at most [`MAX_WATCHED`] valid ids (a bad list is `bad_request`).
 fn parse_users(users: Vec<String>) -> Result<Vec<UserId>, String> {
-    if users.len() > MAX_WATCHED {
-        return Err(format!("at most {MAX_WATCHED} users per frame"));
+    parse_users_max(users, MAX_WATCHED)
+}
+
+/// Validates a user list of at most `max` valid ids.
+fn parse_users_max(users: Vec<String>, max: usize) -> Result<Vec<UserId>, String> {
+    if users.len() > max {
+        return Err(format!("at most {max} users per frame"));
     }
     users
         .into_iter()
@@ -242,11 +321,27 @@ impl ClientFrame {
         let body =
             |e: serde_json::Error| bad(ErrorCode::BadRequest, format!("bad `{kind}` frame: {e}"));
         let invalid = |e: IdError| bad(ErrorCode::InvalidId, e.to_string());
+        let one_of = |what: &str| {
+            bad(
+                ErrorCode::BadRequest,
+                format!("{kind} needs exactly one of {what}"),
+            )
+        };
+        let group = |g: String| GroupId::parse(g).map_err(invalid);
+        let user = |u: String| UserId::parse(u).map_err(invalid);
+        let channel = |room: Option<String>, group: Option<String>| match (room, group) {
+            (Some(room), None) => Ok(Channel::Room(RoomId::parse(room).map_err(invalid)?)),
+            (None, Some(g)) => Ok(Channel::Group(GroupId::parse(g).map_err(invalid)?)),
+            _ => Err(one_of("`room` and `group`")),
+        };
+        let members = |users: Vec<String>| {
+            parse_users_max(users, MAX_USERS_PER_FRAME).map_err(|m| bad(ErrorCode::BadRequest, m))
+        };
         let frame = match kind.as_str() {
             "join" => {
-                let b: JoinBody = serde_json::from_str(text).map_err(body)?;
+                let b: ChannelBody = serde_json::from_str(text).map_err(body)?;
                 ClientFrame::Join {
-                    room: RoomId::parse(b.room).map_err(invalid)?,
+                    channel: channel(b.room, b.group)?,
                     since: b.since,
                 }
             }
@@ -268,33 +363,25 @@ impl ClientFrame {
             }
             "presence_query" => {
                 let b: PresenceQueryBody = serde_json::from_str(text).map_err(body)?;
-                let target = match (b.room, b.users) {
-                    (Some(room), None) => {
+                let target = match (b.room, b.group, b.users) {
+                    (Some(room), None, None) => {
                         PresenceTarget::Room(RoomId::parse(room).map_err(invalid)?)
                     }
-                    (None, Some(users)) => PresenceTarget::Users(
+                    (None, Some(g), None) => PresenceTarget::Group(group(g)?),
+                    (None, None, Some(users)) => PresenceTarget::Users(
                         parse_users(users).map_err(|m| bad(ErrorCode::BadRequest, m))?,
                     ),
-                    _ => {
-                        return Err(bad(
-                            ErrorCode::BadRequest,
-                            "presence_query needs exactly one of `room` and `users`".into(),
-                        ));
-                    }
+                    _ => return Err(one_of("`room`, `group` and `users`")),
                 };
                 ClientFrame::PresenceQuery { target }
             }
             "history" => {
                 let b: HistoryBody = serde_json::from_str(text).map_err(body)?;
-                let target = match (b.room, b.with) {
-                    (Some(room), None) => Target::Room(RoomId::parse(room).map_err(invalid)?),
-                    (None, Some(with)) => Target::User(UserId::parse(with).map_err(invalid)?),
-                    _ => {
-                        return Err(bad(
-                            ErrorCode::BadRequest,
-                            "history needs exactly one of `room` and `with`".into(),
-                        ));
-                    }
+                let target = match (b.room, b.group, b.with) {
+                    (Some(room), None, None) => Target::Room(RoomId::parse(room).map_err(invalid)?),
+                    (None, Some(g), None) => Target::Group(group(g)?),
+                    (None, None, Some(with)) => Target::User(user(with)?),
+                    _ => return Err(one_of("`room`, `group` and `with`")),
                 };
                 let limit = b.limit.unwrap_or(crate::history::DEFAULT_LIMIT);
                 if !(1..=crate::history::MAX_LIMIT).contains(&limit) {
@@ -311,22 +398,18 @@ impl ClientFrame {
                 }
             }
             "leave" => {
-                let b: RoomBody = serde_json::from_str(text).map_err(body)?;
+                let b: ChannelBody = serde_json::from_str(text).map_err(body)?;
                 ClientFrame::Leave {
-                    room: RoomId::parse(b.room).map_err(invalid)?,
+                    channel: channel(b.room, b.group)?,
                 }
             }
             "send" => {
                 let b: SendBody = serde_json::from_str(text).map_err(body)?;
-                let target = match (b.room, b.to) {
-                    (Some(room), None) => Target::Room(RoomId::parse(room).map_err(invalid)?),
-                    (None, Some(to)) => Target::User(UserId::parse(to).map_err(invalid)?),
-                    _ => {
-                        return Err(bad(
-                            ErrorCode::BadRequest,
-                            "send needs exactly one of `room` and `to`".into(),
-                        ));
-                    }
+                let target = match (b.room, b.group, b.to) {
+                    (Some(room), None, None) => Target::Room(RoomId::parse(room).map_err(invalid)?),
+                    (None, Some(g), None) => Target::Group(group(g)?),
+                    (None, None, Some(to)) => Target::User(user(to)?),
+                    _ => return Err(one_of("`room`, `group` and `to`")),
                 };
                 let client_msg_id = ClientMsgId::parse(b.client_msg_id).map_err(invalid)?;
                 ClientFrame::Send {
@@ -336,6 +419,47 @@ impl ClientFrame {
                 }
             }
             "ping" => ClientFrame::Ping,
+            "group_create" => {
+                let b: GroupCreateBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::GroupCreate {
+                    group: b.group.map(group).transpose()?,
+                    name: b.name,
+                    members: members(b.members)?,
+                }
+            }
+            "group_add" | "group_remove" => {
+                let b: GroupUsersBody = serde_json::from_str(text).map_err(body)?;
+                let (group, users) = (group(b.group)?, members(b.users)?);
+                if kind == "group_add" {
+                    ClientFrame::GroupAdd { group, users }
+                } else {
+                    ClientFrame::GroupRemove { group, users }
+                }
+            }
+            "group_quit" | "group_info" => {
+                let b: GroupBody = serde_json::from_str(text).map_err(body)?;
+                let group = group(b.group)?;
+                if kind == "group_quit" {
+                    ClientFrame::GroupQuit { group }
+                } else {
+                    ClientFrame::GroupInfo { group }
+                }
+            }
+            "group_role" => {
+                let b: GroupRoleBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::GroupRole {
+                    group: group(b.group)?,
+                    user: user(b.user)?,
+                    role: b.role,
+                }
+            }
+            "group_rename" => {
+                let b: GroupRenameBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::GroupRename {
+                    group: group(b.group)?,
+                    name: b.name,
+                }
+            }
             _ => {
                 return Err(bad(
                     ErrorCode::UnknownType,
@@ -361,7 +485,10 @@ pub enum ServerFrame {
     Joined {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<FrameId>,
-        room: RoomId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
         /// The room's newest sequence when the join took effect (0 for an empty room).
         last_seq: u64,
         /// Only for a resume (`since` given): whether every message after `since` follows.
@@ -383,6 +510,8 @@ pub enum ServerFrame {
     Presence {
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<RoomId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
         user: UserId,
         online: bool,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -404,6 +533,8 @@ pub enum ServerFrame {
         id: Option<FrameId>,
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<RoomId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
         users: Vec<PresenceEntry>,
     },
     History {
@@ -412,14 +543,20 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         room: Option<RoomId>,
         #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
         with: Option<UserId>,
-        messages: Vec<MessageFrame>,
+        /// Messages and, for a group, its events, in `seq` order.
+        messages: Vec<Item>,
         more: bool,
     },
     Left {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<FrameId>,
-        room: RoomId,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        room: Option<RoomId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
     },
     Ack {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -434,6 +571,15 @@ pub enum ServerFrame {
         server_time: u64,
     },
     Message(MessageFrame),
+    /// A group's membership event, sequenced among its messages.
+    Event(EventFrame),
+    /// The answer to `group_create` and `group_info`, and to each change a member made.
+    Group(GroupFrame),
+    /// This connection was taken out of a group it had joined: its user was removed, or quit on
+    /// another device.
+    Removed {
+        group: GroupId,
+    },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<FrameId>,
@@ -452,11 +598,95 @@ pub struct PresenceEntry {
     pub last_seen: Option<u64>,
 }
 
+/// A group as members see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GroupFrame {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub id: Option<FrameId>,
+    pub group: GroupId,
+    pub name: String,
+    /// Absent only for a group whose last member quit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<UserId>,
+    /// In the order they joined.
+    pub members: Vec<crate::group::Member>,
+    pub member_count: usize,
+}
+
+/// A delivered membership event of a group.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EventFrame {
+    pub group: GroupId,
+    #[serde(flatten)]
+    pub event: GroupEvent,
+    /// Who made the change.
+    pub by: UserId,
+    pub seq: u64,
+    pub prev_seq: u64,
+    pub ts: u64,
+}
+
+/// One item of a conversation's sequence: a message, or (in a group) a membership event. Serialized
+/// with its `type`, as the live frame is.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Item {
+    Message(MessageFrame),
+    Event(EventFrame),
+}
+
+impl Item {
+    /// The frame of a stored message or event.
+    pub fn from_stored(m: crate::StoredMessage, seq: u64, prev_seq: u64) -> Self {
+        match (m.event, &m.group) {
+            (Some(event), Some(group)) => Item::Event(EventFrame {
+                group: group.clone(),
+                event,
+                by: m.from,
+                seq,
+                prev_seq,
+                ts: m.ts,
+            }),
+            (event, _) => Item::Message(MessageFrame::from_stored(
+                crate::StoredMessage { event, ..m },
+                seq,
+                prev_seq,
+            )),
+        }
+    }
+
+    pub fn seq(&self) -> u64 {
+        match self {
+            Item::Message(m) => m.seq,
+            Item::Event(e) => e.seq,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Item {
+    /// By `type`; an item without one is a message, as history pages were before groups.
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(d)?;
+        let event = value.get("type").and_then(|t| t.as_str()) == Some("event");
+        if event {
+            EventFrame::deserialize(value)
+                .map(Item::Event)
+                .map_err(serde::de::Error::custom)
+        } else {
+            MessageFrame::deserialize(value)
+                .map(Item::Message)
+                .map_err(serde::de::Error::custom)
+        }
+    }
+}
+
 /// A delivered chat message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MessageFrame {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub room: Option<RoomId>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<UserId>,
     pub from: UserId,
@@ -473,6 +703,7 @@ impl MessageFrame {
     pub fn from_stored(m: crate::StoredMessage, seq: u64, prev_seq: u64) -> Self {
         Self {
             room: m.room,
+            group: m.group,
             to: m.to,
             from: m.from,
             text: m.text,
@@ -515,6 +746,7 @@ mod tests {
     fn json_with_capacity_is_the_same_text() {
         let frame = ServerFrame::Message(MessageFrame {
             room: Some(RoomId::parse("general").unwrap()),
+            group: None,
             to: None,
             from: UserId::parse("alice").unwrap(),
             text: "你好, \"world\"".repeat(40),
@@ -535,7 +767,7 @@ mod tests {
         assert_eq!(
             f,
             ClientFrame::Join {
-                room: RoomId::parse("general").unwrap(),
+                channel: Channel::Room(RoomId::parse("general").unwrap()),
                 since: None,
             }
         );
@@ -629,6 +861,119 @@ mod tests {
             code_of(&format!(r#"{{"type":"ping","id":"{}"}}"#, "x".repeat(65))),
             (None, ErrorCode::BadRequest)
         );
+    }
+
+    // Proves the group frames parse, `group` goes wherever `room` does, and bad ones are classified.
+    #[test]
+    fn parses_group_frames() {
+        let g = || GroupId::parse("team").unwrap();
+        let (_, f) = ClientFrame::parse(
+            r#"{"type":"group_create","name":"Team","members":["bob","carol"]}"#,
+        )
+        .unwrap();
+        assert!(
+            matches!(f, ClientFrame::GroupCreate { group: None, ref members, .. } if members.len() == 2)
+        );
+        let (_, f) = ClientFrame::parse(
+            r#"{"type":"group_role","group":"team","user":"bob","role":"admin"}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::GroupRole {
+                group: g(),
+                user: UserId::parse("bob").unwrap(),
+                role: Role::Admin
+            }
+        );
+        let (_, f) = ClientFrame::parse(r#"{"type":"join","group":"team","since":3}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::Join {
+                channel: Channel::Group(g()),
+                since: Some(3)
+            }
+        );
+        let (_, f) = ClientFrame::parse(
+            r#"{"type":"send","group":"team","text":"hi","client_msg_id":"m1"}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            f,
+            ClientFrame::Send {
+                target: Target::Group(_),
+                ..
+            }
+        ));
+        let (_, f) = ClientFrame::parse(r#"{"type":"presence_query","group":"team"}"#).unwrap();
+        assert_eq!(
+            f,
+            ClientFrame::PresenceQuery {
+                target: PresenceTarget::Group(g())
+            }
+        );
+        for (frame, code) in [
+            (
+                r#"{"type":"join","room":"a","group":"b"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"group_info","group":"a.b"}"#,
+                ErrorCode::InvalidId,
+            ),
+            (
+                r#"{"type":"group_role","group":"a","user":"b","role":"king"}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"group_add","group":"a","users":["x y"]}"#,
+                ErrorCode::BadRequest,
+            ),
+            (
+                r#"{"type":"history","group":"a","with":"b"}"#,
+                ErrorCode::BadRequest,
+            ),
+        ] {
+            assert_eq!(code_of(frame).1, code, "{frame}");
+        }
+        let many: Vec<String> = (0..=MAX_USERS_PER_FRAME).map(|i| format!("u{i}")).collect();
+        let f = serde_json::json!({"type":"group_add","group":"a","users":many}).to_string();
+        assert_eq!(code_of(&f).1, ErrorCode::BadRequest);
+    }
+
+    // Proves an event item has the documented shape and that history items read back by `type`,
+    // with untyped items read as messages.
+    #[test]
+    fn items_round_trip() {
+        let stored = crate::StoredMessage {
+            from: UserId::parse("alice").unwrap(),
+            room: None,
+            to: None,
+            group: Some(GroupId::parse("team").unwrap()),
+            event: Some(GroupEvent {
+                kind: crate::group::EventKind::Removed,
+                users: vec![UserId::parse("bob").unwrap()],
+                name: None,
+                role: None,
+                owner: None,
+            }),
+            text: String::new(),
+            client_msg_id: ClientMsgId::parse("ev-2").unwrap(),
+            ts: 5,
+        };
+        let item = Item::from_stored(stored, 9, 7);
+        let json = serde_json::to_string(&item).unwrap();
+        assert_eq!(
+            json,
+            r#"{"type":"event","group":"team","kind":"removed","users":["bob"],"by":"alice","seq":9,"prev_seq":7,"ts":5}"#
+        );
+        assert_eq!(serde_json::from_str::<Item>(&json).unwrap(), item);
+        let old =
+            r#"{"room":"r","from":"a","text":"x","seq":1,"prev_seq":0,"ts":1,"client_msg_id":"c"}"#;
+        assert!(matches!(
+            serde_json::from_str::<Item>(old).unwrap(),
+            Item::Message(_)
+        ));
     }
 
     #[test]

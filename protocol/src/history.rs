@@ -4,8 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::frame::MessageFrame;
-use crate::ids::{RoomId, UserId};
+use crate::frame::Item;
+use crate::ids::{GroupId, RoomId, UserId};
 use crate::subject::Conversation;
 
 /// Subject of the history service.
@@ -17,11 +17,15 @@ pub const MAX_LIMIT: u32 = 100;
 /// Page size when none is given.
 pub const DEFAULT_LIMIT: u32 = 50;
 
-/// A conversation as it appears in history requests: `{"room": "general"}` or `{"dm": ["alice", "bob"]}`.
+/// A conversation as it appears in history requests: `{"room": "general"}`, `{"group": "team"}` or
+/// `{"dm": ["alice", "bob"]}`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ConvRef {
     Room(RoomId),
+    /// A private group. Only gateways may ask the history service (NATS permissions, see
+    /// ARCHITECTURE.md), and they ask only after checking membership.
+    Group(GroupId),
     /// The sorted pair (`lo`, `hi`).
     Dm(UserId, UserId),
 }
@@ -30,6 +34,7 @@ impl From<&Conversation> for ConvRef {
     fn from(c: &Conversation) -> Self {
         match c {
             Conversation::Room(r) => ConvRef::Room(r.clone()),
+            Conversation::Group(g) => ConvRef::Group(g.clone()),
             Conversation::Dm { lo, hi } => ConvRef::Dm(lo.clone(), hi.clone()),
         }
     }
@@ -40,6 +45,7 @@ impl ConvRef {
     pub fn conversation(&self) -> Option<Conversation> {
         match self {
             ConvRef::Room(r) => Some(Conversation::Room(r.clone())),
+            ConvRef::Group(g) => Some(Conversation::Group(g.clone())),
             ConvRef::Dm(a, b) => Conversation::dm(a.clone(), b.clone()),
         }
     }
@@ -70,7 +76,8 @@ pub enum HistoryReply {
     /// `more` is true when further messages exist beyond the page in the paging direction
     /// (older ones for `before`/neither, newer ones for `after`).
     Page {
-        messages: Vec<MessageFrame>,
+        /// Messages and a group's events, in `seq` order.
+        messages: Vec<Item>,
         more: bool,
     },
     Error {

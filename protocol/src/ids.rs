@@ -97,6 +97,12 @@ id_type!(
     "room id"
 );
 id_type!(
+    /// A private group, `[A-Za-z0-9_-]{1,64}`: the same rules as a room's, and never the id of an open
+    /// room that has messages.
+    GroupId,
+    "group id"
+);
+id_type!(
     /// A user, `[A-Za-z0-9_-]{1,64}`: the `sub` of a verified token.
     UserId,
     "user id"
@@ -111,6 +117,14 @@ id_type!(
     ConnId,
     "conn id"
 );
+
+impl GroupId {
+    /// The same id as a [`RoomId`], for the presence keys a group shares with rooms (`room.<id>.…`):
+    /// a group and an open room never share an id, so their keys never mix.
+    pub fn as_room(&self) -> RoomId {
+        RoomId(self.0.clone())
+    }
+}
 
 /// The optional request id of a client frame, echoed in the reply. Any string of up to 64 chars.
 #[derive(Clone, PartialEq, Eq, Hash, Serialize, Debug)]

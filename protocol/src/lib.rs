@@ -3,13 +3,14 @@
 //! Everything that crosses a process boundary is defined here: the JSON frames a client exchanges with a
 //! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), stream `CHAT` ([`stream`]), the
 //! MessagePack payload stored in JetStream ([`stored`]), the id newtypes that carry their own
-//! validation ([`ids`]), the presence key schema ([`presence`]), and the HTTP envelope and login
+//! validation ([`ids`]), the presence key schema ([`presence`]), the rules and record of private groups ([`group`]), and the HTTP envelope and login
 //! replies of the services ([`api`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
 pub mod api;
 pub mod control;
 pub mod frame;
+pub mod group;
 pub mod history;
 pub mod ids;
 pub mod presence;
@@ -18,7 +19,7 @@ pub mod stream;
 pub mod subject;
 
 pub use frame::{ClientFrame, ErrorCode, FrameError, ServerFrame, Target};
-pub use ids::{ClientMsgId, ConnId, FrameId, IdError, RoomId, UserId};
+pub use ids::{ClientMsgId, ConnId, FrameId, GroupId, IdError, RoomId, UserId};
 pub use stored::StoredMessage;
 
 /// The protocol version announced in `welcome`.

@@ -5,7 +5,8 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::ids::{ClientMsgId, RoomId, UserId};
+use crate::group::GroupEvent;
+use crate::ids::{ClientMsgId, GroupId, RoomId, UserId};
 
 /// One chat message as stored in stream `CHAT`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -17,6 +18,13 @@ pub struct StoredMessage {
     /// Set for direct messages: the recipient.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to: Option<UserId>,
+    /// Set for a group's messages and events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<GroupId>,
+    /// Set for a group's membership event, whose `text` is empty and whose `from` made the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub event: Option<GroupEvent>,
+    #[serde(default)]
     pub text: String,
     pub client_msg_id: ClientMsgId,
     /// Milliseconds since the Unix epoch, taken by the gateway that accepted the message.
@@ -58,6 +66,8 @@ mod tests {
             from: UserId::parse("alice").unwrap(),
             room: Some(RoomId::parse("general").unwrap()),
             to: None,
+            group: None,
+            event: None,
             text: "你好".into(),
             client_msg_id: ClientMsgId::parse("c1").unwrap(),
             ts: 1_700_000_000_000,
@@ -66,6 +76,34 @@ mod tests {
         // The pre-sized buffer changes nothing on the wire.
         assert_eq!(m.encode(), rmp_serde::to_vec_named(&m).unwrap());
         assert!(StoredMessage::decode(b"not msgpack").is_err());
+    }
+
+    // Proves a group event round-trips, and a payload written before groups existed still reads.
+    #[test]
+    fn events_round_trip_and_old_payloads_read() {
+        let m = StoredMessage {
+            from: UserId::parse("alice").unwrap(),
+            room: None,
+            to: None,
+            group: Some(GroupId::parse("team").unwrap()),
+            event: Some(GroupEvent {
+                kind: crate::group::EventKind::Added,
+                users: vec![UserId::parse("bob").unwrap()],
+                name: None,
+                role: None,
+                owner: None,
+            }),
+            text: String::new(),
+            client_msg_id: ClientMsgId::parse("ev-3").unwrap(),
+            ts: 1,
+        };
+        assert_eq!(StoredMessage::decode(&m.encode()).unwrap(), m);
+        let old = rmp_serde::to_vec_named(&serde_json::json!({
+            "from": "a", "room": "r", "text": "x", "client_msg_id": "c", "ts": 1
+        }))
+        .unwrap();
+        let old = StoredMessage::decode(&old).unwrap();
+        assert_eq!((old.group, old.event), (None, None));
     }
 
     #[test]

@@ -7,10 +7,11 @@
 //! |---|---|
 //! | `chat.in.room.<room>` | a room message, as published by a gateway into stream `CHAT` |
 //! | `chat.in.dm.<lo>.<hi>` | a direct message between users `lo` < `hi` |
-//! | `chat.out.room.<room>`, `chat.out.dm.<lo>.<hi>` | the same messages, republished by JetStream after storing |
+//! | `chat.in.group.<group>` | a group's messages and membership events |
+//! | `chat.out.room.<room>`, `chat.out.dm.<lo>.<hi>`, `chat.out.group.<group>` | the same messages, republished by JetStream after storing |
 //! | `chat.ctl.user.<user>` | control commands for all sessions of one user (for example a forced logout) |
 
-use crate::ids::{RoomId, UserId};
+use crate::ids::{GroupId, RoomId, UserId};
 
 /// The JetStream stream that stores every chat message.
 pub const STREAM: &str = "CHAT";
@@ -23,6 +24,8 @@ pub const DELIVER_WILDCARD: &str = "chat.out.>";
 pub const HDR_FROM: &str = "Chat-From";
 /// Header naming the room of a room message.
 pub const HDR_ROOM: &str = "Chat-Room";
+/// Header naming the group of a group message or event.
+pub const HDR_GROUP: &str = "Chat-Group";
 /// Header naming the recipient of a direct message.
 pub const HDR_TO: &str = "Chat-To";
 /// Content type of stored payloads.
@@ -32,6 +35,8 @@ pub const CONTENT_TYPE_MSGPACK: &str = "application/msgpack";
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Conversation {
     Room(RoomId),
+    /// A private group: its messages and its membership events share one chain.
+    Group(GroupId),
     /// A direct-message thread; `lo < hi` always holds.
     Dm {
         lo: UserId,
@@ -68,6 +73,7 @@ impl Conversation {
         let mut parts = tail.split('.');
         let conv = match (parts.next()?, parts.next()?, parts.next()) {
             ("room", room, None) => Self::Room(RoomId::parse(room).ok()?),
+            ("group", group, None) => Self::Group(GroupId::parse(group).ok()?),
             ("dm", lo, Some(hi)) => Self::dm(UserId::parse(lo).ok()?, UserId::parse(hi).ok()?)?,
             _ => return None,
         };
@@ -77,6 +83,7 @@ impl Conversation {
     fn tail(&self) -> String {
         match self {
             Self::Room(room) => format!("room.{room}"),
+            Self::Group(group) => format!("group.{group}"),
             Self::Dm { lo, hi } => format!("dm.{lo}.{hi}"),
         }
     }
@@ -113,6 +120,14 @@ pub fn msg_id(from: &UserId, client_msg_id: &crate::ClientMsgId) -> String {
     format!("{from}:{client_msg_id}")
 }
 
+/// The `Nats-Msg-Id` of a group's membership event: `group:<group>:<revision>`, where the revision is
+/// the group record's in bucket `groups` that the event's change wrote. A change completed twice (its
+/// gateway died between the record and the event) is then stored once. It cannot collide with
+/// [`msg_id`], whose second part never contains a `:`.
+pub fn event_msg_id(group: &GroupId, revision: u64) -> String {
+    format!("group:{group}:{revision}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -146,6 +161,13 @@ mod tests {
 
     #[test]
     fn subjects_round_trip() {
+        let group = Conversation::Group(GroupId::parse("team").unwrap());
+        assert_eq!(group.ingest_subject(), "chat.in.group.team");
+        assert_eq!(
+            Conversation::from_subject("chat.out.group.team"),
+            Some(group)
+        );
+        assert_eq!(Conversation::from_subject("chat.out.group.a.b"), None);
         let room = Conversation::Room(RoomId::parse("general").unwrap());
         assert_eq!(
             Conversation::from_subject("chat.out.room.general"),
