@@ -146,7 +146,7 @@ pub async fn verify(
                     bail!("history error {code:?}: {message}")
                 }
             };
-            for m in &messages {
+            for m in messages.iter().filter_map(protocol::frame::Item::message) {
                 if m.seq <= after {
                     c.out_of_order += 1;
                     continue;

@@ -12,12 +12,11 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use futures_util::future::{BoxFuture, Shared};
-use protocol::ServerFrame;
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use protocol::StoredMessage;
-use protocol::frame::MessageFrame;
+use protocol::frame::Item;
 use protocol::history::{
     ConvRef, HISTORY_SUBJECT, HistoryErrorCode, HistoryReply, HistoryRequest, MAX_LIMIT,
 };
@@ -42,7 +41,7 @@ pub struct LastSeq {
 #[derive(Debug)]
 pub enum Replay {
     /// Every message of the range, in order.
-    Complete(Vec<MessageFrame>),
+    Complete(Vec<Item>),
     /// The range holds more than the allowed number of messages.
     TooMany,
 }
@@ -138,9 +137,7 @@ impl Backlog {
                         Ok(Replay::Complete(frames)) => Ok(Arc::new(EncodedReplay::Complete(
                             frames
                                 .into_iter()
-                                .map(|f| {
-                                    (f.seq, Utf8Bytes::from(ServerFrame::Message(f).to_json()))
-                                })
+                                .map(|f| (f.seq(), Utf8Bytes::from(f.to_json())))
                                 .collect(),
                         ))),
                         Ok(Replay::TooMany) => Ok(Arc::new(EncodedReplay::TooMany)),
@@ -202,7 +199,7 @@ impl Backlog {
         };
         match self.history(&req).await {
             Ok((messages, _)) => Ok(LastSeq {
-                seq: messages.last().map_or(0, |m| m.seq),
+                seq: messages.last().map_or(0, Item::seq),
                 exact: true,
             }),
             Err(e) => {
@@ -255,7 +252,7 @@ impl Backlog {
                 if until <= split {
                     return Ok(Replay::Complete(older));
                 }
-                let from = older.last().map_or(split, |m| m.seq.max(split));
+                let from = older.last().map_or(split, |m| m.seq().max(split));
                 let Replay::Complete(newer) = self
                     .replay_from_stream(conv, from, until, max.saturating_sub(older.len()))
                     .await?
@@ -315,7 +312,7 @@ impl Backlog {
             }
             match StoredMessage::decode(&msg.payload) {
                 Ok(stored) => {
-                    out.push(MessageFrame::from_stored(stored, seq, prev));
+                    out.push(Item::from_stored(stored, seq, prev));
                     prev = seq;
                 }
                 Err(e) => {
@@ -337,7 +334,7 @@ impl Backlog {
         until: u64,
         max: usize,
     ) -> Result<Replay, BacklogError> {
-        let mut out: Vec<MessageFrame> = Vec::new();
+        let mut out: Vec<Item> = Vec::new();
         let mut cursor = after;
         loop {
             let req = HistoryRequest {
@@ -347,7 +344,7 @@ impl Backlog {
                 limit: MAX_LIMIT,
             };
             let (messages, more) = self.history(&req).await?;
-            let Some(last) = messages.last().map(|m| m.seq) else {
+            let Some(last) = messages.last().map(Item::seq) else {
                 return Ok(Replay::Complete(out));
             };
             out.extend(messages);
@@ -362,10 +359,7 @@ impl Backlog {
     }
 
     /// One page from the history service.
-    pub async fn history(
-        &self,
-        req: &HistoryRequest,
-    ) -> Result<(Vec<MessageFrame>, bool), BacklogError> {
+    pub async fn history(&self, req: &HistoryRequest) -> Result<(Vec<Item>, bool), BacklogError> {
         let body = serde_json::to_vec(req).unwrap_or_default();
         let answer = tokio::time::timeout(
             HISTORY_TIMEOUT,

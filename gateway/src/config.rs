@@ -90,8 +90,10 @@ pub struct Config {
     pub max_frame_bytes: usize,
     /// `GATEWAY_MAX_TEXT_CHARS`.
     pub max_text_chars: usize,
-    /// `GATEWAY_MAX_ROOMS_PER_CONN`.
+    /// `GATEWAY_MAX_ROOMS_PER_CONN`: rooms and groups one connection may join.
     pub max_rooms_per_conn: usize,
+    /// `GROUP_MAX_MEMBERS`: members a group may have.
+    pub group_max_members: usize,
     /// `GATEWAY_RATE_PER_SEC`.
     pub rate_per_sec: f64,
     /// `GATEWAY_RATE_BURST`.
@@ -150,6 +152,7 @@ impl Default for Config {
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
+            group_max_members: protocol::group::DEFAULT_MAX_MEMBERS,
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             rate_burst: DEFAULT_RATE_BURST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -211,6 +214,9 @@ impl Config {
         }
         if let Some(n) = env.positive("GATEWAY_MAX_ROOMS_PER_CONN") {
             c.max_rooms_per_conn = usize_of(n);
+        }
+        if let Some(n) = env.positive("GROUP_MAX_MEMBERS") {
+            c.group_max_members = usize_of(n);
         }
         if let Some(n) = env.positive("GATEWAY_RATE_PER_SEC") {
             c.rate_per_sec = n as f64;
@@ -313,6 +319,7 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 65536);
         assert_eq!(c.max_text_chars, 4000);
         assert_eq!(c.max_rooms_per_conn, 50);
+        assert_eq!(c.group_max_members, 500);
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));

@@ -1,6 +1,6 @@
-//! Subscriptions of this gateway, one per room and per user with local connections.
+//! Subscriptions of this gateway, one per room, group and user with local connections.
 //!
-//! A topic (a room, or a user's direct messages) has one NATS subscription on this gateway, whatever
+//! A topic (a room, a group, or a user's direct messages) has one NATS subscription on this gateway, whatever
 //! the number of local connections in it, and a member list. The subscription task decodes each message
 //! once, encodes its JSON frame once, and pushes the same bytes to every member's queue with `try_send`.
 //! The member list is copy-on-write (`Arc<[Member]>`): fan-out takes a snapshot under a short lock and
@@ -16,6 +16,10 @@
 //! disconnected or fell behind); the task reads the missing range from the stream and delivers it
 //! first. After every NATS reconnect it also checks each subject's newest sequence, so a gap is filled
 //! even when no further message arrives.
+//!
+//! A group's topic also acts on its membership events: after delivering a `removed` or `quit`
+//! event, it takes the departed users' connections out of the topic, tells each one with a
+//! `removed` frame, and hands it to the departure hook (which drops its group presence).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -25,9 +29,9 @@ use async_nats::HeaderMap;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::StreamExt;
 use protocol::control::UserControl;
-use protocol::frame::MessageFrame;
+use protocol::frame::Item;
 use protocol::subject::Conversation;
-use protocol::{RoomId, ServerFrame, StoredMessage, UserId};
+use protocol::{GroupId, RoomId, ServerFrame, StoredMessage, UserId};
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tracing::Instrument;
@@ -59,6 +63,7 @@ pub const REPLAY_PATIENCE: Duration = Duration::from_secs(10);
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum TopicKey {
     Room(RoomId),
+    Group(GroupId),
     User(UserId),
 }
 
@@ -66,6 +71,7 @@ impl TopicKey {
     fn subjects(&self) -> Vec<String> {
         match self {
             TopicKey::Room(room) => vec![Conversation::Room(room.clone()).deliver_subject()],
+            TopicKey::Group(group) => vec![Conversation::Group(group.clone()).deliver_subject()],
             TopicKey::User(user) => protocol::subject::user_dm_subjects(user).into(),
         }
     }
@@ -181,6 +187,9 @@ struct Topic {
     task: Option<AbortHandle>,
 }
 
+/// Called for each connection a group's topic dropped because its user left the group.
+pub type DepartureHook = Arc<dyn Fn(&GroupId, &Outbox) + Send + Sync>;
+
 /// The registry of topics. Cheap to clone.
 #[derive(Clone)]
 pub struct Hub {
@@ -192,6 +201,7 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Whether the shared DM subscription is registered, when the gateway runs one.
     shared_dm: Option<watch::Receiver<bool>>,
+    departure: Option<DepartureHook>,
 }
 
 impl Hub {
@@ -208,7 +218,13 @@ impl Hub {
             reconnects,
             metrics,
             shared_dm: None,
+            departure: None,
         }
+    }
+
+    /// Sets what group topics call for each connection they drop. Call before the hub is cloned.
+    pub fn set_departure_hook(&mut self, hook: DepartureHook) {
+        self.departure = Some(hook);
     }
 
     /// With [`DmSubscription::Shared`], starts the gateway's one direct-message subscription, which
@@ -221,6 +237,7 @@ impl Hub {
             Route::Dm(self.topics.clone()),
             MAX_TRACKED_SUBJECTS_SHARED,
             vec![protocol::subject::DM_DELIVER_WILDCARD.to_owned()],
+            None,
             None,
             tracing::debug_span!("shared_dm"),
         );
@@ -316,15 +333,21 @@ impl Hub {
 
     fn spawn_topic(&self, key: TopicKey) -> Topic {
         let members: Members = Arc::default();
-        let room = match &key {
-            TopicKey::Room(room) => Some(room.clone()),
+        let conv = match &key {
+            TopicKey::Room(room) => Some(Conversation::Room(room.clone())),
+            TopicKey::Group(group) => Some(Conversation::Group(group.clone())),
             TopicKey::User(_) => None,
+        };
+        let departure = match (&key, &self.departure) {
+            (TopicKey::Group(group), Some(hook)) => Some((group.clone(), hook.clone())),
+            _ => None,
         };
         let (ready, handle) = self.spawn_task(
             Route::Members(members.clone()),
             MAX_TRACKED_SUBJECTS,
             key.subjects(),
-            room,
+            conv,
+            departure,
             tracing::debug_span!("topic", key = ?key),
         );
         Topic {
@@ -341,7 +364,8 @@ impl Hub {
         route: Route,
         max_tracked: usize,
         subjects: Vec<String>,
-        room: Option<RoomId>,
+        conv: Option<Conversation>,
+        departure: Option<(GroupId, DepartureHook)>,
         span: tracing::Span,
     ) -> (watch::Receiver<bool>, tokio::task::JoinHandle<()>) {
         let (ready_tx, ready) = watch::channel(false);
@@ -352,9 +376,10 @@ impl Hub {
             metrics: self.metrics.clone(),
             last: HashMap::new(),
             max_tracked,
+            departure,
         };
         let handle = tokio::spawn(
-            task.run(subjects, room, ready_tx, self.reconnects.clone())
+            task.run(subjects, conv, ready_tx, self.reconnects.clone())
                 .instrument(span),
         );
         self.metrics.subscriptions.inc();
@@ -379,6 +404,8 @@ struct Delivery {
     seq: u64,
     prev_seq: u64,
     frame: Utf8Bytes,
+    /// For a group's `removed` or `quit` event: the users who left.
+    departed: Vec<UserId>,
 }
 
 /// Snapshots of the member lists one message goes to: a topic's, or a direct message's two users'.
@@ -424,25 +451,25 @@ struct TopicTask {
     last: HashMap<String, u64>,
     /// Bound on `last`.
     max_tracked: usize,
+    /// A group's topic: the group, and what to call for each connection it drops.
+    departure: Option<(GroupId, DepartureHook)>,
 }
 
 impl TopicTask {
     async fn run(
         mut self,
         subjects: Vec<String>,
-        room: Option<RoomId>,
+        conv: Option<Conversation>,
         ready: watch::Sender<bool>,
         mut reconnects: watch::Receiver<u64>,
     ) {
-        // A room's chain starts at its newest stored message, read before subscribing: a message
-        // stored in between then shows up as a gap and is filled, never skipped.
-        if let Some(room) = room {
-            let conv = Conversation::Room(room);
-            if let Ok(last) = Box::pin(self.backlog.last_seq(&conv)).await
-                && last.exact
-            {
-                self.last.insert(conv.deliver_subject(), last.seq);
-            }
+        // A room's (or group's) chain starts at its newest stored message, read before subscribing:
+        // a message stored in between then shows up as a gap and is filled, never skipped.
+        if let Some(conv) = conv
+            && let Ok(last) = Box::pin(self.backlog.last_seq(&conv)).await
+            && last.exact
+        {
+            self.last.insert(conv.deliver_subject(), last.seq);
         }
         let mut subs = Vec::new();
         let retry = svc::retry::Backoff::constant(SUBSCRIBE_RETRY);
@@ -506,6 +533,38 @@ impl TopicTask {
         }
         let targets = targets.unwrap_or_else(|| self.route.targets(&d.subject));
         self.deliver_to(&targets, &d.subject, d.seq, &d.frame);
+        if !d.departed.is_empty() {
+            self.depart(&d.departed);
+        }
+    }
+
+    /// Takes the connections of users who left the group out of its topic, after they got the
+    /// event that says so.
+    fn depart(&self, users: &[UserId]) {
+        let (Some((group, hook)), Route::Members(members)) = (&self.departure, &self.route) else {
+            return;
+        };
+        let gone: Vec<Member> = {
+            let list = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            list.iter()
+                .filter(|m| users.contains(&m.outbox.shared.user))
+                .cloned()
+                .collect()
+        };
+        if gone.is_empty() {
+            return;
+        }
+        let frame = Utf8Bytes::from(
+            ServerFrame::Removed {
+                group: group.clone(),
+            }
+            .to_json(),
+        );
+        for m in gone {
+            remove(members, m.outbox.conn());
+            m.outbox.push(Outbound::Text(frame.clone()));
+            hook(group, &m.outbox);
+        }
     }
 
     /// Delivers what the stream holds on `subject` in `(after, until]`.
@@ -529,9 +588,16 @@ impl TopicTask {
                 );
                 self.metrics.gap_filled_messages.inc_by(frames.len() as u64);
                 for f in frames {
-                    let seq = f.seq;
-                    let frame = Utf8Bytes::from(ServerFrame::Message(f).to_json());
+                    let seq = f.seq();
+                    let departed = match &f {
+                        Item::Event(e) => e.event.departed().to_vec(),
+                        Item::Message(_) => Vec::new(),
+                    };
+                    let frame = Utf8Bytes::from(f.to_json());
                     self.deliver(subject, seq, &frame);
+                    if !departed.is_empty() {
+                        self.depart(&departed);
+                    }
                 }
             }
             Ok(Replay::TooMany) => {
@@ -628,15 +694,23 @@ fn decode_delivery(msg: &async_nats::Message) -> Option<Delivery> {
     let seq = header_u64(headers, async_nats::header::NATS_SEQUENCE)?;
     let prev_seq = header_u64(headers, async_nats::header::NATS_LAST_SEQUENCE).unwrap_or(0);
     let stored = StoredMessage::decode(&msg.payload).ok()?;
+    let departed = stored
+        .event
+        .as_ref()
+        .map(|e| e.departed().to_vec())
+        .unwrap_or_default();
     // Keys, ids and numbers take under 256 bytes besides the text.
     let capacity = 256 + stored.text.len();
-    let json = ServerFrame::Message(MessageFrame::from_stored(stored, seq, prev_seq))
-        .to_json_with_capacity(capacity);
+    let json = match Item::from_stored(stored, seq, prev_seq) {
+        Item::Message(m) => ServerFrame::Message(m).to_json_with_capacity(capacity),
+        Item::Event(e) => ServerFrame::Event(e).to_json(),
+    };
     Some(Delivery {
         subject: msg.subject.to_string(),
         seq,
         prev_seq,
         frame: Utf8Bytes::from(json),
+        departed,
     })
 }
 

@@ -13,6 +13,7 @@ pub mod backlog;
 pub mod config;
 pub mod conn;
 pub mod content;
+pub mod groups;
 pub mod hub;
 pub mod keys;
 pub mod metrics;
@@ -112,7 +113,18 @@ pub async fn run(
         reconnects.clone(),
     )
     .await?;
+    let publisher = publish::Publisher::new(js.clone(), config.publish_budget, metrics.clone());
+    let groups = groups::Groups::ensure(
+        &js,
+        config.stream.replicas,
+        publisher.clone(),
+        backlog.clone(),
+        config.group_max_members,
+    )
+    .await?;
+    let groups_watch = groups.start_watch(reconnects.clone());
     let mut hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
+    hub.set_departure_hook(presence.departure_hook());
     let shared_dm = hub.start_dm(config.dm_subscription);
     // Logout and other per-user commands: one subscription for the whole gateway, routed locally.
     let control = hub.start_control().await?;
@@ -120,7 +132,8 @@ pub async fn run(
         hub,
         backlog,
         presence,
-        publisher: publish::Publisher::new(js, config.publish_budget, metrics.clone()),
+        groups,
+        publisher,
         content: config.content_check.then(|| {
             content::ContentChecker::new(
                 nats.clone(),
@@ -182,6 +195,7 @@ pub async fn run(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     control.abort();
+    groups_watch.abort();
     if let Some(shared_dm) = shared_dm {
         shared_dm.abort();
     }

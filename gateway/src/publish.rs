@@ -137,15 +137,20 @@ impl Publisher {
 }
 
 /// How a message is stored in `conv`: its encoded `payload`, `Nats-Msg-Id: <sender>:<client_msg_id>`
-/// (so a resend is stored once) and the readable headers operators follow with the `nats` CLI.
+/// (so a resend is stored once; a group event's is `protocol::subject::event_msg_id`) and the readable headers operators follow with the `nats` CLI.
 pub fn publish_message(conv: &Conversation, msg: &StoredMessage, payload: Bytes) -> PublishMessage {
+    let id = match (conv, &msg.event) {
+        (Conversation::Group(group), Some(_)) => subject::event_msg_id(group, &msg.client_msg_id),
+        _ => subject::msg_id(&msg.from, &msg.client_msg_id),
+    };
     let pm = PublishMessage::build()
         .payload(payload)
-        .message_id(subject::msg_id(&msg.from, &msg.client_msg_id))
+        .message_id(id)
         .header(subject::HDR_FROM, msg.from.as_str())
         .header("Content-Type", subject::CONTENT_TYPE_MSGPACK);
     match conv {
         Conversation::Room(room) => pm.header(subject::HDR_ROOM, room.as_str()),
+        Conversation::Group(group) => pm.header(subject::HDR_GROUP, group.as_str()),
         Conversation::Dm { .. } => match &msg.to {
             Some(to) => pm.header(subject::HDR_TO, to.as_str()),
             None => pm,
@@ -168,14 +173,17 @@ pub fn stored_message(
     text: String,
     cmid: protocol::ClientMsgId,
 ) -> StoredMessage {
-    let (room, to) = match conv_target {
-        protocol::Target::Room(r) => (Some(r.clone()), None),
-        protocol::Target::User(u) => (None, Some(u.clone())),
+    let (room, to, group) = match conv_target {
+        protocol::Target::Room(r) => (Some(r.clone()), None, None),
+        protocol::Target::Group(g) => (None, None, Some(g.clone())),
+        protocol::Target::User(u) => (None, Some(u.clone()), None),
     };
     StoredMessage {
         from,
         room,
         to,
+        group,
+        event: None,
         text,
         client_msg_id: cmid,
         ts: now_ms(),

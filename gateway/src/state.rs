@@ -39,6 +39,7 @@ pub struct AppStateInner {
     pub publisher: Publisher,
     pub backlog: crate::backlog::Backlog,
     pub presence: crate::presence::Presence,
+    pub groups: crate::groups::Groups,
     /// Set when `GATEWAY_CONTENT_CHECK` is on.
     pub content: Option<crate::content::ContentChecker>,
     pub metrics: Arc<Metrics>,

@@ -62,9 +62,19 @@ pub fn classify(subject: &str, payload: &[u8]) -> Result<(Conversation, StoredMe
         error: e.to_string(),
     })?;
     let belongs = match &conv {
-        Conversation::Room(r) => msg.room.as_ref() == Some(r) && msg.to.is_none(),
+        Conversation::Room(r) => {
+            msg.room.as_ref() == Some(r)
+                && msg.to.is_none()
+                && msg.group.is_none()
+                && msg.event.is_none()
+        }
+        Conversation::Group(g) => {
+            msg.group.as_ref() == Some(g) && msg.room.is_none() && msg.to.is_none()
+        }
         Conversation::Dm { lo, hi } => {
             msg.room.is_none()
+                && msg.group.is_none()
+                && msg.event.is_none()
                 && msg.to.as_ref().is_some_and(|to| {
                     (&msg.from == lo && to == hi) || (&msg.from == hi && to == lo)
                 })
@@ -363,6 +373,8 @@ mod tests {
             from: UserId::parse(from).unwrap(),
             room: room.map(|r| RoomId::parse(r).unwrap()),
             to: to.map(|t| UserId::parse(t).unwrap()),
+            group: None,
+            event: None,
             text: "t".into(),
             client_msg_id: ClientMsgId::parse("c").unwrap(),
             ts: 1,

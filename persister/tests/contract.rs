@@ -1,8 +1,10 @@
 //! The store contract: one suite, run against SQLite always, and against ScyllaDB (ignored unless asked for) when `SCYLLA_URI` is set.
 
 use persister::store::{DeadLetter, PageQuery, Record, Store};
+use protocol::frame::Item;
+use protocol::group::{EventKind, GroupEvent};
 use protocol::subject::Conversation;
-use protocol::{ClientMsgId, RoomId, StoredMessage, UserId};
+use protocol::{ClientMsgId, GroupId, RoomId, StoredMessage, UserId};
 
 /// Messages in the paging conversation.
 const N: u64 = 1000;
@@ -12,14 +14,25 @@ fn room(name: &str) -> Conversation {
 }
 
 fn record(conv: &Conversation, seq: u64) -> Record {
-    let (room, to) = match conv {
-        Conversation::Room(r) => (Some(r.clone()), None),
-        Conversation::Dm { hi, .. } => (None, Some(hi.clone())),
+    let (room, to, group) = match conv {
+        Conversation::Room(r) => (Some(r.clone()), None, None),
+        Conversation::Group(g) => (None, None, Some(g.clone())),
+        Conversation::Dm { hi, .. } => (None, Some(hi.clone()), None),
     };
     let from = match conv {
         Conversation::Dm { lo, .. } => lo.clone(),
-        Conversation::Room(_) => UserId::parse("alice").unwrap(),
+        _ => UserId::parse("alice").unwrap(),
     };
+    // A group's every other item is a membership event.
+    let event = (group.is_some() && seq.is_multiple_of(2)).then(|| {
+        Box::new(GroupEvent {
+            kind: EventKind::Added,
+            users: vec![UserId::parse(format!("u{seq}")).unwrap()],
+            name: None,
+            role: None,
+            owner: None,
+        })
+    });
     Record {
         conv: conv.clone(),
         seq,
@@ -27,7 +40,13 @@ fn record(conv: &Conversation, seq: u64) -> Record {
             from,
             room,
             to,
-            text: format!("message {seq}"),
+            text: if event.is_some() {
+                String::new()
+            } else {
+                format!("message {seq}")
+            },
+            group,
+            event,
             client_msg_id: ClientMsgId::parse(format!("c{seq}")).unwrap(),
             ts: 1_700_000_000_000 + seq,
         },
@@ -39,7 +58,7 @@ fn q(conv: &Conversation, before: Option<u64>, after: Option<u64>, limit: u32) -
 }
 
 fn seqs(page: &persister::store::Page) -> Vec<u64> {
-    page.messages.iter().map(|m| m.seq).collect()
+    page.messages.iter().map(|m| m.seq()).collect()
 }
 
 /// Runs every contract check against `store`. `tag` makes conversation names unique per run, so a
@@ -83,11 +102,15 @@ async fn contract_suite(store: &dyn Store, tag: &str) {
         assert!(s.windows(2).all(|w| w[0] < w[1]), "ascending");
         assert_eq!(page.more, page_no < 10, "page {page_no}");
         for m in &page.messages {
-            let idx = p.binary_search(&m.seq).unwrap();
+            let idx = p.binary_search(&m.seq()).unwrap();
             let prev = if idx == 0 { 0 } else { p[idx - 1] };
-            assert_eq!(m.prev_seq, prev, "prev_seq of {}", m.seq);
+            assert_eq!(m.prev_seq(), prev, "prev_seq of {}", m.seq());
             assert_eq!(
-                m.room.as_ref().map(|r| r.as_str().to_owned()),
+                m.message()
+                    .unwrap()
+                    .room
+                    .as_ref()
+                    .map(|r| r.as_str().to_owned()),
                 Some(format!("paged{tag}"))
             );
         }
@@ -105,9 +128,9 @@ async fn contract_suite(store: &dyn Store, tag: &str) {
         let page = store.page(&q(&paged, None, after, 7)).await.unwrap();
         let s = seqs(&page);
         if got.is_empty() {
-            assert_eq!(page.messages[0].prev_seq, 0);
+            assert_eq!(page.messages[0].prev_seq(), 0);
         } else {
-            assert_eq!(page.messages[0].prev_seq, *got.last().unwrap());
+            assert_eq!(page.messages[0].prev_seq(), *got.last().unwrap());
         }
         got.extend(&s);
         if !page.more {
@@ -131,7 +154,7 @@ async fn contract_suite(store: &dyn Store, tag: &str) {
         .unwrap();
     assert_eq!(seqs(&page), p[11..16]);
     assert!(page.more);
-    assert_eq!(page.messages[0].prev_seq, p[10]);
+    assert_eq!(page.messages[0].prev_seq(), p[10]);
     let page = store
         .page(&q(&paged, Some(p[20]), Some(p[10]), 9))
         .await
@@ -151,25 +174,60 @@ async fn contract_suite(store: &dyn Store, tag: &str) {
         .await
         .unwrap();
     assert_eq!(seqs(&page), p[498..=500]);
-    assert_eq!(page.messages[0].prev_seq, p[497]);
+    assert_eq!(page.messages[0].prev_seq(), p[497]);
     let page = store.page(&q(&paged, Some(p[1]), None, 100)).await.unwrap();
     assert_eq!(seqs(&page), [p[0]]);
     assert!(!page.more);
-    assert_eq!(page.messages[0].prev_seq, 0);
+    assert_eq!(page.messages[0].prev_seq(), 0);
 
     // DM and room isolation: each conversation sees only its own messages.
     let page = store.page(&q(&dm, None, None, 100)).await.unwrap();
     assert_eq!(page.messages.len(), 100);
     assert!(page.more);
     for m in &page.messages {
-        assert_eq!(m.seq % 3, 2, "a DM seq");
-        assert!(m.room.is_none());
+        assert_eq!(m.seq() % 3, 2, "a DM seq");
+        assert!(m.message().unwrap().room.is_none());
         assert_eq!(
-            m.to.as_ref().map(|u| u.as_str().to_owned()),
+            m.message()
+                .unwrap()
+                .to
+                .as_ref()
+                .map(|u| u.as_str().to_owned()),
             Some(format!("bob{tag}"))
         );
-        assert_eq!(m.prev_seq, if m.seq == 101 { 0 } else { m.seq - 3 });
+        assert_eq!(m.prev_seq(), if m.seq() == 101 { 0 } else { m.seq() - 3 });
     }
+    // A group keeps its messages and events in one chain, each read back as what it is.
+    let group = Conversation::Group(GroupId::parse(format!("team{tag}")).unwrap());
+    let items: Vec<Record> = (201..=210).map(|s| record(&group, s)).collect();
+    store.write_batch(&items).await.unwrap();
+    let page = store.page(&q(&group, None, None, 100)).await.unwrap();
+    assert_eq!(seqs(&page), (201..=210).collect::<Vec<_>>());
+    for item in &page.messages {
+        match item {
+            Item::Event(e) => {
+                assert_eq!(e.seq % 2, 0, "events are the even seqs");
+                assert_eq!(e.event.kind, EventKind::Added);
+                assert_eq!(e.event.users[0].as_str(), format!("u{}", e.seq));
+                assert_eq!(e.group.as_str(), format!("team{tag}"));
+            }
+            Item::Message(m) => {
+                assert_eq!(m.seq % 2, 1);
+                assert_eq!(m.text, format!("message {}", m.seq));
+                assert_eq!(
+                    m.group.as_ref().map(|g| g.as_str().to_owned()),
+                    Some(format!("team{tag}"))
+                );
+            }
+        }
+        assert_eq!(
+            item.prev_seq(),
+            if item.seq() == 201 { 0 } else { item.seq() - 1 }
+        );
+    }
+    // Rooms and groups of the same name are different conversations to the store.
+    assert_eq!(store.count(&room(&format!("team{tag}"))).await.unwrap(), 0);
+
     let page = store.page(&q(&other, None, None, 100)).await.unwrap();
     assert_eq!(seqs(&page), (1..=10).collect::<Vec<_>>());
     assert!(!page.more);

@@ -21,9 +21,9 @@ async fn all_seqs(store: &dyn Store, conv: &Conversation) -> Vec<u64> {
     loop {
         let q = PageQuery::new(conv.clone(), None, Some(after), 100).unwrap();
         let page = store.page(&q).await.unwrap();
-        out.extend(page.messages.iter().map(|m| m.seq));
+        out.extend(page.messages.iter().map(|m| m.seq()));
         match page.messages.last() {
-            Some(m) if page.more => after = m.seq,
+            Some(m) if page.more => after = m.seq(),
             _ => return out,
         }
     }
@@ -191,7 +191,7 @@ async fn sqlite_history_survives_a_restart() {
         panic!("expected a page");
     };
     assert_eq!(
-        messages.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        messages.iter().map(|m| m.seq()).collect::<Vec<_>>(),
         published
     );
     assert!(!more);
@@ -220,7 +220,7 @@ async fn history_service_pages_validates_and_coalesces() {
 
     let page = |r: HistoryReply| match r {
         HistoryReply::Page { messages, more } => {
-            (messages.iter().map(|m| m.seq).collect::<Vec<_>>(), more)
+            (messages.iter().map(|m| m.seq()).collect::<Vec<_>>(), more)
         }
         HistoryReply::Error { message, .. } => panic!("error reply: {message}"),
     };
@@ -313,7 +313,7 @@ async fn a_store_that_cannot_read_answers_unavailable() {
         .unwrap();
     match history(&client, &req("b", None, None, 10)).await {
         HistoryReply::Page { messages, .. } => {
-            assert_eq!(messages.iter().map(|m| m.seq).collect::<Vec<_>>(), [seq]);
+            assert_eq!(messages.iter().map(|m| m.seq()).collect::<Vec<_>>(), [seq]);
         }
         HistoryReply::Error { message, .. } => panic!("still failing: {message}"),
     }

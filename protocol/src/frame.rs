@@ -78,6 +78,16 @@ pub enum Channel {
     Group(GroupId),
 }
 
+impl std::fmt::Display for Channel {
+    /// `room <id>` or `group <id>`, for error messages.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Channel::Room(r) => write!(f, "room {r}"),
+            Channel::Group(g) => write!(f, "group {g}"),
+        }
+    }
+}
+
 /// A parsed, validated client frame.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ClientFrame {
@@ -641,7 +651,7 @@ impl Item {
         match (m.event, &m.group) {
             (Some(event), Some(group)) => Item::Event(EventFrame {
                 group: group.clone(),
-                event,
+                event: *event,
                 by: m.from,
                 seq,
                 prev_seq,
@@ -659,6 +669,27 @@ impl Item {
         match self {
             Item::Message(m) => m.seq,
             Item::Event(e) => e.seq,
+        }
+    }
+
+    pub fn prev_seq(&self) -> u64 {
+        match self {
+            Item::Message(m) => m.prev_seq,
+            Item::Event(e) => e.prev_seq,
+        }
+    }
+
+    /// The JSON text of this item: the same as its live `message` or `event` frame.
+    pub fn to_json(&self) -> String {
+        // Strings, integers and enums only: serialization into a String cannot fail.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// The message, unless this is an event.
+    pub fn message(&self) -> Option<&MessageFrame> {
+        match self {
+            Item::Message(m) => Some(m),
+            Item::Event(_) => None,
         }
     }
 }
@@ -950,13 +981,13 @@ mod tests {
             room: None,
             to: None,
             group: Some(GroupId::parse("team").unwrap()),
-            event: Some(GroupEvent {
+            event: Some(Box::new(GroupEvent {
                 kind: crate::group::EventKind::Removed,
                 users: vec![UserId::parse("bob").unwrap()],
                 name: None,
                 role: None,
                 owner: None,
-            }),
+            })),
             text: String::new(),
             client_msg_id: ClientMsgId::parse("ev-2").unwrap(),
             ts: 5,

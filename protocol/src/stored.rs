@@ -22,8 +22,9 @@ pub struct StoredMessage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group: Option<GroupId>,
     /// Set for a group's membership event, whose `text` is empty and whose `from` made the change.
+    /// Boxed: every `send` holds a message in its future, whose size is bounded (gateway `send.rs`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub event: Option<GroupEvent>,
+    pub event: Option<Box<GroupEvent>>,
     #[serde(default)]
     pub text: String,
     pub client_msg_id: ClientMsgId,
@@ -86,13 +87,13 @@ mod tests {
             room: None,
             to: None,
             group: Some(GroupId::parse("team").unwrap()),
-            event: Some(GroupEvent {
+            event: Some(Box::new(GroupEvent {
                 kind: crate::group::EventKind::Added,
                 users: vec![UserId::parse("bob").unwrap()],
                 name: None,
                 role: None,
                 owner: None,
-            }),
+            })),
             text: String::new(),
             client_msg_id: ClientMsgId::parse("ev-3").unwrap(),
             ts: 1,

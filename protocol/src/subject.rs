@@ -120,12 +120,12 @@ pub fn msg_id(from: &UserId, client_msg_id: &crate::ClientMsgId) -> String {
     format!("{from}:{client_msg_id}")
 }
 
-/// The `Nats-Msg-Id` of a group's membership event: `group:<group>:<revision>`, where the revision is
-/// the group record's in bucket `groups` that the event's change wrote. A change completed twice (its
-/// gateway died between the record and the event) is then stored once. It cannot collide with
-/// [`msg_id`], whose second part never contains a `:`.
-pub fn event_msg_id(group: &GroupId, revision: u64) -> String {
-    format!("group:{group}:{revision}")
+/// The `Nats-Msg-Id` of a group's membership event: `group:<group>:<client_msg_id>`, where the
+/// event's `client_msg_id` is `ev-<revision>`, the revision of the group record (bucket `groups`) its
+/// change wrote. A change completed twice (its gateway died between the record and the event) is
+/// then stored once. It cannot collide with [`msg_id`], which has one `:`, not two.
+pub fn event_msg_id(group: &GroupId, client_msg_id: &crate::ClientMsgId) -> String {
+    format!("group:{group}:{client_msg_id}")
 }
 
 #[cfg(test)]

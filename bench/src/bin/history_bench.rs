@@ -115,6 +115,8 @@ fn room_msg(room: &RoomId, i: u64) -> StoredMessage {
         from: UserId::parse(format!("u{}", i % 1000)).expect("valid user"),
         room: Some(room.clone()),
         to: None,
+        group: None,
+        event: None,
         text: format!("benchmark message number {i} with some filler text to look like chat"),
         client_msg_id: ClientMsgId::parse(format!("c{i}")).expect("valid id"),
         ts: 1_764_000_000_000 + i,

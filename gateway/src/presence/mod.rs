@@ -310,22 +310,24 @@ impl Presence {
     /// Adds a connection to a watch (starting the watch if it is the first) and returns the current
     /// state once the watch has read its snapshot.
     pub async fn watch(&self, key: WatchKey, member: Outbox) -> Vec<PresenceEntry> {
-        self.watch_capped(key, member, usize::MAX).await.0
+        self.watch_capped(key, member, usize::MAX, false).await.0
     }
 
     /// [`Presence::watch`], listing at most `cap` entries (the first by user id) and counting all
     /// online ones. A join into a room of n members then costs O(n), not a sorted copy of the room.
+    /// With `group`, the room key is a group's, and its events are labelled `group`.
     pub async fn watch_capped(
         &self,
         key: WatchKey,
         member: Outbox,
         cap: usize,
+        group: bool,
     ) -> (Vec<PresenceEntry>, usize) {
         let (mut ready, state, large_view) = {
             let mut watchers = self.watchers.lock().unwrap_or_else(|e| e.into_inner());
             let w = watchers
                 .entry(key.clone())
-                .or_insert_with(|| self.spawn_watcher(key.clone()));
+                .or_insert_with(|| self.spawn_watcher(key.clone(), group));
             let shared = member.shared.clone();
             conn::upsert(&w.members, member, |m| Arc::ptr_eq(&m.shared, &shared));
             (w.ready.clone(), w.state.clone(), w.large_view.clone())
@@ -376,7 +378,7 @@ impl Presence {
         let state = match local {
             Some(state) => state,
             None => {
-                let task = self.task(key.clone(), Arc::default(), self.new_state());
+                let task = self.task(key.clone(), Arc::default(), self.new_state(), false);
                 for msg in task.read_snapshot().await? {
                     task.apply(&msg, false);
                 }
@@ -384,6 +386,23 @@ impl Presence {
             }
         };
         Ok(view(&key, &state))
+    }
+
+    /// What the hub calls for a connection it took out of a group its user left: the connection
+    /// stops watching the group's presence, and its key there is deleted in the background.
+    pub fn departure_hook(&self) -> crate::hub::DepartureHook {
+        let presence = self.clone();
+        Arc::new(move |group: &protocol::GroupId, outbox: &Outbox| {
+            let room = group.as_room();
+            let shared = outbox.shared.clone();
+            presence.unwatch(&WatchKey::Room(room.clone()), &shared.conn);
+            let presence = presence.clone();
+            tokio::spawn(async move {
+                presence
+                    .delete_room(&room, &shared.user, &shared.conn)
+                    .await;
+            });
+        })
     }
 
     /// Removes a connection from a watch, stopping the watch when it was the last.
@@ -405,10 +424,11 @@ impl Presence {
         Arc::new(Mutex::new(PresenceState::new(self.settings.grace)))
     }
 
-    fn task(&self, key: WatchKey, members: Members, state: State) -> WatchTask {
+    fn task(&self, key: WatchKey, members: Members, state: State, group: bool) -> WatchTask {
         WatchTask {
             stream: self.stream.clone(),
             key,
+            group,
             members,
             state,
             room_event_limit: self.settings.room_event_limit,
@@ -420,11 +440,11 @@ impl Presence {
 
     /// Starts a watch. Called under the watchers lock, so a room's route is in the feed before its
     /// snapshot is read, and leaves it only when the watch is removed.
-    fn spawn_watcher(&self, key: WatchKey) -> Watcher {
+    fn spawn_watcher(&self, key: WatchKey, group: bool) -> Watcher {
         let members: Members = Arc::default();
         let state = self.new_state();
         let (ready_tx, ready) = watch::channel(false);
-        let task = self.task(key.clone(), members.clone(), state.clone());
+        let task = self.task(key.clone(), members.clone(), state.clone(), group);
         let span = tracing::debug_span!("presence_watch", key = ?key);
         let (handle, route) = match (&self.feed, &key) {
             (Some(feed), WatchKey::Room(room)) => {
@@ -554,7 +574,7 @@ mod tests {
         p.put_room(&room, &b.0, &b.1).await; // 2
         p.delete_room(&room, &a.0, &a.1).await; // 3
         p.put_room(&room, &c.0, &c.1).await; // 4
-        let task = || p.task(key.clone(), Arc::default(), p.new_state());
+        let task = || p.task(key.clone(), Arc::default(), p.new_state(), false);
         let snapshot = task().read_snapshot().await.unwrap();
         assert_eq!(snapshot.len(), 3, "the last message of a, b and c");
         p.delete_room(&room, &c.0, &c.1).await; // 5
@@ -637,7 +657,12 @@ mod tests {
         for u in ["a", "b"] {
             p.put_room(&room, &user(u), &conn(u)).await;
         }
-        let task = p.task(WatchKey::Room(room.clone()), Arc::default(), p.new_state());
+        let task = p.task(
+            WatchKey::Room(room.clone()),
+            Arc::default(),
+            p.new_state(),
+            false,
+        );
         for msg in task.read_snapshot().await.unwrap() {
             task.apply(&msg, false);
         }

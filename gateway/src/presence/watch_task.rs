@@ -29,6 +29,8 @@ pub(super) fn stream_sequence(msg: &jetstream::Message) -> u64 {
 pub(super) struct WatchTask {
     pub(super) stream: Arc<stream::Stream>,
     pub(super) key: WatchKey,
+    /// The room key is a group's: events carry `group`, not `room`.
+    pub(super) group: bool,
     pub(super) members: Members,
     pub(super) state: State,
     pub(super) room_event_limit: usize,
@@ -355,8 +357,13 @@ impl WatchTask {
             }
             WatchKey::User(_) => None,
         };
+        let (room, group) = match room {
+            Some(r) if self.group => (None, protocol::GroupId::parse(r.as_str()).ok()),
+            other => (other, None),
+        };
         let frame = ServerFrame::Presence {
             room,
+            group,
             user: p.user.clone(),
             online: p.online,
             last_seen: p.last_seen,

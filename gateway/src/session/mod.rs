@@ -20,7 +20,7 @@ use tokio::time::Instant;
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
 use futures_util::StreamExt;
 use futures_util::stream::{FuturesUnordered, SplitStream};
-use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, RoomId, ServerFrame, UserId};
+use protocol::{ClientFrame, ConnId, ErrorCode, FrameId, GroupId, RoomId, ServerFrame, UserId};
 use tracing::Instrument;
 
 use crate::conn::{ConnShared, Outbound, Outbox, Pushed, Queue, close_code};
@@ -31,6 +31,7 @@ use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use crate::writer::Writer;
 
+mod groups;
 mod rooms;
 mod send;
 mod watch;
@@ -87,6 +88,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         state,
         outbox: outbox.clone(),
         joined: HashSet::new(),
+        groups: HashSet::new(),
         watched: HashSet::new(),
         // The keys are written at open; the first refresh is due within a period.
         next_refresh,
@@ -158,6 +160,16 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         presence.unwatch(&WatchKey::Room(room.clone()), &shared.conn);
         Box::pin(presence.delete_room(&room, &user, &shared.conn)).await;
     }
+    for group in session.groups.drain() {
+        session
+            .state
+            .hub
+            .leave(&TopicKey::Group(group.clone()), &shared.conn);
+        session.state.groups.unpin(&group);
+        let room = group.as_room();
+        presence.unwatch(&WatchKey::Room(room.clone()), &shared.conn);
+        Box::pin(presence.delete_room(&room, &user, &shared.conn)).await;
+    }
     for watched in session.watched.drain() {
         presence.unwatch(&WatchKey::User(watched), &shared.conn);
     }
@@ -171,6 +183,9 @@ struct Session {
     state: AppState,
     outbox: Outbox,
     joined: HashSet<RoomId>,
+    /// Groups this connection joined (each pinned in the gateway's group cache). A group its user
+    /// left stays here, refused at every use, until `leave` or the end of the connection.
+    groups: HashSet<GroupId>,
     /// Users whose presence this connection watches.
     watched: HashSet<UserId>,
     /// When the presence keys are due for a refresh.
@@ -378,6 +393,13 @@ impl Session {
                 text,
                 client_msg_id,
             } => self.send(id, target, text, client_msg_id),
+            frame @ (ClientFrame::GroupCreate { .. }
+            | ClientFrame::GroupAdd { .. }
+            | ClientFrame::GroupRemove { .. }
+            | ClientFrame::GroupQuit { .. }
+            | ClientFrame::GroupRole { .. }
+            | ClientFrame::GroupRename { .. }
+            | ClientFrame::GroupInfo { .. }) => self.group_frame(id, frame),
             frame => return Some(Step::Async(id, frame)),
         }
         None
@@ -388,9 +410,9 @@ impl Session {
         match frame {
             ClientFrame::Watch { users } => self.watch(id, users).await,
             ClientFrame::PresenceQuery { target } => self.presence_query(id, target).await,
-            ClientFrame::Join { room, since } => self.join(id, room, since).await,
+            ClientFrame::Join { channel, since } => self.join(id, channel, since).await,
             ClientFrame::Resume { with, since } => self.resume(id, with, since).await,
-            ClientFrame::Leave { room } => self.leave(id, room).await,
+            ClientFrame::Leave { channel } => self.leave(id, channel).await,
             // Never handed here by `dispatch`, which answers these at once.
             other => {
                 let _ = self.dispatch(id, other);

@@ -1,33 +1,107 @@
-//! The frames that follow a conversation: `join` (with `since`, a room's resume), `leave`, and
+//! The frames that follow a conversation: `join` (a room or a group, with `since` a resume), `leave`, and
 //! `resume` (a direct-message thread's), and the replay that both resumes share.
 
 use std::sync::Arc;
 
 use axum::extract::ws::Utf8Bytes;
+use protocol::frame::Channel;
+use protocol::group::RuleError;
 use protocol::subject::Conversation;
 use protocol::{ErrorCode, FrameId, RoomId, ServerFrame, UserId};
 
 use super::Session;
 use crate::backlog::{BacklogError, EncodedReplay, LastSeq, Older};
 use crate::conn::{Outbound, close_code};
+use crate::groups::GroupError;
 use crate::hub::{Gate, TopicKey};
 use crate::presence::{ONLINE_LIST_CAP, WatchKey};
 
+/// What a joined channel is keyed by, in the hub, the stream and presence.
+struct Keys {
+    topic: TopicKey,
+    conv: Conversation,
+    /// The presence key space a group shares with rooms (their ids never collide).
+    presence: RoomId,
+}
+
+fn keys(channel: &Channel) -> Keys {
+    match channel {
+        Channel::Room(room) => Keys {
+            topic: TopicKey::Room(room.clone()),
+            conv: Conversation::Room(room.clone()),
+            presence: room.clone(),
+        },
+        Channel::Group(group) => Keys {
+            topic: TopicKey::Group(group.clone()),
+            conv: Conversation::Group(group.clone()),
+            presence: group.as_room(),
+        },
+    }
+}
+
 impl Session {
-    pub(super) async fn join(&mut self, id: Option<FrameId>, room: RoomId, since: Option<u64>) {
-        let fresh = !self.joined.contains(&room);
-        if fresh && self.joined.len() >= self.state.config.max_rooms_per_conn {
+    /// Whether this connection has joined `channel`.
+    pub(super) fn has_joined(&self, channel: &Channel) -> bool {
+        match channel {
+            Channel::Room(room) => self.joined.contains(room),
+            Channel::Group(group) => self.groups.contains(group),
+        }
+    }
+
+    /// Checks that the user may join: an open room that is not a group's id, or a group the user
+    /// is a member of. A group joined for the first time is pinned in the gateway's cache.
+    async fn admit(&mut self, id: &Option<FrameId>, channel: &Channel, fresh: bool) -> bool {
+        let me = self.outbox.shared.user.clone();
+        let groups = self.state.groups.clone();
+        let refused = match channel {
+            Channel::Room(room) if fresh => match groups.exists(room).await {
+                Ok(false) => None,
+                Ok(true) => Some(GroupError::Rule(RuleError::NotMember)),
+                Err(e) => Some(e),
+            },
+            Channel::Room(_) => None,
+            Channel::Group(group) if fresh => match groups.pin(group).await {
+                Ok(Some(r)) if r.is_member(&me) => None,
+                Ok(_) => {
+                    groups.unpin(group);
+                    Some(GroupError::Rule(RuleError::NotMember))
+                }
+                Err(e) => Some(e),
+            },
+            Channel::Group(group) => match groups.cached_record(group) {
+                Some(Some(r)) if r.is_member(&me) => None,
+                _ => Some(GroupError::Rule(RuleError::NotMember)),
+            },
+        };
+        match refused {
+            None => true,
+            Some(e) => {
+                self.error(id.clone(), e.code(), e.to_string());
+                false
+            }
+        }
+    }
+
+    pub(super) async fn join(&mut self, id: Option<FrameId>, channel: Channel, since: Option<u64>) {
+        let fresh = !self.has_joined(&channel);
+        if fresh && self.joined.len() + self.groups.len() >= self.state.config.max_rooms_per_conn {
             let max = self.state.config.max_rooms_per_conn;
             self.error(
                 id,
                 ErrorCode::BadRequest,
-                format!("a connection may join at most {max} rooms"),
+                format!("a connection may join at most {max} rooms and groups"),
             );
             return;
         }
-        let key = TopicKey::Room(room.clone());
-        let conv = Conversation::Room(room.clone());
-        // A resume holds the room's live frames back until the replay is queued.
+        if !self.admit(&id, &channel, fresh).await {
+            return;
+        }
+        let Keys {
+            topic: key,
+            conv,
+            presence: room,
+        } = keys(&channel);
+        // A resume holds the channel's live frames back until the replay is queued.
         let gate = since.map(|_| Arc::new(Gate::new(conv.deliver_subject())));
         if fresh {
             // Subscribe before reading the last sequence, so nothing stored after it is missed.
@@ -35,16 +109,16 @@ impl Session {
                 .hub
                 .join(key.clone(), self.outbox.clone(), gate.clone())
                 .await;
-            self.joined.insert(room.clone());
+            self.insert_joined(&channel);
         } else if gate.is_some() {
             self.state.hub.set_gate(&key, &self.outbox, gate.clone());
         }
         let last = match self.state.backlog.last_seq(&conv).await {
             Ok(last) => last,
             Err(e) => {
-                tracing::warn!(error = %e, %room, "join: stream unreachable");
+                tracing::warn!(error = %e, %channel, "join: stream unreachable");
                 if fresh {
-                    self.joined.remove(&room);
+                    self.forget_joined(&channel);
                     self.state.hub.leave(&key, self.outbox.conn());
                 } else if gate.is_some() {
                     self.state.hub.set_gate(&key, &self.outbox, None);
@@ -58,15 +132,17 @@ impl Session {
             }
         };
         let last_seq = last.seq;
-        // Announce this connection in the room, then read who is online (including itself).
+        // Announce this connection in the channel, then read who is online (including itself).
         let shared = self.outbox.shared.clone();
         let presence = self.state.presence.clone();
+        let is_group = matches!(channel, Channel::Group(_));
         presence.put_room(&room, &shared.user, &shared.conn).await;
         let (members, mut online_count) = presence
             .watch_capped(
                 WatchKey::Room(room.clone()),
                 self.outbox.clone(),
                 ONLINE_LIST_CAP,
+                is_group,
             )
             .await;
         let mut online: Vec<UserId> = members.into_iter().map(|p| p.user).collect();
@@ -81,28 +157,52 @@ impl Session {
                 online_count += 1;
             }
         }
+        let (room, group) = match channel {
+            Channel::Room(room) => (Some(room), None),
+            Channel::Group(group) => (None, Some(group)),
+        };
+        let joined = move |recovered| ServerFrame::Joined {
+            id,
+            room,
+            group,
+            last_seq,
+            recovered,
+            online,
+            online_count,
+        };
         match (since, gate) {
             (Some(since), Some(gate)) => {
                 self.replay(&key, &conv, since, last, &gate, |recovered| {
-                    ServerFrame::Joined {
-                        id,
-                        room,
-                        last_seq,
-                        recovered: Some(recovered),
-                        online,
-                        online_count,
-                    }
+                    joined(Some(recovered))
                 })
                 .await;
             }
-            _ => self.reply(ServerFrame::Joined {
-                id,
-                room,
-                last_seq,
-                recovered: None,
-                online,
-                online_count,
-            }),
+            _ => self.reply(joined(None)),
+        }
+    }
+
+    fn insert_joined(&mut self, channel: &Channel) {
+        match channel {
+            Channel::Room(room) => {
+                self.joined.insert(room.clone());
+            }
+            Channel::Group(group) => {
+                self.groups.insert(group.clone());
+            }
+        }
+    }
+
+    /// Forgets a joined channel (a group's pin included); returns whether it was joined.
+    fn forget_joined(&mut self, channel: &Channel) -> bool {
+        match channel {
+            Channel::Room(room) => self.joined.remove(room),
+            Channel::Group(group) => {
+                let was = self.groups.remove(group);
+                if was {
+                    self.state.groups.unpin(group);
+                }
+                was
+            }
         }
     }
 
@@ -203,20 +303,28 @@ impl Session {
         }
     }
 
-    /// `leave {room}`: the room's subscription, watch and presence key go with this connection.
-    pub(super) async fn leave(&mut self, id: Option<FrameId>, room: RoomId) {
-        if !self.joined.remove(&room) {
-            return self.error(id, ErrorCode::NotJoined, format!("not in room {room}"));
+    /// `leave {room | group}`: the channel's subscription, watch and presence key go with this
+    /// connection.
+    pub(super) async fn leave(&mut self, id: Option<FrameId>, channel: Channel) {
+        if !self.forget_joined(&channel) {
+            return self.error(id, ErrorCode::NotJoined, format!("not in {channel}"));
         }
-        self.state
-            .hub
-            .leave(&TopicKey::Room(room.clone()), self.outbox.conn());
+        let Keys {
+            topic,
+            presence: room,
+            ..
+        } = keys(&channel);
+        self.state.hub.leave(&topic, self.outbox.conn());
         let presence = &self.state.presence;
         presence.unwatch(&WatchKey::Room(room.clone()), self.outbox.conn());
         let shared = &self.outbox.shared;
         presence
             .delete_room(&room, &shared.user, &shared.conn)
             .await;
-        self.reply(ServerFrame::Left { id, room });
+        let (room, group) = match channel {
+            Channel::Room(room) => (Some(room), None),
+            Channel::Group(group) => (None, Some(group)),
+        };
+        self.reply(ServerFrame::Left { id, room, group });
     }
 }

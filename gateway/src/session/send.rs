@@ -30,11 +30,13 @@ impl Session {
     ) {
         let me = self.outbox.shared.user.clone();
         // Rooms are public: anyone may read a room's history without joining it. A thread is named
-        // by its other participant, so a user can only ever name a thread they are part of.
-        let (conv, room, with) = match target {
-            Target::Room(room) => (Conversation::Room(room.clone()), Some(room), None),
-            Target::User(other) => match Conversation::dm(me, other.clone()) {
-                Some(conv) => (conv, None, Some(other)),
+        // by its other participant, so a user can only ever name a thread they are part of. A
+        // group's history is for its members, checked below.
+        let (conv, room, group, with) = match target {
+            Target::Room(room) => (Conversation::Room(room.clone()), Some(room), None, None),
+            Target::Group(group) => (Conversation::Group(group.clone()), None, Some(group), None),
+            Target::User(other) => match Conversation::dm(me.clone(), other.clone()) {
+                Some(conv) => (conv, None, None, Some(other)),
                 None => {
                     return self.error(
                         id,
@@ -51,11 +53,22 @@ impl Session {
             limit,
         };
         let backlog = self.state.backlog.clone();
+        let groups = self.state.groups.clone();
         self.inflight.push(Box::pin(async move {
+            if let Some(group) = &group
+                && let Err(e) = groups.member_record(group, &me).await
+            {
+                return Done::Reply(ServerFrame::Error {
+                    id,
+                    code: e.code(),
+                    message: e.to_string(),
+                });
+            }
             let frame = match backlog.history(&req).await {
                 Ok((messages, more)) => ServerFrame::History {
                     id,
                     room,
+                    group,
                     with,
                     messages,
                     more,
@@ -104,6 +117,28 @@ impl Session {
                 );
             }
             Target::Room(room) => Conversation::Room(room.clone()),
+            // `not_joined` only for members: anyone else is `forbidden`, so ids cannot be probed.
+            Target::Group(group) if !self.groups.contains(group) => {
+                let (groups, group) = (self.state.groups.clone(), group.clone());
+                self.inflight.push(Box::pin(async move {
+                    let (code, message) = match groups.member_record(&group, &me).await {
+                        Ok(_) => (
+                            ErrorCode::NotJoined,
+                            format!("join group {group} before sending to it"),
+                        ),
+                        Err(e) => (e.code(), e.to_string()),
+                    };
+                    Done::Reply(ServerFrame::Error { id, code, message })
+                }));
+                return;
+            }
+            // Membership is checked against the gateway's copy of the group: no round trip.
+            Target::Group(group) => match self.state.groups.cached_record(group) {
+                Some(Some(record)) if record.is_member(&me) => Conversation::Group(group.clone()),
+                _ => {
+                    return self.error(id, ErrorCode::Forbidden, "not a member of this group");
+                }
+            },
             Target::User(to) => match Conversation::dm(me.clone(), to.clone()) {
                 Some(conv) => conv,
                 None => {

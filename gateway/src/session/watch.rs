@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 
 use protocol::frame::{MAX_WATCHED, PresenceTarget};
-use protocol::{ErrorCode, FrameId, RoomId, ServerFrame, UserId};
+use protocol::{ErrorCode, FrameId, GroupId, RoomId, ServerFrame, UserId};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -25,7 +25,19 @@ impl Session {
             self.outbox.shared.user.clone(),
             self.outbox.shared.conn.clone(),
         );
-        let rooms: Vec<RoomId> = self.joined.iter().cloned().collect();
+        let mut rooms: Vec<RoomId> = self.joined.iter().cloned().collect();
+        // A group this user has left keeps no presence key, though the connection still lists it.
+        let groups = &self.state.groups;
+        rooms.extend(
+            self.groups
+                .iter()
+                .filter(|g| {
+                    groups
+                        .cached_record(g)
+                        .is_some_and(|r| r.is_some_and(|r| r.is_member(&user)))
+                })
+                .map(GroupId::as_room),
+        );
         self.refreshing = Some(tokio::spawn(
             async move {
                 presence.put_conn(&user, &conn).await;
@@ -61,6 +73,7 @@ impl Session {
         for p in states.into_iter().flatten() {
             self.reply(ServerFrame::Presence {
                 room: None,
+                group: None,
                 user: p.user,
                 online: p.online,
                 last_seen: p.last_seen,
@@ -83,9 +96,21 @@ impl Session {
     }
 
     pub(super) async fn presence_query(&mut self, id: Option<FrameId>, target: PresenceTarget) {
-        let (room, keys) = match target {
-            PresenceTarget::Room(room) => (Some(room.clone()), vec![WatchKey::Room(room)]),
-            PresenceTarget::Users(users) => (None, users.into_iter().map(WatchKey::User).collect()),
+        let mut members = None;
+        let (room, group, keys) = match target {
+            PresenceTarget::Room(room) => (Some(room.clone()), None, vec![WatchKey::Room(room)]),
+            PresenceTarget::Group(group) => {
+                let me = &self.outbox.shared.user;
+                match self.state.groups.member_record(&group, me).await {
+                    Ok(record) => members = Some(record),
+                    Err(e) => return self.error(id, e.code(), e.to_string()),
+                }
+                let key = WatchKey::Room(group.as_room());
+                (None, Some(group), vec![key])
+            }
+            PresenceTarget::Users(users) => {
+                (None, None, users.into_iter().map(WatchKey::User).collect())
+            }
         };
         let mut users = Vec::new();
         for key in keys {
@@ -101,6 +126,15 @@ impl Session {
                 }
             }
         }
-        self.reply(ServerFrame::PresenceState { id, room, users });
+        // A connection of a user who just left may not have deleted its key yet.
+        if let Some(record) = members {
+            users.retain(|p| record.is_member(&p.user));
+        }
+        self.reply(ServerFrame::PresenceState {
+            id,
+            room,
+            group,
+            users,
+        });
     }
 }

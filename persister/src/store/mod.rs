@@ -9,10 +9,10 @@ pub mod scylla;
 pub mod sqlite;
 
 use futures_util::future::BoxFuture;
-use protocol::frame::MessageFrame;
+use protocol::frame::Item;
 use protocol::history::{HistoryRequest, MAX_LIMIT};
 use protocol::subject::Conversation;
-use protocol::{RoomId, StoredMessage, UserId};
+use protocol::{GroupId, RoomId, StoredMessage, UserId};
 
 pub use self::scylla::ScyllaStore;
 pub use self::sqlite::SqliteStore;
@@ -94,7 +94,7 @@ impl PageQuery {
 /// One page of history, in ascending `seq` order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Page {
-    pub messages: Vec<MessageFrame>,
+    pub messages: Vec<Item>,
     /// Further messages exist beyond the page in the paging direction.
     pub more: bool,
 }
@@ -172,7 +172,7 @@ async fn page_via_scan<S: Store + ?Sized>(store: &S, q: &PageQuery) -> Result<Pa
                 .map(|i| rows.get(i + 1).map_or(0, |r| r.seq))
                 .collect();
             rows.truncate(limit);
-            let mut messages: Vec<MessageFrame> = rows
+            let mut messages: Vec<Item> = rows
                 .into_iter()
                 .zip(prevs)
                 .map(|(r, prev)| frame(r.msg, r.seq, prev))
@@ -208,14 +208,16 @@ async fn page_via_scan<S: Store + ?Sized>(store: &S, q: &PageQuery) -> Result<Pa
     }
 }
 
-fn frame(msg: StoredMessage, seq: u64, prev_seq: u64) -> MessageFrame {
-    MessageFrame::from_stored(msg, seq, prev_seq)
+fn frame(msg: StoredMessage, seq: u64, prev_seq: u64) -> Item {
+    Item::from_stored(msg, seq, prev_seq)
 }
 
-/// The key a conversation is stored under: `room.<room>` or `dm.<lo>.<hi>` (ids never contain a dot).
+/// The key a conversation is stored under: `room.<room>`, `group.<group>` or `dm.<lo>.<hi>` (ids
+/// never contain a dot).
 pub fn conv_key(conv: &Conversation) -> String {
     match conv {
         Conversation::Room(r) => format!("room.{r}"),
+        Conversation::Group(g) => format!("group.{g}"),
         Conversation::Dm { lo, hi } => format!("dm.{lo}.{hi}"),
     }
 }
@@ -225,6 +227,7 @@ pub fn conv_from_key(key: &str) -> Option<Conversation> {
     let mut parts = key.split('.');
     let conv = match (parts.next()?, parts.next()?, parts.next()) {
         ("room", r, None) => Conversation::Room(RoomId::parse(r).ok()?),
+        ("group", g, None) => Conversation::Group(GroupId::parse(g).ok()?),
         ("dm", lo, Some(hi)) => Conversation::dm(UserId::parse(lo).ok()?, UserId::parse(hi).ok()?)?,
         _ => return None,
     };
@@ -237,6 +240,10 @@ pub struct MessageColumns {
     pub sender: String,
     pub room: Option<String>,
     pub recipient: Option<String>,
+    /// Column `grp`: the group of a group's message or event.
+    pub group: Option<String>,
+    /// A group event as JSON (`protocol::group::GroupEvent`).
+    pub event: Option<String>,
     pub text: String,
     pub client_msg_id: String,
     pub ts: i64,
@@ -248,6 +255,11 @@ impl MessageColumns {
             sender: m.from.to_string(),
             room: m.room.as_ref().map(ToString::to_string),
             recipient: m.to.as_ref().map(ToString::to_string),
+            group: m.group.as_ref().map(ToString::to_string),
+            event: m
+                .event
+                .as_ref()
+                .map(|e| serde_json::to_string(e).unwrap_or_default()),
             text: m.text.clone(),
             client_msg_id: m.client_msg_id.to_string(),
             ts: i64::try_from(m.ts).unwrap_or(i64::MAX),
@@ -261,6 +273,12 @@ impl MessageColumns {
             from: UserId::parse(self.sender).map_err(bad)?,
             room: self.room.map(RoomId::parse).transpose().map_err(bad)?,
             to: self.recipient.map(UserId::parse).transpose().map_err(bad)?,
+            group: self.group.map(GroupId::parse).transpose().map_err(bad)?,
+            event: self
+                .event
+                .map(|e| serde_json::from_str(&e))
+                .transpose()
+                .map_err(|e| StoreError::Corrupt(format!("event: {e}")))?,
             text: self.text,
             client_msg_id: protocol::ClientMsgId::parse(self.client_msg_id).map_err(bad)?,
             ts: u64::try_from(self.ts)
@@ -297,6 +315,9 @@ mod tests {
         assert_eq!(conv_from_key("room.general"), Some(room));
         assert_eq!(conv_from_key("dm.alice.bob"), Some(dm));
         assert_eq!(conv_from_key("room.a.b"), None);
+        let group = Conversation::Group(GroupId::parse("team").unwrap());
+        assert_eq!(conv_key(&group), "group.team");
+        assert_eq!(conv_from_key("group.team"), Some(group));
         assert_eq!(conv_from_key("dm.a.a"), None);
     }
 

@@ -46,7 +46,8 @@ pub fn schema_cql(keyspace: &str, replication: &str) -> Vec<String> {
         format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.messages (conv text, bucket bigint, seq bigint, \
-             sender text, room text, recipient text, text text, client_msg_id text, ts bigint, \
+             sender text, room text, recipient text, grp text, event text, text text, \
+             client_msg_id text, ts bigint, \
              PRIMARY KEY ((conv, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)"
         ),
         format!(
@@ -76,13 +77,13 @@ pub struct StatementsCql {
 
 impl StatementsCql {
     pub fn new(ks: &str) -> Self {
-        let cols = "seq, sender, room, recipient, text, client_msg_id, ts";
+        let cols = "seq, sender, room, recipient, text, client_msg_id, ts, grp, event";
         let range = "WHERE conv = ? AND bucket = ? AND seq > ? AND seq < ?";
         let brange = "WHERE conv = ? AND bucket >= ? AND bucket <= ?";
         Self {
             insert_message: format!(
-                "INSERT INTO {ks}.messages (conv, bucket, seq, sender, room, recipient, text, \
-                 client_msg_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)"
+                "INSERT INTO {ks}.messages (conv, bucket, seq, sender, room, recipient, grp, \
+                 event, text, client_msg_id, ts) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
             ),
             insert_bucket: format!("INSERT INTO {ks}.conv_buckets (conv, bucket) VALUES (?, ?)"),
             scan_desc: format!(
@@ -119,6 +120,8 @@ pub struct MessageRow {
     pub sender: String,
     pub room: MaybeUnset<String>,
     pub recipient: MaybeUnset<String>,
+    pub grp: MaybeUnset<String>,
+    pub event: MaybeUnset<String>,
     pub text: String,
     pub client_msg_id: String,
     pub ts: i64,
@@ -134,6 +137,8 @@ pub struct ReadRow {
     pub text: String,
     pub client_msg_id: String,
     pub ts: i64,
+    pub grp: Option<String>,
+    pub event: Option<String>,
 }
 
 impl MessageRow {
@@ -147,6 +152,8 @@ impl MessageRow {
             sender: c.sender,
             room: unset(c.room),
             recipient: unset(c.recipient),
+            grp: unset(c.group),
+            event: unset(c.event),
             text: c.text,
             client_msg_id: c.client_msg_id,
             ts: c.ts,
@@ -163,6 +170,8 @@ impl ReadRow {
                 sender: self.sender,
                 room: self.room,
                 recipient: self.recipient,
+                group: self.grp,
+                event: self.event,
                 text: self.text,
                 client_msg_id: self.client_msg_id,
                 ts: self.ts,
@@ -466,6 +475,8 @@ mod tests {
                 from: UserId::parse("alice").unwrap(),
                 room: room.map(|r| RoomId::parse(r).unwrap()),
                 to: to.map(|t| UserId::parse(t).unwrap()),
+                group: None,
+                event: None,
                 text: "hi".into(),
                 client_msg_id: ClientMsgId::parse("c1").unwrap(),
                 ts: 42,
@@ -680,6 +691,8 @@ mod tests {
             sender: row.sender.clone(),
             room: Some("general".into()),
             recipient: None,
+            grp: None,
+            event: None,
             text: row.text.clone(),
             client_msg_id: row.client_msg_id.clone(),
             ts: row.ts,
@@ -706,6 +719,8 @@ mod tests {
             sender: "not valid".into(),
             room: None,
             recipient: None,
+            grp: None,
+            event: None,
             text: String::new(),
             client_msg_id: "c".into(),
             ts: 0,
@@ -719,6 +734,8 @@ mod tests {
             sender: "a".into(),
             room: None,
             recipient: None,
+            grp: None,
+            event: None,
             text: String::new(),
             client_msg_id: "c".into(),
             ts: 0,

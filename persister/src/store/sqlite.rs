@@ -30,6 +30,8 @@ CREATE TABLE IF NOT EXISTS messages (
     sender        TEXT    NOT NULL,
     room          TEXT,
     recipient     TEXT,
+    grp           TEXT,
+    event         TEXT,
     text          TEXT    NOT NULL,
     client_msg_id TEXT    NOT NULL,
     ts            INTEGER NOT NULL,
@@ -45,10 +47,15 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 ";
 
 const INSERT_MESSAGE: &str = "INSERT OR IGNORE INTO messages
-    (conv, seq, sender, room, recipient, text, client_msg_id, ts) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)";
-const SCAN_ASC: &str = "SELECT seq, sender, room, recipient, text, client_msg_id, ts FROM messages
+    (conv, seq, sender, room, recipient, grp, event, text, client_msg_id, ts)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+/// Columns added since the first schema, each added on open to a database that lacks it.
+const ADDED_COLUMNS: [(&str, &str); 2] = [("grp", "TEXT"), ("event", "TEXT")];
+const SCAN_ASC: &str =
+    "SELECT seq, sender, room, recipient, text, client_msg_id, ts, grp, event FROM messages
     WHERE conv = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4";
-const SCAN_DESC: &str = "SELECT seq, sender, room, recipient, text, client_msg_id, ts FROM messages
+const SCAN_DESC: &str =
+    "SELECT seq, sender, room, recipient, text, client_msg_id, ts, grp, event FROM messages
     WHERE conv = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq DESC LIMIT ?4";
 
 /// A history store in one SQLite file.
@@ -88,6 +95,7 @@ impl SqliteStore {
         writer.pragma_update(None, "journal_mode", "WAL")?;
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.execute_batch(SCHEMA)?;
+        migrate(&writer)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -170,6 +178,8 @@ impl Store for SqliteStore {
                             c.sender,
                             c.room,
                             c.recipient,
+                            c.group,
+                            c.event,
                             c.text,
                             c.client_msg_id,
                             c.ts
@@ -213,6 +223,8 @@ impl Store for SqliteStore {
                             text: row.get(4)?,
                             client_msg_id: row.get(5)?,
                             ts: row.get(6)?,
+                            group: row.get(7)?,
+                            event: row.get(8)?,
                         },
                     ))
                 })?;
@@ -292,9 +304,90 @@ impl Store for SqliteStore {
 }
 
 /// Milliseconds since the Unix epoch.
+/// Adds the columns of [`ADDED_COLUMNS`] that a database made by an older version lacks.
+fn migrate(db: &Connection) -> rusqlite::Result<()> {
+    let mut stmt = db.prepare("SELECT name FROM pragma_table_info('messages')")?;
+    let have: Vec<String> = stmt
+        .query_map([], |row| row.get(0))?
+        .collect::<Result<_, _>>()?;
+    for (name, kind) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            db.execute_batch(&format!("ALTER TABLE messages ADD COLUMN {name} {kind}"))?;
+        }
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use protocol::{GroupId, RoomId, UserId};
+
+    // Proves a database made before groups existed gains their columns on open, keeps its rows, and
+    // then stores a group's events.
+    #[tokio::test]
+    async fn an_old_database_is_migrated() {
+        let dir = testkit::temp_dir("sqlite-migrate").unwrap();
+        let path = dir.path().join("old.db");
+        {
+            let db = Connection::open(&path).unwrap();
+            db.execute_batch(
+                "CREATE TABLE messages (conv TEXT NOT NULL, seq INTEGER NOT NULL, sender TEXT NOT NULL,
+                 room TEXT, recipient TEXT, text TEXT NOT NULL, client_msg_id TEXT NOT NULL,
+                 ts INTEGER NOT NULL, PRIMARY KEY (conv, seq)) WITHOUT ROWID;
+                 INSERT INTO messages VALUES ('room.r', 1, 'alice', 'r', NULL, 'old', 'c1', 5);",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        let room = Conversation::Room(RoomId::parse("r").unwrap());
+        let old = store
+            .scan(&room, 0, u64::MAX, Order::Ascending, 10)
+            .await
+            .unwrap();
+        assert_eq!(old.len(), 1);
+        assert_eq!(old[0].msg.text, "old");
+        let group = Conversation::Group(GroupId::parse("g").unwrap());
+        let event = protocol::group::GroupEvent {
+            kind: protocol::group::EventKind::Renamed,
+            users: vec![],
+            name: Some("新".into()),
+            role: None,
+            owner: None,
+        };
+        let msg = protocol::StoredMessage {
+            from: UserId::parse("alice").unwrap(),
+            room: None,
+            to: None,
+            group: Some(GroupId::parse("g").unwrap()),
+            event: Some(Box::new(event)),
+            text: String::new(),
+            client_msg_id: protocol::ClientMsgId::parse("ev-1").unwrap(),
+            ts: 6,
+        };
+        let record = Record {
+            conv: group.clone(),
+            seq: 2,
+            msg,
+        };
+        store
+            .write_batch(std::slice::from_ref(&record))
+            .await
+            .unwrap();
+        drop(store);
+        // Opening again finds the columns there and adds nothing.
+        let store = SqliteStore::open(&path).await.unwrap();
+        let got = store
+            .scan(&group, 0, u64::MAX, Order::Ascending, 10)
+            .await
+            .unwrap();
+        assert_eq!(got, [record]);
+    }
 }

@@ -26,6 +26,8 @@ pub fn room_msg(room: &str, from: &str, cmid: &str) -> StoredMessage {
         from: UserId::parse(from).unwrap(),
         room: Some(RoomId::parse(room).unwrap()),
         to: None,
+        group: None,
+        event: None,
         text: format!("text of {cmid}"),
         client_msg_id: ClientMsgId::parse(cmid).unwrap(),
         ts: 1_700_000_000_000,
