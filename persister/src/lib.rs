@@ -3,12 +3,14 @@
 //! - [`consumer`]: a durable pull consumer that writes batches idempotently and acks after commit.
 //! - [`store`]: the [`Store`](store::Store) trait and its SQLite and ScyllaDB backends.
 //! - [`service`]: the NATS history service, with coalescing of identical concurrent requests.
+//! - [`conv_service`]: the NATS conversation service (conversation lists, read state).
 //! - [`http`] and [`metrics`]: `/healthz`, `/readyz`, `/metrics`.
 //!
 //! Only the persister knows the store: gateways ask it over NATS and stay database-free.
 
 pub mod config;
 pub mod consumer;
+pub mod conv_service;
 pub mod http;
 pub mod metrics;
 pub mod service;
@@ -85,7 +87,13 @@ pub async fn run(
         ready,
         stop.clone(),
     );
-    let service = service::serve(nats.clone(), store, metrics, stop.clone());
+    let service = async {
+        tokio::try_join!(
+            service::serve(nats.clone(), store.clone(), metrics, stop.clone()),
+            conv_service::serve(nats.clone(), store, stop.clone()),
+        )
+        .map(|_| ())
+    };
 
     // Everything runs inside this future (no detached tasks), so aborting `run` is a clean crash.
     // Whichever part ends first stops the others.

@@ -12,6 +12,13 @@ use crate::ids::UserId;
 pub enum UserControl {
     /// The user logged out or was revoked: every gateway closes the user's sockets with 4001.
     Logout,
+    /// Pushes `frame`, a server frame's JSON (`read_state`, `receipt`), to every connection of the
+    /// user but `except`, the one that caused it.
+    Deliver {
+        frame: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        except: Option<crate::ids::ConnId>,
+    },
 }
 
 /// Subject of the content-check service, served by auth (where the WeChat credentials are).

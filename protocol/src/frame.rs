@@ -78,6 +78,13 @@ pub enum Channel {
     Group(GroupId),
 }
 
+/// A conversation with read state: a group, or the direct-message thread with one user.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum ConvTarget {
+    Group(GroupId),
+    With(UserId),
+}
+
 impl std::fmt::Display for Channel {
     /// `room <id>` or `group <id>`, for error messages.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -156,6 +163,23 @@ pub enum ClientFrame {
     },
     GroupInfo {
         group: GroupId,
+    },
+    /// A page of the user's conversation list.
+    Conversations {
+        limit: u32,
+        before: Option<u64>,
+    },
+    /// Marks a conversation read up to `seq`.
+    Read {
+        target: ConvTarget,
+        seq: u64,
+    },
+    ConversationHide {
+        target: ConvTarget,
+    },
+    GroupReceipts {
+        group: GroupId,
+        seq: u64,
     },
 }
 
@@ -274,6 +298,25 @@ struct GroupRoleBody {
     group: String,
     user: String,
     role: Role,
+}
+
+#[derive(Deserialize)]
+struct ConversationsBody {
+    limit: Option<u32>,
+    before: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct ConvBody {
+    group: Option<String>,
+    with: Option<String>,
+    seq: Option<u64>,
+}
+
+#[derive(Deserialize)]
+struct GroupSeqBody {
+    group: String,
+    seq: u64,
 }
 
 #[derive(Deserialize)]
@@ -463,6 +506,43 @@ impl ClientFrame {
                     role: b.role,
                 }
             }
+            "conversations" => {
+                let b: ConversationsBody = serde_json::from_str(text).map_err(body)?;
+                let limit = b.limit.unwrap_or(crate::conv::DEFAULT_LIST);
+                if !(1..=crate::conv::MAX_LIST).contains(&limit) {
+                    return Err(bad(
+                        ErrorCode::BadRequest,
+                        format!("limit must be 1..={}", crate::conv::MAX_LIST),
+                    ));
+                }
+                ClientFrame::Conversations {
+                    limit,
+                    before: b.before,
+                }
+            }
+            "read" | "conversation_hide" => {
+                let b: ConvBody = serde_json::from_str(text).map_err(body)?;
+                let target = match (b.group, b.with) {
+                    (Some(g), None) => ConvTarget::Group(group(g)?),
+                    (None, Some(w)) => ConvTarget::With(user(w)?),
+                    _ => return Err(one_of("`group` and `with`")),
+                };
+                if kind == "read" {
+                    let Some(seq) = b.seq else {
+                        return Err(bad(ErrorCode::BadRequest, "read needs `seq`".into()));
+                    };
+                    ClientFrame::Read { target, seq }
+                } else {
+                    ClientFrame::ConversationHide { target }
+                }
+            }
+            "group_receipts" => {
+                let b: GroupSeqBody = serde_json::from_str(text).map_err(body)?;
+                ClientFrame::GroupReceipts {
+                    group: group(b.group)?,
+                    seq: b.seq,
+                }
+            }
             "group_rename" => {
                 let b: GroupRenameBody = serde_json::from_str(text).map_err(body)?;
                 ClientFrame::GroupRename {
@@ -508,6 +588,12 @@ pub enum ServerFrame {
         online: Vec<UserId>,
         /// How many members are online in all.
         online_count: usize,
+        /// For a group: the user's read position and unread count (absent if the conversation
+        /// service did not answer).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read_seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
     },
     Resumed {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -515,6 +601,10 @@ pub enum ServerFrame {
         with: UserId,
         last_seq: u64,
         recovered: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        read_seq: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        unread: Option<u64>,
     },
     /// A presence change (or, right after `watch`, the current state).
     Presence {
@@ -589,6 +679,59 @@ pub enum ServerFrame {
     /// another device.
     Removed {
         group: GroupId,
+    },
+    Conversations {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        items: Vec<crate::conv::ConvItem>,
+        more: bool,
+    },
+    /// The answer to `read`.
+    Read {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+        read_seq: u64,
+        unread: u64,
+    },
+    /// The user read a conversation on another connection.
+    ReadState {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+        read_seq: u64,
+        unread: u64,
+    },
+    /// Someone else read a conversation: in a thread, `with` is the reader; in a group, `user` is.
+    Receipt {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        user: Option<UserId>,
+        read_seq: u64,
+    },
+    ConversationHidden {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+    },
+    GroupReceipts {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        group: GroupId,
+        seq: u64,
+        /// The current members who have read up to `seq`, sorted.
+        users: Vec<UserId>,
+        count: usize,
     },
     Error {
         #[serde(skip_serializing_if = "Option::is_none")]

@@ -3,12 +3,13 @@
 //! Everything that crosses a process boundary is defined here: the JSON frames a client exchanges with a
 //! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), stream `CHAT` ([`stream`]), the
 //! MessagePack payload stored in JetStream ([`stored`]), the id newtypes that carry their own
-//! validation ([`ids`]), the presence key schema ([`presence`]), the rules and record of private groups ([`group`]), and the HTTP envelope and login
+//! validation ([`ids`]), the presence key schema ([`presence`]), the rules and record of private groups ([`group`]), and the conversation list and read state service ([`conv`]), the HTTP envelope and login
 //! replies of the services ([`api`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
 pub mod api;
 pub mod control;
+pub mod conv;
 pub mod frame;
 pub mod group;
 pub mod history;

@@ -7,8 +7,10 @@
 
 pub mod scylla;
 pub mod sqlite;
+mod sqlite_convs;
 
 use futures_util::future::BoxFuture;
+use protocol::conv::{ConvItem, ReadState};
 use protocol::frame::Item;
 use protocol::history::{HistoryRequest, MAX_LIMIT};
 use protocol::subject::Conversation;
@@ -125,6 +127,8 @@ pub enum StoreError {
     Corrupt(String),
     #[error("a store worker thread panicked")]
     Worker,
+    #[error("this store does not support {0} yet")]
+    Unsupported(&'static str),
 }
 
 /// A history store. Every write is idempotent, keyed by (conversation, seq) or, for dead letters, by seq.
@@ -150,6 +154,40 @@ pub trait Store: Send + Sync {
 
     /// Number of stored messages of `conv` (for operators and tests; may be slow).
     fn count<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64>;
+
+    /// A page of `user`'s conversation list (threads and groups), newest activity first, with
+    /// activity below `before`; and whether more follow.
+    fn conversations<'a>(
+        &'a self,
+        user: &'a UserId,
+        limit: u32,
+        before: Option<u64>,
+    ) -> StoreFuture<'a, (Vec<ConvItem>, bool)>;
+
+    /// `user`'s read position and unread count in `conv`.
+    fn read_state<'a>(
+        &'a self,
+        user: &'a UserId,
+        conv: &'a Conversation,
+    ) -> StoreFuture<'a, ReadState>;
+
+    /// Moves `user`'s read position in `conv` up to `seq` (never back, clamped to the newest item);
+    /// returns the state and whether it moved.
+    fn mark_read<'a>(
+        &'a self,
+        user: &'a UserId,
+        conv: &'a Conversation,
+        seq: u64,
+    ) -> StoreFuture<'a, (ReadState, bool)>;
+
+    /// The newest seq of `conv` that the conversation index holds (0 for none).
+    fn newest<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64>;
+
+    /// Takes `conv` out of `user`'s list until its next message.
+    fn hide<'a>(&'a self, user: &'a UserId, conv: &'a Conversation) -> StoreFuture<'a, ()>;
+
+    /// The current members of `conv` whose read position is at `seq` or beyond, sorted.
+    fn readers<'a>(&'a self, conv: &'a Conversation, seq: u64) -> StoreFuture<'a, Vec<UserId>>;
 
     /// One page with the semantics of [`HistoryRequest`].
     fn page<'a>(&'a self, q: &'a PageQuery) -> StoreFuture<'a, Page> {

@@ -10,6 +10,8 @@
 
 use std::collections::BTreeSet;
 
+use protocol::UserId;
+use protocol::conv::{ConvItem, ReadState};
 use protocol::subject::Conversation;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
@@ -458,6 +460,46 @@ impl Store for ScyllaStore {
                 }
             }
         })
+    }
+
+    // The conversation index is built for SQLite only so far (docs/persister.md); ScyllaDB answers
+    // these with an error the services pass on as `unavailable`.
+    fn conversations<'a>(
+        &'a self,
+        _user: &'a UserId,
+        _limit: u32,
+        _before: Option<u64>,
+    ) -> StoreFuture<'a, (Vec<ConvItem>, bool)> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
+    fn read_state<'a>(
+        &'a self,
+        _user: &'a UserId,
+        _conv: &'a Conversation,
+    ) -> StoreFuture<'a, ReadState> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
+    fn mark_read<'a>(
+        &'a self,
+        _user: &'a UserId,
+        _conv: &'a Conversation,
+        _seq: u64,
+    ) -> StoreFuture<'a, (ReadState, bool)> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
+    fn newest<'a>(&'a self, _conv: &'a Conversation) -> StoreFuture<'a, u64> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
+    fn hide<'a>(&'a self, _user: &'a UserId, _conv: &'a Conversation) -> StoreFuture<'a, ()> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
+    fn readers<'a>(&'a self, _conv: &'a Conversation, _seq: u64) -> StoreFuture<'a, Vec<UserId>> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
     }
 }
 

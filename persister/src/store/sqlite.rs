@@ -9,12 +9,14 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use protocol::UserId;
+use protocol::conv::{ConvItem, ReadState};
 use protocol::subject::Conversation;
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::{
     DeadLetter, MessageColumns, Order, Record, Store, StoreError, StoreFuture, conv_key,
-    seq_from_i64, seq_to_i64,
+    seq_from_i64, seq_to_i64, sqlite_convs,
 };
 
 /// Reader connections; history reads run in parallel up to this many.
@@ -32,6 +34,7 @@ CREATE TABLE IF NOT EXISTS messages (
     recipient     TEXT,
     grp           TEXT,
     event         TEXT,
+    ord           INTEGER,
     text          TEXT    NOT NULL,
     client_msg_id TEXT    NOT NULL,
     ts            INTEGER NOT NULL,
@@ -47,10 +50,11 @@ CREATE TABLE IF NOT EXISTS dead_letters (
 ";
 
 const INSERT_MESSAGE: &str = "INSERT OR IGNORE INTO messages
-    (conv, seq, sender, room, recipient, grp, event, text, client_msg_id, ts)
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
-/// Columns added since the first schema, each added on open to a database that lacks it.
-const ADDED_COLUMNS: [(&str, &str); 2] = [("grp", "TEXT"), ("event", "TEXT")];
+    (conv, seq, sender, room, recipient, grp, event, text, client_msg_id, ts, ord)
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+/// Columns added since the first schema, each added on open to a database that lacks it. `ord` is
+/// the conversation index's message count (`sqlite_convs`); rows from before it have none.
+const ADDED_COLUMNS: [(&str, &str); 3] = [("grp", "TEXT"), ("event", "TEXT"), ("ord", "INTEGER")];
 const SCAN_ASC: &str =
     "SELECT seq, sender, room, recipient, text, client_msg_id, ts, grp, event FROM messages
     WHERE conv = ?1 AND seq > ?2 AND seq < ?3 ORDER BY seq ASC LIMIT ?4";
@@ -96,6 +100,7 @@ impl SqliteStore {
         writer.pragma_update(None, "synchronous", "FULL")?;
         writer.execute_batch(SCHEMA)?;
         migrate(&writer)?;
+        writer.execute_batch(sqlite_convs::SCHEMA)?;
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let r = Connection::open_with_flags(
@@ -159,6 +164,7 @@ impl Store for SqliteStore {
                     conv_key(&r.conv),
                     seq_to_i64(r.seq)?,
                     MessageColumns::from_msg(&r.msg),
+                    sqlite_convs::indexed(&r.conv).then(|| (r.conv.clone(), r.msg.clone())),
                 ))
             })
             .collect();
@@ -171,7 +177,20 @@ impl Store for SqliteStore {
                 let tx = conn.transaction()?;
                 {
                     let mut stmt = tx.prepare_cached(INSERT_MESSAGE)?;
-                    for (conv, seq, c) in &rows {
+                    for (conv, seq, c, index) in &rows {
+                        // A thread's or group's message is indexed once: a redelivered one is at
+                        // or below the conversation's newest and changes nothing.
+                        let mut ord = None;
+                        let mut prev = 0;
+                        if index.is_some() {
+                            let (last, count) = sqlite_convs::head(&tx, conv)?;
+                            if *seq > last {
+                                let is_message =
+                                    index.as_ref().is_some_and(|(_, m)| m.event.is_none());
+                                ord = Some(count + i64::from(is_message));
+                                prev = last;
+                            }
+                        }
                         stmt.execute(params![
                             conv,
                             seq,
@@ -182,8 +201,12 @@ impl Store for SqliteStore {
                             c.event,
                             c.text,
                             c.client_msg_id,
-                            c.ts
+                            c.ts,
+                            ord
                         ])?;
+                        if let (Some(ord), Some((conv, msg))) = (ord, index) {
+                            sqlite_convs::apply(&tx, conv, *seq, ord, prev, msg)?;
+                        }
                     }
                 }
                 tx.commit()?;
@@ -301,9 +324,52 @@ impl Store for SqliteStore {
             Ok(n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0))
         }))
     }
+
+    fn conversations<'a>(
+        &'a self,
+        user: &'a UserId,
+        limit: u32,
+        before: Option<u64>,
+    ) -> StoreFuture<'a, (Vec<ConvItem>, bool)> {
+        let user = user.clone();
+        Box::pin(self.read(move |db| sqlite_convs::list(db, &user, limit, before)))
+    }
+
+    fn read_state<'a>(
+        &'a self,
+        user: &'a UserId,
+        conv: &'a Conversation,
+    ) -> StoreFuture<'a, ReadState> {
+        let (user, conv) = (user.clone(), conv.clone());
+        Box::pin(self.read(move |db| sqlite_convs::state(db, &user, &conv)))
+    }
+
+    fn mark_read<'a>(
+        &'a self,
+        user: &'a UserId,
+        conv: &'a Conversation,
+        seq: u64,
+    ) -> StoreFuture<'a, (ReadState, bool)> {
+        let (user, conv) = (user.clone(), conv.clone());
+        Box::pin(self.write(move |db| sqlite_convs::mark_read(db, &user, &conv, seq)))
+    }
+
+    fn newest<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64> {
+        let conv = conv.clone();
+        Box::pin(self.read(move |db| sqlite_convs::newest(db, &conv)))
+    }
+
+    fn hide<'a>(&'a self, user: &'a UserId, conv: &'a Conversation) -> StoreFuture<'a, ()> {
+        let (user, conv) = (user.clone(), conv.clone());
+        Box::pin(self.write(move |db| sqlite_convs::hide(db, &user, &conv)))
+    }
+
+    fn readers<'a>(&'a self, conv: &'a Conversation, seq: u64) -> StoreFuture<'a, Vec<UserId>> {
+        let conv = conv.clone();
+        Box::pin(self.read(move |db| sqlite_convs::readers(db, &conv, seq)))
+    }
 }
 
-/// Milliseconds since the Unix epoch.
 /// Adds the columns of [`ADDED_COLUMNS`] that a database made by an older version lacks.
 fn migrate(db: &Connection) -> rusqlite::Result<()> {
     let mut stmt = db.prepare("SELECT name FROM pragma_table_info('messages')")?;
@@ -318,6 +384,7 @@ fn migrate(db: &Connection) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Milliseconds since the Unix epoch.
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
