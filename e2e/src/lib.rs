@@ -21,7 +21,20 @@ pub struct Persister {
 impl Persister {
     /// A persister on a fresh SQLite file, consuming the stream of `stack`'s nats-server.
     pub async fn start(stack: &Stack) -> Persister {
-        let dir = testkit::temp_dir("liaotian-history").unwrap();
+        Self::start_in(stack, testkit::temp_dir("liaotian-history").unwrap()).await
+    }
+
+    /// Stops this persister and starts another on the same SQLite file, as a restart would.
+    pub async fn restart(mut self, stack: &Stack) -> Persister {
+        let dir = std::mem::replace(&mut self.dir, testkit::temp_dir("liaotian-gone").unwrap());
+        self.task.abort();
+        let _ = (&mut self.task).await;
+        drop(self);
+        Self::start_in(stack, dir).await
+    }
+
+    /// A persister on the SQLite file `history.db` in `dir`.
+    pub async fn start_in(stack: &Stack, dir: testkit::TempDir) -> Persister {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = persister::Config {
             nats_url: stack.nats.url(),

@@ -94,6 +94,8 @@ pub struct Config {
     pub max_rooms_per_conn: usize,
     /// `GROUP_MAX_MEMBERS`: members a group may have.
     pub group_max_members: usize,
+    /// `GROUP_RECEIPT_LIMIT`: groups up to this size get live receipts.
+    pub group_receipt_limit: usize,
     /// `GATEWAY_RATE_PER_SEC`.
     pub rate_per_sec: f64,
     /// `GATEWAY_RATE_BURST`.
@@ -153,6 +155,7 @@ impl Default for Config {
             max_text_chars: DEFAULT_MAX_TEXT_CHARS,
             max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
             group_max_members: protocol::group::DEFAULT_MAX_MEMBERS,
+            group_receipt_limit: protocol::conv::DEFAULT_RECEIPT_LIMIT,
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             rate_burst: DEFAULT_RATE_BURST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -217,6 +220,9 @@ impl Config {
         }
         if let Some(n) = env.positive("GROUP_MAX_MEMBERS") {
             c.group_max_members = usize_of(n);
+        }
+        if let Some(n) = env.positive("GROUP_RECEIPT_LIMIT") {
+            c.group_receipt_limit = usize_of(n);
         }
         if let Some(n) = env.positive("GATEWAY_RATE_PER_SEC") {
             c.rate_per_sec = n as f64;
@@ -320,6 +326,7 @@ mod tests {
         assert_eq!(c.max_text_chars, 4000);
         assert_eq!(c.max_rooms_per_conn, 50);
         assert_eq!(c.group_max_members, 500);
+        assert_eq!(c.group_receipt_limit, 100);
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));

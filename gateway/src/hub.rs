@@ -675,6 +675,15 @@ impl TopicTask {
 /// Applies a control command to every local connection of a user.
 fn control(members: &Members, msg: &async_nats::Message) {
     match serde_json::from_slice::<UserControl>(&msg.payload) {
+        Ok(UserControl::Deliver { frame, except }) => {
+            let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let frame = Utf8Bytes::from(frame);
+            for m in snapshot.iter() {
+                if except.as_ref() != Some(m.outbox.conn()) {
+                    m.outbox.push(Outbound::Text(frame.clone()));
+                }
+            }
+        }
         Ok(UserControl::Logout) => {
             let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
             tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");

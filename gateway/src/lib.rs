@@ -13,6 +13,7 @@ pub mod backlog;
 pub mod config;
 pub mod conn;
 pub mod content;
+pub mod convs;
 pub mod groups;
 pub mod hub;
 pub mod keys;

@@ -31,6 +31,7 @@ use crate::ratelimit::TokenBucket;
 use crate::state::AppState;
 use crate::writer::Writer;
 
+mod convs;
 mod groups;
 mod rooms;
 mod send;
@@ -400,6 +401,10 @@ impl Session {
             | ClientFrame::GroupRole { .. }
             | ClientFrame::GroupRename { .. }
             | ClientFrame::GroupInfo { .. }) => self.group_frame(id, frame),
+            frame @ (ClientFrame::Conversations { .. }
+            | ClientFrame::Read { .. }
+            | ClientFrame::ConversationHide { .. }
+            | ClientFrame::GroupReceipts { .. }) => self.conv_frame(id, frame),
             frame => return Some(Step::Async(id, frame)),
         }
         None

@@ -157,6 +157,11 @@ impl Session {
                 online_count += 1;
             }
         }
+        // A group's read position, from the conversation service (open rooms have none).
+        let read = match channel {
+            Channel::Group(_) => super::convs::read_state(&self.state, &shared.user, &conv).await,
+            Channel::Room(_) => None,
+        };
         let (room, group) = match channel {
             Channel::Room(room) => (Some(room), None),
             Channel::Group(group) => (None, Some(group)),
@@ -169,6 +174,8 @@ impl Session {
             recovered,
             online,
             online_count,
+            read_seq: read.map(|r| r.read_seq),
+            unread: read.map(|r| r.unread),
         };
         match (since, gate) {
             (Some(since), Some(gate)) => {
@@ -233,12 +240,16 @@ impl Session {
             }
         };
         let last_seq = last.seq;
+        let me = self.outbox.shared.user.clone();
+        let read = super::convs::read_state(&self.state, &me, &conv).await;
         self.replay(&key, &conv, since, last, &gate, |recovered| {
             ServerFrame::Resumed {
                 id,
                 with,
                 last_seq,
                 recovered,
+                read_seq: read.map(|r| r.read_seq),
+                unread: read.map(|r| r.unread),
             }
         })
         .await;
