@@ -55,12 +55,14 @@ pub struct StackOptions {
 /// Environment the bench gives the persister: quiet logs; everything else is its default.
 pub const PERSISTER_BENCH_ENV: &[(&str, &str)] = &[("RUST_LOG", "warn")];
 
-/// Environment the bench gives every gateway before `gateway_env`: quiet logs, and a rate limit
-/// high enough that a fan-out publisher is not throttled (the limit is policy, not capacity).
+/// Environment the bench gives every gateway before `gateway_env`: quiet logs, a rate limit high
+/// enough that a fan-out publisher is not throttled (the limit is policy, not capacity), and
+/// presence open to all, since the presence scenarios watch users who never wrote to each other.
 pub const GATEWAY_BENCH_ENV: &[(&str, &str)] = &[
     ("RUST_LOG", "warn"),
     ("GATEWAY_RATE_PER_SEC", "100000"),
     ("GATEWAY_RATE_BURST", "100000"),
+    ("GATEWAY_PRESENCE_PRIVACY", "open"),
 ];
 
 /// Environment the bench gives nats-server before `nats_env`: the Go collector runs only when the

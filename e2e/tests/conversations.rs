@@ -414,3 +414,52 @@ async fn a_list_of_a_thousand_conversations_pages_correctly() {
     let again = list_all(&mut me, 37).await;
     assert_eq!(again, all);
 }
+
+#[tokio::test]
+async fn presence_is_shown_only_to_those_who_share_a_thread_or_a_group() {
+    let stack = Stack::start();
+    let g1 = stack.gateway_with(stack.config_unlimited()).await;
+    let _persister = Persister::start(&stack).await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    let _bob = stack.connect(&g1, "bob").await;
+    let _carol = stack.connect(&g1, "carol").await;
+    let _dave = stack.connect(&g1, "dave").await;
+    send_to(&mut alice, ("to", "bob"), "hi").await;
+    ask(
+        &mut alice,
+        json!({"type":"group_create","group":"pals","name":"Pals","members":["carol"]}),
+        "group",
+    )
+    .await;
+    // The persister has indexed both once alice's list shows them.
+    list_until(&mut alice, |l| l.len() == 2).await;
+    alice
+        .send(json!({"type":"watch","users":["bob","carol","dave"],"id":"w"}))
+        .await
+        .unwrap();
+    let mut seen = std::collections::BTreeMap::new();
+    loop {
+        let v = alice.recv().await.unwrap();
+        match v["type"].as_str() {
+            Some("presence") => {
+                seen.insert(v["user"].as_str().unwrap().to_owned(), v["online"].clone());
+            }
+            Some("watched") => {
+                assert_eq!(v["watching"], 3);
+                break;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen["bob"], true, "a thread");
+    assert_eq!(seen["carol"], true, "a group");
+    assert_eq!(seen["dave"], false, "a stranger shows as offline");
+    let q = ask(
+        &mut alice,
+        json!({"type":"presence_query","users":["dave","bob"]}),
+        "presence_state",
+    )
+    .await;
+    assert_eq!(q["users"][0], json!({"user":"dave","online":false}), "{q}");
+    assert_eq!(q["users"][1]["online"], true, "{q}");
+}

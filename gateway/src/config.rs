@@ -138,8 +138,21 @@ pub struct Config {
     pub dm_subscription: DmSubscription,
     /// `GATEWAY_ROOM_PRESENCE`: `shared` (default) or `per-room`.
     pub room_presence: RoomPresenceWatch,
+    /// `GATEWAY_PRESENCE_PRIVACY`: `contacts` (default) or `open`.
+    pub presence_privacy: PresencePrivacy,
     /// Stream `CHAT` settings.
     pub stream: StreamSettings,
+}
+
+/// Whose presence `watch` and `presence_query {users}` reveal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PresencePrivacy {
+    /// Only users who share a direct thread or a group with the asker; others show as offline.
+    #[default]
+    Contacts,
+    /// Anyone's (for deployments where every user may see every other, and for tests of the
+    /// presence machinery itself).
+    Open,
 }
 
 impl Default for Config {
@@ -176,6 +189,7 @@ impl Default for Config {
             presence_room_event_limit: crate::presence::DEFAULT_ROOM_EVENT_LIMIT,
             dm_subscription: DmSubscription::default(),
             room_presence: RoomPresenceWatch::default(),
+            presence_privacy: PresencePrivacy::default(),
             stream: StreamSettings::default(),
         }
     }
@@ -282,6 +296,9 @@ impl Config {
         if let Some(i) = env.mode("GATEWAY_ROOM_PRESENCE", &["shared", "per-room"]) {
             c.room_presence = [RoomPresenceWatch::Shared, RoomPresenceWatch::PerRoom][i];
         }
+        if let Some(i) = env.mode("GATEWAY_PRESENCE_PRIVACY", &["contacts", "open"]) {
+            c.presence_privacy = [PresencePrivacy::Contacts, PresencePrivacy::Open][i];
+        }
         c.tls_cert = env.string("GATEWAY_TLS_CERT");
         c.tls_key = env.string("GATEWAY_TLS_KEY");
         if c.tls_cert.is_some() != c.tls_key.is_some() {
@@ -327,6 +344,7 @@ mod tests {
         assert_eq!(c.max_rooms_per_conn, 50);
         assert_eq!(c.group_max_members, 500);
         assert_eq!(c.group_receipt_limit, 100);
+        assert_eq!(c.presence_privacy, PresencePrivacy::Contacts);
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));

@@ -11,10 +11,13 @@ use testkit::WsClient;
 const TTL: Duration = Duration::from_secs(2);
 const GRACE: Duration = Duration::from_secs(1);
 
+/// Presence among strangers: these tests are about the presence machinery, not about whose
+/// presence a user may see (that is `e2e/tests/conversations.rs`, with a persister).
 fn config(stack: &Stack) -> gateway::Config {
     gateway::Config {
         presence_ttl: TTL,
         presence_grace: GRACE,
+        presence_privacy: gateway::config::PresencePrivacy::Open,
         ..stack.config()
     }
 }

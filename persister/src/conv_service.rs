@@ -109,6 +109,10 @@ pub async fn answer(store: &dyn Store, body: &[u8]) -> ConvReply {
             };
             store.hide(&user, &conv).await.map(|()| ConvReply::Hidden)
         }
+        ConvRequest::Contacts { user, among } => store
+            .contacts(&user, &among)
+            .await
+            .map(|users| ConvReply::Contacts { users }),
         ConvRequest::Readers { conv, seq } => {
             let conv = match conv_of(&conv) {
                 Ok(c) => c,

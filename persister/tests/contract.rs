@@ -407,6 +407,21 @@ async fn conv_suite(store: &dyn Store, tag: &str) {
     );
     assert_eq!(items[0].unread, 1);
 
+    // Contacts: a thread with a message, or a group both are current members of.
+    let among: Vec<UserId> = [&alice, &bob, &carol, &dave, &"stranger".to_owned()]
+        .iter()
+        .map(|s| u(s))
+        .collect();
+    assert_eq!(
+        store.contacts(&u(&bob), &among).await.unwrap(),
+        vec![u(&alice), u(&bob), u(&dave)],
+        "carol left the group, and bob never wrote to her"
+    );
+    assert_eq!(
+        store.contacts(&u(&carol), &among).await.unwrap(),
+        vec![u(&carol)]
+    );
+
     // Paging: 30 threads, in pages of 7, each once, newest first.
     let pager = format!("pager{tag}");
     let threads: Vec<Record> = (0..30)

@@ -48,6 +48,8 @@ pub enum ConvRequest {
     Hide { user: UserId, conv: ConvRef },
     /// The current members of `conv` who have read up to `seq` or further.
     Readers { conv: ConvRef, seq: u64 },
+    /// Which of `among` share a direct thread or a group with `user` (for presence privacy).
+    Contacts { user: UserId, among: Vec<UserId> },
 }
 
 /// A user's read position in one conversation.
@@ -96,6 +98,9 @@ pub enum ConvReply {
     },
     Hidden,
     Readers {
+        users: Vec<UserId>,
+    },
+    Contacts {
         users: Vec<UserId>,
     },
     Error {

@@ -70,6 +70,8 @@ impl Gateway {
             nats_url,
             presence_ttl: ttl,
             presence_grace: grace,
+            // The watcher watches users who never wrote to it.
+            presence_privacy: gateway::config::PresencePrivacy::Open,
             ..gateway::Config::default()
         };
         let (tx, rx) = oneshot::channel();

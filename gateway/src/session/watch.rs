@@ -8,7 +8,13 @@ use protocol::{ErrorCode, FrameId, GroupId, RoomId, ServerFrame, UserId};
 use tokio::time::Instant;
 use tracing::Instrument;
 
+use protocol::conv::{ConvReply, ConvRequest};
+use protocol::frame::PresenceEntry;
+
 use super::{Session, refresh_period};
+use crate::config::PresencePrivacy;
+use crate::convs::{self, CONV_TIMEOUT};
+use crate::state::AppState;
 use crate::presence::WatchKey;
 
 impl Session {
@@ -61,16 +67,31 @@ impl Session {
                 format!("a connection may watch at most {MAX_WATCHED} users"),
             );
         }
+        // Strangers count as watched, show as offline once, and are never followed.
+        let list: Vec<UserId> = new.iter().cloned().collect();
+        let (state, me) = (self.state.clone(), self.outbox.shared.user.clone());
+        let contacts = contacts(&state, &me, &list).await;
+        let strangers: Vec<UserId> = list
+            .iter()
+            .filter(|u| !contacts.contains(u))
+            .cloned()
+            .collect();
         // The watches start together: each waits for its own snapshot (a consumer created at the
         // server), and one after another, 200 of them took seconds.
         let presence = self.state.presence.clone();
         let states = futures_util::future::join_all(
-            new.iter()
+            contacts
+                .iter()
                 .map(|user| presence.watch(WatchKey::User(user.clone()), self.outbox.clone())),
         )
         .await;
         self.watched.extend(new);
-        for p in states.into_iter().flatten() {
+        let offline = strangers.into_iter().map(|user| PresenceEntry {
+            user,
+            online: false,
+            last_seen: None,
+        });
+        for p in states.into_iter().flatten().chain(offline) {
             self.reply(ServerFrame::Presence {
                 room: None,
                 group: None,
@@ -97,6 +118,7 @@ impl Session {
 
     pub(super) async fn presence_query(&mut self, id: Option<FrameId>, target: PresenceTarget) {
         let mut members = None;
+        let mut hidden: HashSet<UserId> = HashSet::new();
         let (room, group, keys) = match target {
             PresenceTarget::Room(room) => (Some(room.clone()), None, vec![WatchKey::Room(room)]),
             PresenceTarget::Group(group) => {
@@ -109,6 +131,11 @@ impl Session {
                 (None, Some(group), vec![key])
             }
             PresenceTarget::Users(users) => {
+                let (state, me) = (self.state.clone(), self.outbox.shared.user.clone());
+                let contacts = contacts(&state, &me, &users).await;
+                for stranger in users.iter().filter(|u| !contacts.contains(u)) {
+                    hidden.insert(stranger.clone());
+                }
                 (None, None, users.into_iter().map(WatchKey::User).collect())
             }
         };
@@ -126,6 +153,10 @@ impl Session {
                 }
             }
         }
+        for p in users.iter_mut().filter(|p| hidden.contains(&p.user)) {
+            p.online = false;
+            p.last_seen = None;
+        }
         // A connection of a user who just left may not have deleted its key yet.
         if let Some(record) = members {
             users.retain(|p| record.is_member(&p.user));
@@ -137,4 +168,29 @@ impl Session {
             users,
         });
     }
+}
+
+/// Those of `users` whose presence this user may see: with `GATEWAY_PRESENCE_PRIVACY=contacts`,
+/// those who share a thread or a group with them (asked of the conversation service, and
+/// nobody else if it does not answer: privacy fails closed).
+async fn contacts(state: &AppState, me: &UserId, users: &[UserId]) -> HashSet<UserId> {
+    if state.config.presence_privacy == PresencePrivacy::Open || users.is_empty() {
+        return users.iter().cloned().collect();
+    }
+    let req = ConvRequest::Contacts {
+        user: me.clone(),
+        among: users.to_vec(),
+    };
+    let mut out: HashSet<UserId> = match convs::ask(&state.nats, &req, CONV_TIMEOUT).await {
+        Ok(ConvReply::Contacts { users }) => users.into_iter().collect(),
+        Ok(_) => HashSet::new(),
+        Err(e) => {
+            tracing::warn!(error = %e, "contacts unknown; presence shows them offline");
+            HashSet::new()
+        }
+    };
+    if users.contains(me) {
+        out.insert(me.clone());
+    }
+    out
 }

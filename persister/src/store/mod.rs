@@ -189,6 +189,14 @@ pub trait Store: Send + Sync {
     /// The current members of `conv` whose read position is at `seq` or beyond, sorted.
     fn readers<'a>(&'a self, conv: &'a Conversation, seq: u64) -> StoreFuture<'a, Vec<UserId>>;
 
+    /// Those of `among` who share a direct thread (one with a message) or a group (both current
+    /// members) with `user`, in the order given.
+    fn contacts<'a>(
+        &'a self,
+        user: &'a UserId,
+        among: &'a [UserId],
+    ) -> StoreFuture<'a, Vec<UserId>>;
+
     /// One page with the semantics of [`HistoryRequest`].
     fn page<'a>(&'a self, q: &'a PageQuery) -> StoreFuture<'a, Page> {
         Box::pin(page_via_scan(self, q))

@@ -498,6 +498,14 @@ impl Store for ScyllaStore {
         Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
     }
 
+    fn contacts<'a>(
+        &'a self,
+        _user: &'a UserId,
+        _among: &'a [UserId],
+    ) -> StoreFuture<'a, Vec<UserId>> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
     fn readers<'a>(&'a self, _conv: &'a Conversation, _seq: u64) -> StoreFuture<'a, Vec<UserId>> {
         Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
     }

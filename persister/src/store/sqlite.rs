@@ -364,6 +364,15 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |db| sqlite_convs::hide(db, &user, &conv)))
     }
 
+    fn contacts<'a>(
+        &'a self,
+        user: &'a UserId,
+        among: &'a [UserId],
+    ) -> StoreFuture<'a, Vec<UserId>> {
+        let (user, among) = (user.clone(), among.to_vec());
+        Box::pin(self.read(move |db| sqlite_convs::contacts(db, &user, &among)))
+    }
+
     fn readers<'a>(&'a self, conv: &'a Conversation, seq: u64) -> StoreFuture<'a, Vec<UserId>> {
         let conv = conv.clone();
         Box::pin(self.read(move |db| sqlite_convs::readers(db, &conv, seq)))

@@ -250,6 +250,31 @@ pub fn readers(db: &Connection, conv: &Conversation, seq: u64) -> Result<Vec<Use
     Ok(out)
 }
 
+/// Those of `among` who share a thread or a group with `user`, in the order given.
+pub fn contacts(db: &Connection, user: &UserId, among: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+    let mut stmt = db.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM conv_members WHERE user = ?1 AND conv = ?3)
+             OR EXISTS (SELECT 1 FROM conv_members a
+                        JOIN conv_members b ON b.user = ?2 AND b.conv = a.conv
+                        WHERE a.user = ?1 AND a.conv LIKE 'group.%'
+                          AND a.left_seq IS NULL AND b.left_seq IS NULL)",
+    )?;
+    let mut out = Vec::new();
+    for other in among {
+        let shared = match Conversation::dm(user.clone(), other.clone()) {
+            Some(dm) => stmt.query_row(params![user.as_str(), other.as_str(), conv_key(&dm)], |r| {
+                r.get::<_, bool>(0)
+            })?,
+            // Oneself.
+            None => true,
+        };
+        if shared {
+            out.push(other.clone());
+        }
+    }
+    Ok(out)
+}
+
 /// A page of `user`'s list: conversations with activity below `before`, newest first; and whether
 /// more follow.
 pub fn list(
