@@ -48,10 +48,37 @@ impl Persister {
         let task = tokio::spawn(persister::run(listener, config, async {
             let _ = rx.await;
         }));
+        wait_for_services(stack).await;
         Persister {
             dir,
             _stop: tx,
             task,
+        }
+    }
+}
+
+/// Waits until a persister answers the history and conversation services, so a test's first
+/// request does not meet "no responders".
+async fn wait_for_services(stack: &Stack) {
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let probes = [
+        (
+            protocol::history::HISTORY_SUBJECT,
+            r#"{"conv":{"room":"probe"},"limit":1}"#,
+        ),
+        (
+            protocol::conv::CONV_SUBJECT,
+            r#"{"group_counts":{"users":[]}}"#,
+        ),
+    ];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    for (subject, body) in probes {
+        while nats.request(subject, body.into()).await.is_err() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the persister's {subject} service did not start"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
     }
 }

@@ -502,3 +502,73 @@ async fn roles_ownership_limits_and_bad_input() {
         "an empty group keeps its id: {again}"
     );
 }
+
+#[tokio::test]
+async fn a_user_belongs_to_at_most_the_configured_number_of_groups() {
+    let stack = Stack::start();
+    let g1 = stack
+        .gateway_with(gateway::Config {
+            group_max_per_user: 2,
+            ..stack.config_unlimited()
+        })
+        .await;
+    let _persister = Persister::start(&stack).await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    let mut zed = stack.connect(&g1, "zed").await;
+    create(&mut alice, "one", &["zed"]).await;
+    create(&mut zed, "two", &[]).await;
+    // The counts come from the persister's index: wait until zed's list shows both.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let l = ask(&mut zed, json!({"type":"conversations"}), "conversations").await;
+        if l["items"].as_array().is_some_and(|i| i.len() == 2) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{l}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let r = ask(
+        &mut alice,
+        json!({"type":"group_create","group":"three","name":"x","members":["zed"]}),
+        "group",
+    )
+    .await;
+    assert_eq!(code(&r), "bad_request", "{r}");
+    assert!(
+        r["message"]
+            .as_str()
+            .unwrap()
+            .contains("zed is in 2 groups"),
+        "{r}"
+    );
+    create(&mut alice, "four", &[]).await;
+    let r = ask(
+        &mut alice,
+        json!({"type":"group_add","group":"four","users":["zed"]}),
+        "group",
+    )
+    .await;
+    assert_eq!(code(&r), "bad_request", "{r}");
+    // Leaving one makes room again.
+    ask(
+        &mut zed,
+        json!({"type":"group_quit","group":"two"}),
+        "group",
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = ask(
+            &mut alice,
+            json!({"type":"group_add","group":"four","users":["zed"]}),
+            "group",
+        )
+        .await;
+        if r["type"] == "group" {
+            assert_eq!(r["member_count"], 2);
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -94,6 +94,8 @@ pub struct Config {
     pub max_rooms_per_conn: usize,
     /// `GROUP_MAX_MEMBERS`: members a group may have.
     pub group_max_members: usize,
+    /// `GROUP_MAX_PER_USER`: groups one user may belong to.
+    pub group_max_per_user: usize,
     /// `GROUP_RECEIPT_LIMIT`: groups up to this size get live receipts.
     pub group_receipt_limit: usize,
     /// `GATEWAY_RATE_PER_SEC`.
@@ -169,6 +171,7 @@ impl Default for Config {
             max_rooms_per_conn: DEFAULT_MAX_ROOMS_PER_CONN,
             group_max_members: protocol::group::DEFAULT_MAX_MEMBERS,
             group_receipt_limit: protocol::conv::DEFAULT_RECEIPT_LIMIT,
+            group_max_per_user: protocol::group::DEFAULT_MAX_GROUPS_PER_USER,
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             rate_burst: DEFAULT_RATE_BURST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -234,6 +237,9 @@ impl Config {
         }
         if let Some(n) = env.positive("GROUP_MAX_MEMBERS") {
             c.group_max_members = usize_of(n);
+        }
+        if let Some(n) = env.positive("GROUP_MAX_PER_USER") {
+            c.group_max_per_user = usize_of(n);
         }
         if let Some(n) = env.positive("GROUP_RECEIPT_LIMIT") {
             c.group_receipt_limit = usize_of(n);
@@ -344,6 +350,7 @@ mod tests {
         assert_eq!(c.max_rooms_per_conn, 50);
         assert_eq!(c.group_max_members, 500);
         assert_eq!(c.group_receipt_limit, 100);
+        assert_eq!(c.group_max_per_user, 1000);
         assert_eq!(c.presence_privacy, PresencePrivacy::Contacts);
         assert_eq!(c.heartbeat, Duration::from_millis(25_000));
         assert_eq!(c.idle_timeout, Duration::from_secs(60));

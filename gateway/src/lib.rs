@@ -120,7 +120,10 @@ pub async fn run(
         config.stream.replicas,
         publisher.clone(),
         backlog.clone(),
-        config.group_max_members,
+        groups::Limits {
+            members: config.group_max_members,
+            per_user: config.group_max_per_user,
+        },
     )
     .await?;
     let groups_watch = groups.start_watch(reconnects.clone());

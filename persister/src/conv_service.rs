@@ -113,6 +113,10 @@ pub async fn answer(store: &dyn Store, body: &[u8]) -> ConvReply {
             .contacts(&user, &among)
             .await
             .map(|users| ConvReply::Contacts { users }),
+        ConvRequest::GroupCounts { users } => store
+            .group_counts(&users)
+            .await
+            .map(|counts| ConvReply::GroupCounts { counts }),
         ConvRequest::Readers { conv, seq } => {
             let conv = match conv_of(&conv) {
                 Ok(c) => c,

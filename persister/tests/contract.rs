@@ -422,6 +422,14 @@ async fn conv_suite(store: &dyn Store, tag: &str) {
         vec![u(&carol)]
     );
 
+    assert_eq!(
+        store
+            .group_counts(&[u(&alice), u(&carol), u(&dave), u("stranger")])
+            .await
+            .unwrap(),
+        vec![1, 0, 1, 0]
+    );
+
     // Paging: 30 threads, in pages of 7, each once, newest first.
     let pager = format!("pager{tag}");
     let threads: Vec<Record> = (0..30)

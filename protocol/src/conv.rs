@@ -50,6 +50,8 @@ pub enum ConvRequest {
     Readers { conv: ConvRef, seq: u64 },
     /// Which of `among` share a direct thread or a group with `user` (for presence privacy).
     Contacts { user: UserId, among: Vec<UserId> },
+    /// How many groups each of `users` is a current member of, in the order given.
+    GroupCounts { users: Vec<UserId> },
 }
 
 /// A user's read position in one conversation.
@@ -102,6 +104,9 @@ pub enum ConvReply {
     },
     Contacts {
         users: Vec<UserId>,
+    },
+    GroupCounts {
+        counts: Vec<u64>,
     },
     Error {
         message: String,

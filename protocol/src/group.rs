@@ -18,6 +18,8 @@ pub const BUCKET: &str = "groups";
 pub const RECORD_WILDCARD: &str = "g.>";
 /// Members a group may have, unless configured otherwise (`GROUP_MAX_MEMBERS`): a WeChat group's size.
 pub const DEFAULT_MAX_MEMBERS: usize = 500;
+/// Groups a user may belong to at once, unless configured otherwise (`GROUP_MAX_PER_USER`).
+pub const DEFAULT_MAX_GROUPS_PER_USER: usize = 1000;
 /// Longest group name, in characters.
 pub const MAX_NAME_CHARS: usize = 64;
 /// Most users one `group_create`, `group_add` or `group_remove` frame may name.

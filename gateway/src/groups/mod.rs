@@ -80,7 +80,18 @@ pub struct Groups {
     publisher: Publisher,
     backlog: Backlog,
     cache: Cache,
-    max_members: usize,
+    limits: Limits,
+    /// For the per-user group count, which the conversation service knows.
+    nats: async_nats::Client,
+}
+
+/// The sizes groups are held to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// `GROUP_MAX_MEMBERS`.
+    pub members: usize,
+    /// `GROUP_MAX_PER_USER`.
+    pub per_user: usize,
 }
 
 impl Groups {
@@ -90,7 +101,7 @@ impl Groups {
         replicas: usize,
         publisher: Publisher,
         backlog: Backlog,
-        max_members: usize,
+        limits: Limits,
     ) -> anyhow::Result<Self> {
         let mut last = None;
         for attempt in 0..ENSURE_ATTEMPTS {
@@ -114,7 +125,8 @@ impl Groups {
                         publisher,
                         backlog,
                         cache: Cache::default(),
-                        max_members,
+                        limits,
+                        nats: js.client(),
                     });
                 }
                 Err(e) => {
@@ -138,8 +150,37 @@ impl Groups {
         tokio::spawn(self.cache.clone().follow(self.kv.clone(), reconnects))
     }
 
-    pub fn max_members(&self) -> usize {
-        self.max_members
+    pub fn limits(&self) -> Limits {
+        self.limits
+    }
+
+    /// Refuses `users` joining a group if one of them is in `GROUP_MAX_PER_USER` groups already.
+    /// The counts come from the conversation index, which lags the stream by the persister's
+    /// backlog: changes racing each other may pass the limit by a few.
+    async fn check_per_user(&self, users: &[UserId]) -> Result<(), GroupError> {
+        use protocol::conv::{ConvReply, ConvRequest};
+        let req = ConvRequest::GroupCounts {
+            users: users.to_vec(),
+        };
+        let counts = match crate::convs::ask(&self.nats, &req, crate::convs::CONV_TIMEOUT).await {
+            Ok(ConvReply::GroupCounts { counts }) => counts,
+            Ok(_) => {
+                return Err(unavailable(
+                    "unexpected answer from the conversation service",
+                ));
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
+        let max = self.limits.per_user;
+        for (user, n) in users.iter().zip(counts) {
+            if usize::try_from(n).unwrap_or(usize::MAX) >= max {
+                return Err(RuleError::Invalid(format!(
+                    "{user} is in {max} groups, the most a user may belong to"
+                ))
+                .into());
+            }
+        }
+        Ok(())
     }
 
     /// Groups cached on this gateway.
@@ -206,7 +247,9 @@ impl Groups {
         members: Vec<UserId>,
     ) -> Result<(GroupId, Record), GroupError> {
         let now = now_ms();
-        let (mut record, event) = Record::create(name, by.clone(), members, self.max_members, now)?;
+        let (mut record, event) =
+            Record::create(name, by.clone(), members, self.limits.members, now)?;
+        self.check_per_user(&event.users).await?;
         let id = match id {
             Some(id) => id,
             None => GroupId::parse(format!("g{}", nuid::next()))
@@ -264,7 +307,10 @@ impl Groups {
                 }
                 continue;
             }
-            let (mut next, event) = record.decide(by, change.clone(), self.max_members)?;
+            let (mut next, event) = record.decide(by, change.clone(), self.limits.members)?;
+            if event.kind == group::EventKind::Added {
+                self.check_per_user(&event.users).await?;
+            }
             next.pending = Some(Pending {
                 by: by.clone(),
                 ts: now_ms(),

@@ -14,8 +14,8 @@ use protocol::frame::PresenceEntry;
 use super::{Session, refresh_period};
 use crate::config::PresencePrivacy;
 use crate::convs::{self, CONV_TIMEOUT};
-use crate::state::AppState;
 use crate::presence::WatchKey;
+use crate::state::AppState;
 
 impl Session {
     /// Refreshes this connection's presence keys, at most every third of their TTL, in the background.

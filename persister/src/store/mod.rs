@@ -197,6 +197,9 @@ pub trait Store: Send + Sync {
         among: &'a [UserId],
     ) -> StoreFuture<'a, Vec<UserId>>;
 
+    /// How many groups each of `users` is a current member of, in the order given.
+    fn group_counts<'a>(&'a self, users: &'a [UserId]) -> StoreFuture<'a, Vec<u64>>;
+
     /// One page with the semantics of [`HistoryRequest`].
     fn page<'a>(&'a self, q: &'a PageQuery) -> StoreFuture<'a, Page> {
         Box::pin(page_via_scan(self, q))

@@ -506,6 +506,10 @@ impl Store for ScyllaStore {
         Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
     }
 
+    fn group_counts<'a>(&'a self, _users: &'a [UserId]) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    }
+
     fn readers<'a>(&'a self, _conv: &'a Conversation, _seq: u64) -> StoreFuture<'a, Vec<UserId>> {
         Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
     }

@@ -373,6 +373,11 @@ impl Store for SqliteStore {
         Box::pin(self.read(move |db| sqlite_convs::contacts(db, &user, &among)))
     }
 
+    fn group_counts<'a>(&'a self, users: &'a [UserId]) -> StoreFuture<'a, Vec<u64>> {
+        let users = users.to_vec();
+        Box::pin(self.read(move |db| sqlite_convs::group_counts(db, &users)))
+    }
+
     fn readers<'a>(&'a self, conv: &'a Conversation, seq: u64) -> StoreFuture<'a, Vec<UserId>> {
         let conv = conv.clone();
         Box::pin(self.read(move |db| sqlite_convs::readers(db, &conv, seq)))

@@ -251,7 +251,11 @@ pub fn readers(db: &Connection, conv: &Conversation, seq: u64) -> Result<Vec<Use
 }
 
 /// Those of `among` who share a thread or a group with `user`, in the order given.
-pub fn contacts(db: &Connection, user: &UserId, among: &[UserId]) -> Result<Vec<UserId>, StoreError> {
+pub fn contacts(
+    db: &Connection,
+    user: &UserId,
+    among: &[UserId],
+) -> Result<Vec<UserId>, StoreError> {
     let mut stmt = db.prepare_cached(
         "SELECT EXISTS (SELECT 1 FROM conv_members WHERE user = ?1 AND conv = ?3)
              OR EXISTS (SELECT 1 FROM conv_members a
@@ -262,15 +266,30 @@ pub fn contacts(db: &Connection, user: &UserId, among: &[UserId]) -> Result<Vec<
     let mut out = Vec::new();
     for other in among {
         let shared = match Conversation::dm(user.clone(), other.clone()) {
-            Some(dm) => stmt.query_row(params![user.as_str(), other.as_str(), conv_key(&dm)], |r| {
-                r.get::<_, bool>(0)
-            })?,
+            Some(dm) => stmt
+                .query_row(params![user.as_str(), other.as_str(), conv_key(&dm)], |r| {
+                    r.get::<_, bool>(0)
+                })?,
             // Oneself.
             None => true,
         };
         if shared {
             out.push(other.clone());
         }
+    }
+    Ok(out)
+}
+
+/// How many groups each of `users` is a current member of.
+pub fn group_counts(db: &Connection, users: &[UserId]) -> Result<Vec<u64>, StoreError> {
+    let mut stmt = db.prepare_cached(
+        "SELECT COUNT(*) FROM conv_members
+         WHERE user = ?1 AND conv LIKE 'group.%' AND left_seq IS NULL",
+    )?;
+    let mut out = Vec::with_capacity(users.len());
+    for u in users {
+        let n: i64 = stmt.query_row(params![u.as_str()], |r| r.get(0))?;
+        out.push(u64::try_from(n).unwrap_or(0));
     }
     Ok(out)
 }
