@@ -1,5 +1,6 @@
 // Two headless-Chromium pages log in through the dev page, join one room, chat and send a direct
-// message, against the real dev stack started by `xtask dev --no-build` (nats-server, auth, gateway,
+// message; then one creates a group with the other, who sees it in the conversation list with an
+// unread badge, opens it, and so sends the receipt the first one sees; against the real dev stack started by `xtask dev --no-build` (nats-server, auth, gateway,
 // persister). `cargo xtask test` has built the binaries already, so the wait below covers only the
 // stack starting; if the start fails, the stack's own output is in the error.
 import { test, before, after } from "node:test";
@@ -137,4 +138,35 @@ test("two pages chat in a room and exchange a direct message", async () => {
   assert.match(await dm.textContent(), /bob → alice/);
   // The sender's page shows its own direct message too.
   await bob.waitForSelector("li.msg:has-text('a secret for alice')");
+});
+
+test("a group appears in the member's list with its unread count, and opening it sends a receipt", async () => {
+  const alice = await openAs("alice");
+  const bob = await openAs("bob");
+  await alice.fill("#group-name", "Web team");
+  await alice.fill("#group-members", "bob");
+  await alice.click("#group-create");
+  const item = "#conv-list button.conv:has-text('Web team')";
+  await alice.waitForSelector(item);
+  await alice.click(item);
+  await alice.waitForSelector("#log li:has-text('joined group')");
+  await alice.fill("#text", "welcome to the group");
+  await alice.click("#send");
+  await alice.waitForSelector("li.msg:has-text('welcome to the group')");
+
+  // Bob's list shows the group with one unread message.
+  const badge = await bob.waitForSelector(`${item} .badge:has-text('1')`);
+  assert.equal(await badge.textContent(), "1");
+  await bob.click(item);
+  await bob.waitForSelector("#log li:has-text('joined group')");
+  // Opening it read it: alice sees bob's receipt, and bob's badge is gone.
+  await alice.waitForSelector("li.receipt:has-text('read by bob')");
+  await bob.waitForFunction(() => {
+    const b = [...document.querySelectorAll("#conv-list button.conv")].find((e) => e.textContent.includes("Web team"));
+    return b && !b.querySelector(".badge");
+  });
+  // And the conversation continues live for both.
+  await bob.fill("#text", "thanks");
+  await bob.click("#send");
+  await alice.waitForSelector("li.msg:has-text('thanks')");
 });

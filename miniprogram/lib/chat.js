@@ -4,7 +4,8 @@
 // chat.v1 subprotocol; an app-level ping every heartbeat (mini-programs cannot send WebSocket pings);
 // reconnect with exponential backoff and full jitter; on every (re)connect, rejoin each room with
 // `since` = the last seq seen and resume each DM thread the same way; a queue of unsent messages, resent
-// with their client_msg_id until acked (the gateway stores a resend once).
+// with their client_msg_id until acked (the gateway stores a resend once). Groups are joined and
+// resumed like rooms; the conversation list, reads and group changes are requests answered by id.
 
 'use strict';
 
@@ -31,6 +32,9 @@ class ChatClient {
   constructor({ wx, auth, url, heartbeatMs = 25000, backoffBaseMs = 500, backoffMaxMs = 30000, random = Math.random }) {
     Object.assign(this, { wx, auth, url, heartbeatMs, backoffBaseMs, backoffMaxMs, random });
     this.rooms = new Map(); // room -> last seq seen (0: none yet)
+    this.groups = new Map(); // group -> last seq seen (0: none yet)
+    this.requests = new Map(); // frame id -> {resolve, reject}
+    this.requestN = 0;
     this.dms = new Map(); // partner -> last seq seen
     this.seen = new Map(); // conversation key -> Set of recent seqs, for dedupe
     this.outbox = this.loadOutbox(); // [{frame, resolve, reject}] in send order
@@ -77,7 +81,41 @@ class ChatClient {
     this.sendJoin(room);
   }
 
-  /** Queues a message; resolves with its ack. `target` is {room} or {to}. */
+  joinGroup(group) {
+    if (!this.groups.has(group)) this.groups.set(group, 0);
+    this.sendJoin(group, 'group');
+  }
+
+  /** Sends `frame` now and resolves with the reply that carries its id (rejects on `error`). */
+  request(frame) {
+    this.requestN += 1;
+    const id = `q-${this.requestN}`;
+    return new Promise((resolve, reject) => {
+      if (!this.raw({ ...frame, id })) {
+        reject(Object.assign(new Error('not connected'), { code: 'offline' }));
+        return;
+      }
+      this.requests.set(id, { resolve, reject });
+    });
+  }
+
+  /** A page of the conversation list: {items, more}. */
+  conversations(limit = 50, before) {
+    const frame = { type: 'conversations', limit };
+    if (before) frame.before = before;
+    return this.request(frame);
+  }
+
+  /** Marks `target` ({group} or {with}) read up to `seq`; resolves with {read_seq, unread}. */
+  read(target, seq) {
+    return this.request({ type: 'read', ...target, seq });
+  }
+
+  createGroup(name, members) {
+    return this.request({ type: 'group_create', name, members });
+  }
+
+  /** Queues a message; resolves with its ack. `target` is {room}, {group} or {to}. */
   send(target, text) {
     if (target.to && !this.dms.has(target.to)) this.dms.set(target.to, 0);
     const frame = { type: 'send', ...target, text, client_msg_id: newClientMsgId() };
@@ -181,9 +219,9 @@ class ChatClient {
     return true;
   }
 
-  sendJoin(room) {
-    const since = this.rooms.get(room) || 0;
-    const frame = { type: 'join', id: `join-${room}`, room };
+  sendJoin(id, kind = 'room') {
+    const since = (kind === 'group' ? this.groups : this.rooms).get(id) || 0;
+    const frame = { type: 'join', id: `join-${kind}-${id}`, [kind]: id };
     if (since > 0) frame.since = since;
     this.raw(frame);
   }
@@ -191,6 +229,12 @@ class ChatClient {
   // --- frames ---
 
   handle(f) {
+    const req = f.id && this.requests.get(f.id);
+    if (req) {
+      this.requests.delete(f.id);
+      if (f.type === 'error') req.reject(Object.assign(new Error(f.message || f.code), { code: f.code }));
+      else req.resolve(f);
+    }
     switch (f.type) {
       case 'welcome':
         this.user = f.user;
@@ -198,6 +242,7 @@ class ChatClient {
         if (f.heartbeat_ms && f.heartbeat_ms < this.heartbeatMs) this.heartbeatMs = f.heartbeat_ms;
         this.startHeartbeat();
         for (const room of this.rooms.keys()) this.sendJoin(room);
+        for (const group of this.groups.keys()) this.sendJoin(group, 'group');
         for (const [partner, since] of this.dms) {
           if (since > 0) this.raw({ type: 'resume', id: `resume-${partner}`, with: partner, since });
         }
@@ -205,11 +250,18 @@ class ChatClient {
         this.emit('open', f);
         break;
       case 'joined':
-        if (!this.rooms.get(f.room)) this.rooms.set(f.room, f.last_seq || 0);
+        if (f.group) {
+          if (!this.groups.get(f.group)) this.groups.set(f.group, f.last_seq || 0);
+        } else if (!this.rooms.get(f.room)) this.rooms.set(f.room, f.last_seq || 0);
         this.emit('joined', f);
         break;
       case 'message':
+      case 'event':
         this.onChatMessage(f);
+        break;
+      case 'removed':
+        this.groups.delete(f.group);
+        this.emit('removed', f);
         break;
       case 'ack':
         this.settle(f.client_msg_id || f.id, (e) => e.resolve(f));
@@ -234,6 +286,10 @@ class ChatClient {
       key = `room:${m.room}`;
       map = this.rooms;
       id = m.room;
+    } else if (m.group) {
+      key = `group:${m.group}`;
+      map = this.groups;
+      id = m.group;
     } else {
       const partner = m.from === this.user ? m.to : m.from;
       key = `dm:${partner}`;
@@ -245,9 +301,9 @@ class ChatClient {
     if (seen.has(m.seq)) return; // A resumed message we already had.
     seen.add(m.seq);
     if (seen.size > 1000) seen.delete(seen.values().next().value);
-    if (map === this.rooms && !map.has(id)) return; // Left the room.
+    if (map !== this.dms && !map.has(id)) return; // Left the room or group.
     map.set(id, Math.max(map.get(id) || 0, m.seq));
-    this.emit('message', m);
+    this.emit(m.type === 'event' ? 'event' : 'message', m);
   }
 
   settle(cmid, fn) {

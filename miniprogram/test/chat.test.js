@@ -149,3 +149,44 @@ test('rejoining with since replays what was missed, once and in order', async ()
   a.chat.stop();
   b.chat.stop();
 });
+
+test('a group shows in the member\'s conversation list with its unread count; reading sends a receipt', async () => {
+  const a = client('alice');
+  const b = client('bob');
+  for (const c of [a, b]) {
+    const open = once(c.chat, 'open');
+    c.chat.start();
+    await open;
+  }
+  const g = await a.chat.createGroup('小组', [b.auth.user]);
+  assert.equal(g.type, 'group');
+  assert.equal(g.member_count, 2);
+  const joined = once(a.chat, 'joined', (f) => f.group === g.group);
+  a.chat.joinGroup(g.group);
+  await joined;
+  const ack = await a.chat.send({ group: g.group }, '大家好');
+  // Bob's list has the group with one unread message (the persister indexes it within moments).
+  let item;
+  await waitFor('the group in bob\'s list', async () => {
+    const list = await b.chat.conversations().catch(() => ({ items: [] }));
+    item = list.items.find((i) => i.group === g.group);
+    return item && item.unread === 1;
+  });
+  assert.equal(item.name, '小组');
+  assert.equal(item.last.text, '大家好');
+  const receipt = once(a.chat, 'receipt', (r) => r.group === g.group);
+  const read = await b.chat.read({ group: g.group }, ack.seq);
+  assert.equal(read.unread, 0);
+  const r = await receipt;
+  assert.equal(r.user, b.auth.user);
+  assert.equal(r.read_seq, ack.seq);
+  // Bob opens the group: live messages and events follow, in one chain.
+  const bJoined = once(b.chat, 'joined', (f) => f.group === g.group);
+  b.chat.joinGroup(g.group);
+  assert.equal((await bJoined).unread, 0);
+  const next = once(b.chat, 'message', (m) => m.group === g.group);
+  await a.chat.send({ group: g.group }, 'second');
+  assert.equal((await next).text, 'second');
+  a.chat.stop();
+  b.chat.stop();
+});

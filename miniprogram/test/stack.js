@@ -1,5 +1,5 @@
 // The real stack for the client tests: nats-server, redis-server, a fake WeChat API (Node http), and
-// the real `auth` and `gateway` binaries from LIAOTIAN_BIN_DIR (default ../target/debug).
+// the real `auth`, `gateway` and `persister` binaries from LIAOTIAN_BIN_DIR (default ../target/debug).
 
 'use strict';
 
@@ -80,7 +80,7 @@ function fakeWeChat() {
 }
 
 async function startStack() {
-  for (const bin of ['auth', 'gateway']) {
+  for (const bin of ['auth', 'gateway', 'persister']) {
     if (!fs.existsSync(path.join(BIN_DIR, bin))) {
       throw new Error(`${path.join(BIN_DIR, bin)} is missing: run \`cargo build -p auth -p gateway\` or set LIAOTIAN_BIN_DIR`);
     }
@@ -122,6 +122,15 @@ async function startStack() {
     GATEWAY_AUTH_URL: authUrl,
   });
   await waitFor('gateway', () => httpOk(`http://127.0.0.1:${gwPort}/healthz`));
+
+  // The conversation list and read state are kept by the persister.
+  const persisterPort = await freePort();
+  run(path.join(BIN_DIR, 'persister'), [], {
+    PERSISTER_LISTEN: `127.0.0.1:${persisterPort}`,
+    NATS_URL: `nats://127.0.0.1:${natsPort}`,
+    PERSISTER_STORE: `sqlite://${path.join(dir, 'history.db')}`,
+  });
+  await waitFor('persister', () => httpOk(`http://127.0.0.1:${persisterPort}/readyz`));
 
   return {
     authUrl,
