@@ -165,7 +165,8 @@ pub fn short(e: &str) -> String {
 async fn setup(ctx: &Ctx, c: &ClientSpec) -> anyhow::Result<Ws> {
     let mut ws = connect(ctx, c.gateway, source_ip(c.idx), &c.user).await?;
     if let Some(room) = &c.join {
-        let frame = format!(r#"{{"type":"join","id":"j","room":"{room}"}}"#);
+        let kind = if c.group { "group" } else { "room" };
+        let frame = format!(r#"{{"type":"join","id":"j","{kind}":"{room}"}}"#);
         ws.send(Message::text(frame)).await?;
         loop {
             let t = next_text(&mut ws).await?;
@@ -385,6 +386,9 @@ impl Conn {
             Some(Target::Room(r)) => format!(
                 r#"{{"type":"send","id":"{n}","room":"{r}","text":"{text}","client_msg_id":"{run}-{n}"}}"#
             ),
+            Some(Target::Group(g)) => format!(
+                r#"{{"type":"send","id":"{n}","group":"{g}","text":"{text}","client_msg_id":"{run}-{n}"}}"#
+            ),
             Some(Target::User(u)) => format!(
                 r#"{{"type":"send","id":"{n}","to":"{u}","text":"{text}","client_msg_id":"{run}-{n}"}}"#
             ),
@@ -398,6 +402,9 @@ impl Conn {
         match self.c.send.as_ref() {
             Some(Target::Room(r)) => format!(
                 r#"{{"type":"send","id":"end","room":"{r}","text":"e|{acked}","client_msg_id":"{run}-end"}}"#
+            ),
+            Some(Target::Group(g)) => format!(
+                r#"{{"type":"send","id":"end","group":"{g}","text":"e|{acked}","client_msg_id":"{run}-end"}}"#
             ),
             Some(Target::User(u)) => format!(
                 r#"{{"type":"send","id":"end","to":"{u}","text":"e|{acked}","client_msg_id":"{run}-end"}}"#
@@ -579,7 +586,11 @@ pub struct MessageView<'a> {
 impl<'a> MessageView<'a> {
     pub fn slice(t: &'a str) -> Option<Self> {
         let rest = t.strip_prefix(r#"{"type":"message""#)?;
-        let (room, rest) = match rest.strip_prefix(r#","room":""#) {
+        // A group's id stands where a room's would: the bench names both the same way.
+        let (room, rest) = match rest
+            .strip_prefix(r#","room":""#)
+            .or_else(|| rest.strip_prefix(r#","group":""#))
+        {
             Some(r) => until_quote(r).map(|(v, r)| (Some(v), r))?,
             None => (None, rest),
         };

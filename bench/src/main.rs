@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench run idle      --conns 19000 --procs 2
-//! bench run fanout    --subscribers 1000 --publishers 10 --rates 100,200,400,600
+//! bench run fanout    --subscribers 1000 --publishers 10 --rates 100,200,400,600 [--group]
 //! bench run pairs     --clients 2000 --rate 5 [--dm]
 //! bench run cross     --rooms 500 --rate 20
 //! bench run broadcast --conns 100000 --gateways 6 --procs 6 --rate 1
@@ -130,6 +130,7 @@ fn scenario(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>, Mo
                     rate_per_sender: 0.0,
                     dm: false,
                     join: true,
+                    group: false,
                 }
             }
             Mode::PresenceChurn(plan) => Shape {
@@ -139,6 +140,7 @@ fn scenario(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>, Mo
                 rate_per_sender: 0.0,
                 dm: false,
                 join: false,
+                group: false,
             },
             Mode::Traffic => unreachable!("special scenarios have their own mode"),
         };
@@ -203,6 +205,7 @@ fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
                     rate_per_sender: 0.0,
                     dm: false,
                     join,
+                    group: false,
                 },
                 gateways(1)?,
                 vec![0.0],
@@ -226,6 +229,7 @@ fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
                     rate_per_sender: 0.0,
                     dm: false,
                     join: true,
+                    group: f.on("group"),
                 },
                 gateways(1)?,
                 rates.into_iter().map(|r| r / pubs as f64).collect(),
@@ -242,6 +246,7 @@ fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
                     rate_per_sender: 0.0,
                     dm,
                     join: !dm,
+                    group: false,
                 },
                 gateways(1)?,
                 vec![f.get("rate", 5.0)?],
@@ -257,6 +262,7 @@ fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
                     rate_per_sender: 0.0,
                     dm: false,
                     join: true,
+                    group: false,
                 },
                 gateways(2)?,
                 vec![f.get("rate", 20.0)?],
@@ -272,6 +278,7 @@ fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
                     rate_per_sender: 0.0,
                     dm: false,
                     join: true,
+                    group: false,
                 },
                 gateways(6)?,
                 vec![f.get("rate", 1.0)?],
@@ -297,7 +304,9 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         Some(p) => PathBuf::from(p),
         None => exe.with_file_name("persister"),
     };
+    // Groups need the persister's conversation index (members' group counts).
     let needs_persister = name == "persister-catchup"
+        || shape.group
         || (matches!(mode, Mode::ResumeStorm { .. }) && !f.on("no-persister"));
     anyhow::ensure!(
         !needs_persister || persister_bin.exists(),

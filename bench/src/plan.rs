@@ -29,6 +29,9 @@ pub struct Shape {
     pub dm: bool,
     /// Whether members join their room (idle connections may stay outside any room).
     pub join: bool,
+    /// The rooms are private groups (created by the parent before the clients join).
+    #[serde(default)]
+    pub group: bool,
 }
 
 impl Shape {
@@ -95,6 +98,8 @@ pub struct ClientSpec {
     pub gateway: usize,
     /// The room to join, if any.
     pub join: Option<String>,
+    /// `join` names a group, not an open room.
+    pub group: bool,
     /// Where this client sends, if it is a sender.
     pub send: Option<Target>,
     /// The conversation it receives, and the users whose end markers it waits for.
@@ -105,6 +110,7 @@ pub struct ClientSpec {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Target {
     Room(String),
+    Group(String),
     User(String),
 }
 
@@ -140,7 +146,13 @@ impl WorkerSpec {
                 Some(conv),
             )
         } else if s.join {
-            let send = (j < s.senders).then(|| Target::Room(room.clone()));
+            let send = (j < s.senders).then(|| {
+                if s.group {
+                    Target::Group(room.clone())
+                } else {
+                    Target::Room(room.clone())
+                }
+            });
             (Some(room.clone()), send, Some(room))
         } else {
             (None, None, None)
@@ -155,6 +167,7 @@ impl WorkerSpec {
             },
             user,
             join,
+            group: s.group,
             send,
             conv,
         }
@@ -213,6 +226,7 @@ mod tests {
             rate_per_sender: 1.0,
             dm: false,
             join: true,
+            group: false,
         };
         let mut all: Vec<usize> = (0..3)
             .flat_map(|k| {
@@ -234,6 +248,7 @@ mod tests {
             rate_per_sender: 1.0,
             dm: false,
             join: true,
+            group: false,
         };
         let c = spec(shape, 1).my_clients();
         assert_eq!(c[0].gateway, 0);
@@ -252,6 +267,7 @@ mod tests {
             rate_per_sender: 1.0,
             dm: true,
             join: false,
+            group: false,
         };
         let c = spec(shape, 1).my_clients();
         assert_eq!(c[0].send, Some(Target::User("u1-t".into())));

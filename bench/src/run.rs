@@ -78,6 +78,9 @@ where
     Fut: Future<Output = anyhow::Result<WorkerReport>>,
 {
     let run = format!("{:x}", unix_ns() % (1 << 40));
+    if o.shape.group {
+        create_groups(stack, o, &run).await?;
+    }
     let load_before = procstat::loadavg();
     let before: Vec<_> = stack
         .servers()
@@ -395,6 +398,54 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
         gateway_rss_per_conn_bytes: None,
         figures,
     })
+}
+
+/// Creates the run's rooms as private groups, each owned by its first member with every other
+/// member in it, before any client joins. Through the first gateway, as an app would.
+async fn create_groups(stack: &Stack, o: &RunOptions, run: &str) -> anyhow::Result<()> {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{Message, client::IntoClientRequest};
+    let signer = token::Signer::from_seed(&o.seed, o.issuer.clone());
+    let addr = *stack.gateway_addrs.first().context("no gateway")?;
+    let user = |idx: usize| format!("u{idx}-{run}");
+    for room_no in 0..o.shape.rooms {
+        let first = room_no * o.shape.members;
+        let owner = protocol::UserId::parse(user(first))?;
+        let token = signer.issue(&owner, crate::client::unix_ns() / 1_000_000_000, 3600);
+        let mut req = format!("ws://{addr}/ws").into_client_request()?;
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse()?);
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "chat.v1".parse()?);
+        let (mut ws, _) = tokio_tungstenite::connect_async(req).await?;
+        let members: Vec<String> = (first + 1..first + o.shape.members).map(user).collect();
+        let frame = serde_json::json!({
+            "type": "group_create",
+            "id": "c",
+            "group": crate::plan::room_name(room_no, run),
+            "name": "bench",
+            "members": members,
+        });
+        ws.send(Message::text(frame.to_string())).await?;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let msg = tokio::time::timeout_at(deadline, ws.next())
+                .await
+                .context("group_create not answered")?;
+            let Some(Ok(Message::Text(t))) = msg else {
+                anyhow::ensure!(msg.is_some(), "socket ended");
+                continue;
+            };
+            let v: serde_json::Value = serde_json::from_str(&t)?;
+            match v["type"].as_str() {
+                Some("group") => break,
+                Some("error") => anyhow::bail!("group_create refused: {t}"),
+                _ => {}
+            }
+        }
+        let _ = ws.close(None).await;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -81,6 +81,7 @@ async fn fanout_and_pairs_lose_and_duplicate_nothing() {
         rate_per_sender: 10.0,
         dm: false,
         join: true,
+        group: false,
     };
     let pairs = Shape {
         rooms: 5,
@@ -89,6 +90,7 @@ async fn fanout_and_pairs_lose_and_duplicate_nothing() {
         rate_per_sender: 5.0,
         dm: true,
         join: false,
+        group: false,
     };
     for (name, shape) in [("fanout", fanout), ("pairs", pairs)] {
         let report = run(spec(addr, name, shape.clone())).await;
@@ -117,6 +119,7 @@ async fn resume_storm_catches_every_client_up_exactly_once() {
         rate_per_sender: 0.0,
         dm: false,
         join: true,
+        group: false,
     };
     let mut s = spec(addr, "storm", shape.clone());
     s.mode = Mode::ResumeStorm { missed: 30 };
@@ -177,6 +180,8 @@ async fn presence_churn_watchers_see_every_transition_once() {
     let nats = NatsServer::start().expect("start nats-server");
     let config = gateway::Config {
         presence_grace: Duration::from_millis(300),
+        // The watchers watch users who never wrote to them.
+        presence_privacy: gateway::config::PresencePrivacy::Open,
         ..gateway::Config::default()
     };
     let (addr, _stop) = gateway_with(&nats, config).await;

@@ -2,11 +2,16 @@
 //! position, and each conversation's newest item and message count, kept in the same transaction
 //! as the messages that change them.
 //!
-//! Unread counts are exact at any size and cost one index probe: every stored message of a thread
+//! Unread counts are exact at any size and cost nothing to read: every stored message of a thread
 //! or group carries `ord`, the number of messages of its conversation up to and including it (an
-//! event carries the count at its place, and adds nothing). A member's unread count is the
-//! conversation's count minus the `ord` at their read position. A member's own messages never count:
-//! sending marks the conversation read up to the message sent.
+//! event carries the count at its place, and adds nothing), and a member's row keeps `read_ord`,
+//! the `ord` at their read position. Unread is the conversation's count minus `read_ord`. A member's
+//! own messages never count: sending marks the conversation read up to the message sent.
+//!
+//! A list page reads two index ranges and merges them: rows with their own `activity` (threads,
+//! updated with each message, and groups the user left, frozen at the leaving), and the user's
+//! current groups, whose activity is their conversation's (a group message updates one row, not one
+//! per member).
 
 use protocol::conv::{ConvItem, ReadState};
 use protocol::frame::Item;
@@ -30,13 +35,19 @@ CREATE TABLE IF NOT EXISTS convs (
 CREATE TABLE IF NOT EXISTS conv_members (
     user       TEXT    NOT NULL,
     conv       TEXT    NOT NULL,
-    read_seq   INTEGER NOT NULL DEFAULT 0,
+        read_seq   INTEGER NOT NULL DEFAULT 0,
+    read_ord   INTEGER NOT NULL DEFAULT 0,
     hidden     INTEGER NOT NULL DEFAULT 0,
+    activity   INTEGER,
     left_seq   INTEGER,
     left_item  TEXT,
     left_count INTEGER,
     PRIMARY KEY (user, conv)
 ) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS conv_members_by_activity ON conv_members (user, activity)
+    WHERE activity IS NOT NULL;
+CREATE INDEX IF NOT EXISTS conv_members_groups ON conv_members (user) WHERE activity IS NULL;
+CREATE INDEX IF NOT EXISTS conv_members_hidden ON conv_members (conv) WHERE hidden = 1;
 CREATE INDEX IF NOT EXISTS conv_members_by_conv ON conv_members (conv, user);
 ";
 
@@ -77,11 +88,11 @@ pub fn apply(
     match (conv, &msg.event) {
         (Conversation::Dm { lo, hi }, _) => {
             let mut up = tx.prepare_cached(
-                "INSERT INTO conv_members (user, conv) VALUES (?1, ?2)
-                 ON CONFLICT (user, conv) DO UPDATE SET hidden = 0",
+                "INSERT INTO conv_members (user, conv, activity) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (user, conv) DO UPDATE SET hidden = 0, activity = ?3",
             )?;
-            up.execute(params![lo.as_str(), key])?;
-            up.execute(params![hi.as_str(), key])?;
+            up.execute(params![lo.as_str(), key, seq])?;
+            up.execute(params![hi.as_str(), key, seq])?;
         }
         (Conversation::Group(_), None) => {
             tx.prepare_cached(
@@ -96,12 +107,14 @@ pub fn apply(
                 EventKind::Created | EventKind::Added => {
                     // A member's unread count starts at their joining.
                     let mut join = tx.prepare_cached(
-                        "INSERT INTO conv_members (user, conv, read_seq) VALUES (?1, ?2, ?3)
-                         ON CONFLICT (user, conv) DO UPDATE SET read_seq = ?3, hidden = 0,
-                         left_seq = NULL, left_item = NULL, left_count = NULL",
+                        "INSERT INTO conv_members (user, conv, read_seq, read_ord)
+                         VALUES (?1, ?2, ?3, ?4)
+                         ON CONFLICT (user, conv) DO UPDATE SET read_seq = ?3, read_ord = ?4,
+                         hidden = 0, activity = NULL, left_seq = NULL, left_item = NULL,
+                         left_count = NULL",
                     )?;
                     for u in users {
-                        join.execute(params![u.as_str(), key, seq])?;
+                        join.execute(params![u.as_str(), key, seq, ord])?;
                     }
                     let n = i64::try_from(users.len()).unwrap_or(i64::MAX);
                     tx.prepare_cached("UPDATE convs SET members = members + ?2 WHERE conv = ?1")?
@@ -109,7 +122,8 @@ pub fn apply(
                 }
                 EventKind::Removed | EventKind::Quit => {
                     let mut leave = tx.prepare_cached(
-                        "UPDATE conv_members SET left_seq = ?3, left_item = ?4, left_count = ?5
+                        "UPDATE conv_members SET left_seq = ?3, left_item = ?4, left_count = ?5,
+                         activity = ?3
                          WHERE user = ?1 AND conv = ?2 AND left_seq IS NULL",
                     )?;
                     let mut gone = 0i64;
@@ -140,9 +154,10 @@ pub fn apply(
     if msg.event.is_none() {
         // Sending marks the conversation read up to the message sent.
         tx.prepare_cached(
-            "UPDATE conv_members SET read_seq = MAX(read_seq, ?3) WHERE user = ?1 AND conv = ?2",
+            "UPDATE conv_members SET read_seq = ?3, read_ord = ?4
+             WHERE user = ?1 AND conv = ?2 AND read_seq < ?3",
         )?
-        .execute(params![msg.from.as_str(), key, seq])?;
+        .execute(params![msg.from.as_str(), key, seq, ord])?;
     }
     Ok(())
 }
@@ -158,25 +173,26 @@ fn ord_at(db: &Connection, key: &str, read_seq: i64) -> rusqlite::Result<i64> {
 /// A member row with what its unread count needs.
 struct MemberRow {
     read_seq: i64,
+    read_ord: i64,
     left_count: Option<i64>,
 }
 
 fn member(db: &Connection, user: &UserId, key: &str) -> rusqlite::Result<Option<MemberRow>> {
     db.prepare_cached(
-        "SELECT read_seq, left_count FROM conv_members WHERE user = ?1 AND conv = ?2",
+        "SELECT read_seq, read_ord, left_count FROM conv_members WHERE user = ?1 AND conv = ?2",
     )?
     .query_row(params![user.as_str(), key], |r| {
         Ok(MemberRow {
             read_seq: r.get(0)?,
-            left_count: r.get(1)?,
+            read_ord: r.get(1)?,
+            left_count: r.get(2)?,
         })
     })
     .optional()
 }
 
-fn unread(db: &Connection, key: &str, count: i64, read_seq: i64) -> Result<u64, StoreError> {
-    let read = ord_at(db, key, read_seq)?;
-    Ok(u64::try_from(count.saturating_sub(read)).unwrap_or(0))
+fn unread(count: i64, read_ord: i64) -> u64 {
+    u64::try_from(count.saturating_sub(read_ord)).unwrap_or(0)
 }
 
 /// `user`'s read position and unread count in `conv`.
@@ -194,7 +210,7 @@ pub fn state(db: &Connection, user: &UserId, conv: &Conversation) -> Result<Read
     };
     Ok(ReadState {
         read_seq: seq_from_i64(m.read_seq)?,
-        unread: unread(db, &key, count, m.read_seq)?,
+        unread: unread(count, m.read_ord),
     })
 }
 
@@ -215,11 +231,13 @@ pub fn mark_read(
         .flatten();
     let ceiling = left.unwrap_or(newest);
     let seq = i64::try_from(seq).unwrap_or(i64::MAX).min(ceiling);
+    let ord = ord_at(db, &key, seq)?;
     let moved = db
         .prepare_cached(
-            "UPDATE conv_members SET read_seq = ?3 WHERE user = ?1 AND conv = ?2 AND read_seq < ?3",
+            "UPDATE conv_members SET read_seq = ?3, read_ord = ?4
+             WHERE user = ?1 AND conv = ?2 AND read_seq < ?3",
         )?
-        .execute(params![user.as_str(), key, seq])?
+        .execute(params![user.as_str(), key, seq, ord])?
         > 0;
     Ok((state(db, user, conv)?, moved))
 }
@@ -294,6 +312,54 @@ pub fn group_counts(db: &Connection, users: &[UserId]) -> Result<Vec<u64>, Store
     Ok(out)
 }
 
+/// One row of a list page, before it becomes a [`ConvItem`].
+struct ListRow {
+    key: String,
+    read_seq: i64,
+    read_ord: i64,
+    count: i64,
+    last: String,
+    name: Option<String>,
+    members: i64,
+    activity: i64,
+}
+
+/// Rows with their own activity: threads, and groups the user left.
+const LIST_OWN: &str = "SELECT m.conv, m.read_seq, m.read_ord, COALESCE(m.left_count, c.msg_count),
+        COALESCE(m.left_item, c.last_item), c.name, c.members, m.activity
+    FROM conv_members m JOIN convs c ON c.conv = m.conv
+    WHERE m.user = ?1 AND m.activity IS NOT NULL AND m.activity < ?2 AND m.hidden = 0
+    ORDER BY m.activity DESC LIMIT ?3";
+/// The user's current groups, by their conversation's activity.
+const LIST_GROUPS: &str = "SELECT m.conv, m.read_seq, m.read_ord, c.msg_count, c.last_item, c.name,
+        c.members, c.last_seq
+    FROM conv_members m JOIN convs c ON c.conv = m.conv
+    WHERE m.user = ?1 AND m.activity IS NULL AND m.hidden = 0 AND c.last_seq < ?2
+    ORDER BY c.last_seq DESC LIMIT ?3";
+
+fn list_rows(
+    db: &Connection,
+    sql: &str,
+    user: &UserId,
+    before: i64,
+    n: i64,
+) -> rusqlite::Result<Vec<ListRow>> {
+    let mut stmt = db.prepare_cached(sql)?;
+    let rows = stmt.query_map(params![user.as_str(), before, n], |r| {
+        Ok(ListRow {
+            key: r.get(0)?,
+            read_seq: r.get(1)?,
+            read_ord: r.get(2)?,
+            count: r.get(3)?,
+            last: r.get(4)?,
+            name: r.get(5)?,
+            members: r.get(6)?,
+            activity: r.get(7)?,
+        })
+    })?;
+    rows.collect()
+}
+
 /// A page of `user`'s list: conversations with activity below `before`, newest first; and whether
 /// more follow.
 pub fn list(
@@ -303,31 +369,17 @@ pub fn list(
     before: Option<u64>,
 ) -> Result<(Vec<ConvItem>, bool), StoreError> {
     let before = before.map_or(i64::MAX, |b| i64::try_from(b).unwrap_or(i64::MAX));
-    let mut stmt = db.prepare_cached(
-        "SELECT m.conv, m.read_seq, m.left_count, COALESCE(m.left_item, c.last_item), c.msg_count,
-                c.name, c.members, COALESCE(m.left_seq, c.last_seq) AS activity
-         FROM conv_members m JOIN convs c ON c.conv = m.conv
-         WHERE m.user = ?1 AND m.hidden = 0 AND COALESCE(m.left_seq, c.last_seq) < ?2
-         ORDER BY activity DESC LIMIT ?3",
-    )?;
-    let rows = stmt.query_map(params![user.as_str(), before, i64::from(limit) + 1], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, i64>(1)?,
-            r.get::<_, Option<i64>>(2)?,
-            r.get::<_, String>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, Option<String>>(5)?,
-            r.get::<_, i64>(6)?,
-            r.get::<_, i64>(7)?,
-        ))
-    })?;
-    let mut items = Vec::new();
+    let n = i64::from(limit) + 1;
+    let mut rows = list_rows(db, LIST_OWN, user, before, n)?;
+    rows.extend(list_rows(db, LIST_GROUPS, user, before, n)?);
+    rows.sort_by_key(|r| std::cmp::Reverse(r.activity));
+    let more = rows.len() > limit as usize;
+    rows.truncate(limit as usize);
+    let mut items = Vec::with_capacity(rows.len());
     for row in rows {
-        let (key, read_seq, left_count, last, count, name, members, activity) = row?;
-        let conv = conv_from_key(&key).ok_or_else(|| StoreError::Corrupt(key.clone()))?;
+        let conv = conv_from_key(&row.key).ok_or_else(|| StoreError::Corrupt(row.key.clone()))?;
         let last: Item =
-            serde_json::from_str(&last).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            serde_json::from_str(&row.last).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         let (group, with) = match conv {
             Conversation::Group(g) => (Some(g), None),
             Conversation::Dm { lo, hi } => (None, Some(if lo == *user { hi } else { lo })),
@@ -337,15 +389,13 @@ pub fn list(
         items.push(ConvItem {
             group,
             with,
-            name: if is_group { name } else { None },
+            name: if is_group { row.name } else { None },
             last: Some(last),
-            activity: seq_from_i64(activity)?,
-            read_seq: seq_from_i64(read_seq)?,
-            unread: unread(db, &key, left_count.unwrap_or(count), read_seq)?,
-            members: is_group.then(|| usize::try_from(members).unwrap_or(0)),
+            activity: seq_from_i64(row.activity)?,
+            read_seq: seq_from_i64(row.read_seq)?,
+            unread: unread(row.count, row.read_ord),
+            members: is_group.then(|| usize::try_from(row.members).unwrap_or(0)),
         });
     }
-    let more = items.len() > limit as usize;
-    items.truncate(limit as usize);
     Ok((items, more))
 }
