@@ -15,7 +15,9 @@ use protocol::conv::{
 };
 use protocol::history::ConvRef;
 use protocol::subject::Conversation;
-use tokio::sync::Semaphore;
+use protocol::UserId;
+use protocol::conv::ReadState;
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
@@ -24,6 +26,57 @@ use crate::store::{Store, StoreError};
 
 /// Requests handled at once by one instance; further requests wait in the subscription.
 pub const MAX_CONCURRENT_REQUESTS: usize = 256;
+/// Most reads committed in one transaction. Reads that arrive while one commits wait for the next,
+/// so under load each commit (one fsync) carries many.
+pub const READ_BATCH_MAX: usize = 256;
+
+type ReadReply = oneshot::Sender<Result<(ReadState, bool), String>>;
+
+/// The queue of reads waiting for the next commit.
+#[derive(Clone)]
+pub struct ReadQueue(mpsc::Sender<((UserId, Conversation, u64), ReadReply)>);
+
+impl ReadQueue {
+    /// Starts the task that commits queued reads in batches; it ends with the last queue handle.
+    pub fn start(store: Arc<dyn Store>) -> Self {
+        let (tx, mut rx) = mpsc::channel::<((UserId, Conversation, u64), ReadReply)>(MAX_CONCURRENT_REQUESTS);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                while batch.len() < READ_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(next) => batch.push(next),
+                        Err(_) => break,
+                    }
+                }
+                let (marks, replies): (Vec<_>, Vec<_>) = batch.into_iter().unzip();
+                match store.mark_read_many(&marks).await {
+                    Ok(states) => {
+                        for (reply, state) in replies.into_iter().zip(states) {
+                            let _ = reply.send(Ok(state));
+                        }
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %ErrorChain(&e), "read batch failed");
+                        for reply in replies {
+                            let _ = reply.send(Err(e.to_string()));
+                        }
+                    }
+                }
+            }
+        });
+        Self(tx)
+    }
+
+    async fn mark(&self, user: UserId, conv: Conversation, seq: u64) -> Result<(ReadState, bool), String> {
+        let (tx, rx) = oneshot::channel();
+        self.0
+            .send(((user, conv, seq), tx))
+            .await
+            .map_err(|_| "the read queue stopped".to_owned())?;
+        rx.await.map_err(|_| "the read queue stopped".to_owned())?
+    }
+}
 /// Pause between looks at the index while a `read` waits for it.
 const CATCH_UP_POLL: Duration = Duration::from_millis(10);
 
@@ -44,7 +97,7 @@ fn failed(e: &StoreError) -> ConvReply {
 }
 
 /// Answers one request body.
-pub async fn answer(store: &dyn Store, body: &[u8]) -> ConvReply {
+pub async fn answer(store: &dyn Store, reads: &ReadQueue, body: &[u8]) -> ConvReply {
     let req: ConvRequest = match serde_json::from_slice(body) {
         Ok(r) => r,
         Err(e) => {
@@ -84,10 +137,12 @@ pub async fn answer(store: &dyn Store, body: &[u8]) -> ConvReply {
                     Err(e) => return failed(&e),
                 }
             }
-            store
-                .mark_read(&user, &conv, seq)
-                .await
-                .map(|(state, moved)| ConvReply::State { state, moved })
+                        return match reads.mark(user, conv, seq).await {
+                Ok((state, moved)) => ConvReply::State { state, moved },
+                Err(message) => ConvReply::Error {
+                    message: format!("the conversation index is unavailable: {message}"),
+                },
+            };
         }
         ConvRequest::State { user, conv } => {
             let conv = match conv_of(&conv) {
@@ -143,7 +198,8 @@ pub async fn serve(
         queue = CONV_QUEUE,
         "conversation service ready"
     );
-    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let reads = ReadQueue::start(store.clone());
     let mut tasks = JoinSet::new();
     loop {
         let msg = tokio::select! {
@@ -157,9 +213,9 @@ pub async fn serve(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-        let (nats, store) = (nats.clone(), store.clone());
+                let (nats, store, reads) = (nats.clone(), store.clone(), reads.clone());
         tasks.spawn(async move {
-            let answer = answer(store.as_ref(), &msg.payload).await;
+            let answer = answer(store.as_ref(), &reads, &msg.payload).await;
             let body = serde_json::to_vec(&answer).unwrap_or_default();
             if let Err(e) = nats.publish(reply, body.into()).await {
                 tracing::debug!(error = %e, "conversation reply not sent");

@@ -357,6 +357,15 @@ async fn conv_suite(store: &dyn Store, tag: &str) {
         (1013, 0),
         "a member who left reads up to their leaving"
     );
+    // Many at once, as the conversation service commits them: in order, each on the one before.
+    let states = store
+        .mark_read_many(&[(u(&alice), dm.clone(), 1004), (u(&alice), dm.clone(), 1002)])
+        .await
+        .unwrap();
+    assert_eq!(
+        states.iter().map(|(s, m)| (s.read_seq, s.unread, *m)).collect::<Vec<_>>(),
+        [(1004, 0, true), (1004, 0, false)]
+    );
     let (s, moved) = store.mark_read(&u(&dave), &team, 1009).await.unwrap();
     assert!(!moved);
     assert_eq!(s.read_seq, 1014);

@@ -180,6 +180,21 @@ pub trait Store: Send + Sync {
         seq: u64,
     ) -> StoreFuture<'a, (ReadState, bool)>;
 
+        /// [`Store::mark_read`] for many reads at once, in one transaction where the backend can: the
+    /// conversation service commits the reads that arrive together as one batch.
+    fn mark_read_many<'a>(
+        &'a self,
+        marks: &'a [(UserId, Conversation, u64)],
+    ) -> StoreFuture<'a, Vec<(ReadState, bool)>> {
+        Box::pin(async move {
+            let mut out = Vec::with_capacity(marks.len());
+            for (user, conv, seq) in marks {
+                out.push(self.mark_read(user, conv, *seq).await?);
+            }
+            Ok(out)
+        })
+    }
+
     /// The newest seq of `conv` that the conversation index holds (0 for none).
     fn newest<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64>;
 

@@ -354,6 +354,22 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |db| sqlite_convs::mark_read(db, &user, &conv, seq)))
     }
 
+        fn mark_read_many<'a>(
+        &'a self,
+        marks: &'a [(UserId, Conversation, u64)],
+    ) -> StoreFuture<'a, Vec<(ReadState, bool)>> {
+        let marks = marks.to_vec();
+        Box::pin(self.write(move |db| {
+            let tx = db.transaction()?;
+            let mut out = Vec::with_capacity(marks.len());
+            for (user, conv, seq) in &marks {
+                out.push(sqlite_convs::mark_read(&tx, user, conv, *seq)?);
+            }
+            tx.commit()?;
+            Ok(out)
+        }))
+    }
+
     fn newest<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64> {
         let conv = conv.clone();
         Box::pin(self.read(move |db| sqlite_convs::newest(db, &conv)))
