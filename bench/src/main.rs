@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! bench run idle      --conns 19000 --procs 2
-//! bench run fanout    --subscribers 1000 --publishers 10 --rates 100,200,400,600 [--group]
+//! bench run fanout    --subscribers 1000 --publishers 10 --rates 100,200,400,600 [--group] [--persister]
 //! bench run pairs     --clients 2000 --rate 5 [--dm]
 //! bench run cross     --rooms 500 --rate 20
 //! bench run broadcast --conns 100000 --gateways 6 --procs 6 --rate 1
@@ -307,6 +307,7 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
     // Groups need the persister's conversation index (members' group counts).
     let needs_persister = name == "persister-catchup"
         || shape.group
+        || f.on("persister")
         || (matches!(mode, Mode::ResumeStorm { .. }) && !f.on("no-persister"));
     anyhow::ensure!(
         !needs_persister || persister_bin.exists(),

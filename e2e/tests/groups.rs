@@ -572,3 +572,47 @@ async fn a_user_belongs_to_at_most_the_configured_number_of_groups() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test]
+async fn a_gateway_cut_off_from_nats_catches_up_on_group_changes() {
+    // While a gateway is cut off, a member it serves is removed on another gateway. After it
+    // reconnects, it refuses that member (its group copies are read again; the removal event is
+    // filled in too).
+    let stack = Stack::start();
+    let g1 = stack.gateway_with(stack.config_unlimited()).await;
+    let (proxy, g2) = stack.gateway_behind_proxy(stack.config_unlimited()).await;
+    let _persister = Persister::start(&stack).await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    create(&mut alice, "cut", &["bob"]).await;
+    let mut bob = stack.connect(&g2, "bob").await;
+    join_group(&mut bob, "cut").await;
+    send_group(&mut bob, "cut", "before").await;
+    proxy.cut();
+    let r = ask(
+        &mut alice,
+        json!({"type":"group_remove","group":"cut","users":["bob"]}),
+        "group",
+    )
+    .await;
+    assert_eq!(r["member_count"], 1, "{r}");
+    proxy.restore();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    let mut n = 0;
+    loop {
+        n += 1;
+        let r = ask(
+            &mut bob,
+            json!({"type":"send","group":"cut","text":"x","client_msg_id":format!("after{n}")}),
+            "ack",
+        )
+        .await;
+        if code(&r) == "forbidden" {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still accepted: {r}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

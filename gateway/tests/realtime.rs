@@ -317,6 +317,34 @@ async fn flood_beyond_the_token_bucket_is_rate_limited() {
 }
 
 #[tokio::test]
+async fn read_frames_are_rate_limited_like_any_frame() {
+    // `read` takes from the same bucket: past the burst, reads get rate_limited before anything is
+    // asked of the conversation service.
+    let stack = Stack::start();
+    let g = stack
+        .gateway_with(gateway::Config {
+            rate_per_sec: 5.0,
+            rate_burst: 5.0,
+            ..stack.config()
+        })
+        .await;
+    let mut c = stack.connect(&g, "alice").await;
+    for i in 0..20 {
+        c.send(json!({"type":"read","with":"bob","seq":i,"id":i.to_string()}))
+            .await
+            .unwrap();
+    }
+    let mut limited = 0;
+    for _ in 0..20 {
+        let v = c.recv().await.unwrap();
+        if v["code"] == "rate_limited" {
+            limited += 1;
+        }
+    }
+    assert!((13..=15).contains(&limited), "{limited} of 20 limited");
+}
+
+#[tokio::test]
 async fn a_client_that_only_answers_pings_stays_open() {
     // The gateway pings every heartbeat, and the client's pongs (tungstenite answers while
     // reading) count as activity: one timer serves both, so both must keep working.

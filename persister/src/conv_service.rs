@@ -10,13 +10,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use protocol::UserId;
+use protocol::conv::ReadState;
 use protocol::conv::{
     CONV_QUEUE, CONV_SUBJECT, ConvReply, ConvRequest, MAX_LIST, READ_CATCH_UP_MS,
 };
 use protocol::history::ConvRef;
 use protocol::subject::Conversation;
-use protocol::UserId;
-use protocol::conv::ReadState;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -39,7 +39,8 @@ pub struct ReadQueue(mpsc::Sender<((UserId, Conversation, u64), ReadReply)>);
 impl ReadQueue {
     /// Starts the task that commits queued reads in batches; it ends with the last queue handle.
     pub fn start(store: Arc<dyn Store>) -> Self {
-        let (tx, mut rx) = mpsc::channel::<((UserId, Conversation, u64), ReadReply)>(MAX_CONCURRENT_REQUESTS);
+        let (tx, mut rx) =
+            mpsc::channel::<((UserId, Conversation, u64), ReadReply)>(MAX_CONCURRENT_REQUESTS);
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -68,7 +69,12 @@ impl ReadQueue {
         Self(tx)
     }
 
-    async fn mark(&self, user: UserId, conv: Conversation, seq: u64) -> Result<(ReadState, bool), String> {
+    async fn mark(
+        &self,
+        user: UserId,
+        conv: Conversation,
+        seq: u64,
+    ) -> Result<(ReadState, bool), String> {
         let (tx, rx) = oneshot::channel();
         self.0
             .send(((user, conv, seq), tx))
@@ -137,7 +143,7 @@ pub async fn answer(store: &dyn Store, reads: &ReadQueue, body: &[u8]) -> ConvRe
                     Err(e) => return failed(&e),
                 }
             }
-                        return match reads.mark(user, conv, seq).await {
+            return match reads.mark(user, conv, seq).await {
                 Ok((state, moved)) => ConvReply::State { state, moved },
                 Err(message) => ConvReply::Error {
                     message: format!("the conversation index is unavailable: {message}"),
@@ -198,7 +204,7 @@ pub async fn serve(
         queue = CONV_QUEUE,
         "conversation service ready"
     );
-        let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let reads = ReadQueue::start(store.clone());
     let mut tasks = JoinSet::new();
     loop {
@@ -213,7 +219,7 @@ pub async fn serve(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-                let (nats, store, reads) = (nats.clone(), store.clone(), reads.clone());
+        let (nats, store, reads) = (nats.clone(), store.clone(), reads.clone());
         tasks.spawn(async move {
             let answer = answer(store.as_ref(), &reads, &msg.payload).await;
             let body = serde_json::to_vec(&answer).unwrap_or_default();

@@ -363,7 +363,10 @@ async fn conv_suite(store: &dyn Store, tag: &str) {
         .await
         .unwrap();
     assert_eq!(
-        states.iter().map(|(s, m)| (s.read_seq, s.unread, *m)).collect::<Vec<_>>(),
+        states
+            .iter()
+            .map(|(s, m)| (s.read_seq, s.unread, *m))
+            .collect::<Vec<_>>(),
         [(1004, 0, true), (1004, 0, false)]
     );
     let (s, moved) = store.mark_read(&u(&dave), &team, 1009).await.unwrap();

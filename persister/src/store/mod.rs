@@ -180,7 +180,7 @@ pub trait Store: Send + Sync {
         seq: u64,
     ) -> StoreFuture<'a, (ReadState, bool)>;
 
-        /// [`Store::mark_read`] for many reads at once, in one transaction where the backend can: the
+    /// [`Store::mark_read`] for many reads at once, in one transaction where the backend can: the
     /// conversation service commits the reads that arrive together as one batch.
     fn mark_read_many<'a>(
         &'a self,

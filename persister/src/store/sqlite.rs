@@ -354,7 +354,7 @@ impl Store for SqliteStore {
         Box::pin(self.write(move |db| sqlite_convs::mark_read(db, &user, &conv, seq)))
     }
 
-        fn mark_read_many<'a>(
+    fn mark_read_many<'a>(
         &'a self,
         marks: &'a [(UserId, Conversation, u64)],
     ) -> StoreFuture<'a, Vec<(ReadState, bool)>> {
