@@ -11,6 +11,30 @@ pub use gateway::testing::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+/// Sends `frame` and returns the first reply of type `ty` or `error`, skipping other frames.
+pub async fn ask(
+    c: &mut testkit::WsClient,
+    frame: serde_json::Value,
+    ty: &str,
+) -> serde_json::Value {
+    c.send(frame).await.unwrap();
+    loop {
+        let v = c.recv().await.unwrap();
+        if v["type"] == ty || v["type"] == "error" {
+            return v;
+        }
+    }
+}
+
+/// The error code of a reply, or `"none"` when it is not an `error`.
+pub fn code(v: &serde_json::Value) -> &str {
+    if v["type"] == "error" {
+        v["code"].as_str().unwrap_or("?")
+    } else {
+        "none"
+    }
+}
+
 /// A persister started through `persister::run` with SQLite in a temp dir.
 pub struct Persister {
     pub dir: testkit::TempDir,

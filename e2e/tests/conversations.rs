@@ -6,28 +6,9 @@
 
 use std::time::Duration;
 
-use e2e::{Persister, Stack};
+use e2e::{Persister, Stack, ask, code};
 use serde_json::{Value, json};
 use testkit::WsClient;
-
-/// Sends `frame` and returns the first reply of type `ty` or `error`.
-async fn ask(c: &mut WsClient, frame: Value, ty: &str) -> Value {
-    c.send(frame).await.unwrap();
-    loop {
-        let v = c.recv().await.unwrap();
-        if v["type"] == ty || v["type"] == "error" {
-            return v;
-        }
-    }
-}
-
-fn code(v: &Value) -> &str {
-    if v["type"] == "error" {
-        v["code"].as_str().unwrap_or("?")
-    } else {
-        "none"
-    }
-}
 
 async fn send_to(c: &mut WsClient, target: (&str, &str), cmid: &str) -> u64 {
     let mut f = json!({"type":"send","text":cmid,"client_msg_id":cmid,"id":cmid});

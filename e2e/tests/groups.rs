@@ -5,29 +5,9 @@
 
 use std::time::Duration;
 
-use e2e::{Persister, Stack};
+use e2e::{Persister, Stack, ask, code};
 use serde_json::{Value, json};
 use testkit::WsClient;
-
-/// Sends `frame` and returns the first reply of type `ty` or `error`.
-async fn ask(c: &mut WsClient, frame: Value, ty: &str) -> Value {
-    c.send(frame).await.unwrap();
-    loop {
-        let v = c.recv().await.unwrap();
-        if v["type"] == ty || v["type"] == "error" {
-            return v;
-        }
-    }
-}
-
-/// The error code of a reply, or `"none"`.
-fn code(v: &Value) -> &str {
-    if v["type"] == "error" {
-        v["code"].as_str().unwrap_or("?")
-    } else {
-        "none"
-    }
-}
 
 async fn create(c: &mut WsClient, group: &str, members: &[&str]) -> Value {
     let g = ask(
@@ -615,4 +595,66 @@ async fn a_gateway_cut_off_from_nats_catches_up_on_group_changes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test]
+async fn a_change_abandoned_midway_is_completed_by_the_next_one() {
+    // A gateway that wrote a change's record but died before storing its event leaves it pending;
+    // the next change, finding it stale, stores that event first, once, in order.
+    use protocol::group::{EventKind, GroupEvent, Pending, Record};
+    let stack = Stack::start();
+    let g1 = stack.gateway_with(stack.config_unlimited()).await;
+    let _persister = Persister::start(&stack).await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    create(&mut alice, "stale", &["bob"]).await;
+    // What the dead gateway left: the renamed record, with its event pending for 10 s.
+    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+    let kv = async_nats::jetstream::new(nats)
+        .get_key_value(protocol::group::BUCKET)
+        .await
+        .unwrap();
+    let entry = kv.entry("g.stale").await.unwrap().unwrap();
+    let mut record: Record = serde_json::from_slice(&entry.value).unwrap();
+    let by = protocol::UserId::parse("alice").unwrap();
+    let event = GroupEvent {
+        kind: EventKind::Renamed,
+        users: vec![],
+        name: Some("abandoned".into()),
+        role: None,
+        owner: None,
+    };
+    record.apply(&by, &event);
+    let ts = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+        - 10_000;
+    record.pending = Some(Pending { by, ts, event });
+    kv.update(
+        "g.stale",
+        serde_json::to_vec(&record).unwrap().into(),
+        entry.revision,
+    )
+    .await
+    .unwrap();
+    for name in ["next", "last"] {
+        let r = ask(
+            &mut alice,
+            json!({"type":"group_rename","group":"stale","name":name}),
+            "group",
+        )
+        .await;
+        assert_eq!(r["name"], name, "{r}");
+    }
+    let all = history(&mut alice, "stale", 4).await;
+    let names: Vec<&str> = all
+        .iter()
+        .filter(|i| i["kind"] == "renamed")
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["abandoned", "next", "last"], "{all:?}");
+    assert_chain(&all, 0);
+    let entry = kv.entry("g.stale").await.unwrap().unwrap();
+    let record: Record = serde_json::from_slice(&entry.value).unwrap();
+    assert_eq!(record.pending, None);
 }

@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::StreamExt;
 use protocol::UserId;
 use protocol::conv::ReadState;
 use protocol::conv::{
@@ -17,8 +16,7 @@ use protocol::conv::{
 };
 use protocol::history::ConvRef;
 use protocol::subject::Conversation;
-use tokio::sync::{Semaphore, mpsc, oneshot};
-use tokio::task::JoinSet;
+use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::consumer::ErrorChain;
@@ -198,38 +196,17 @@ pub async fn serve(
     store: Arc<dyn Store>,
     stop: CancellationToken,
 ) -> Result<(), svc::nats::SubscribeError> {
-    let mut sub = svc::nats::queue_subscribe(&nats, CONV_SUBJECT, CONV_QUEUE).await?;
+    let sub = svc::nats::queue_subscribe(&nats, CONV_SUBJECT, CONV_QUEUE).await?;
     tracing::info!(
         subject = CONV_SUBJECT,
         queue = CONV_QUEUE,
         "conversation service ready"
     );
-    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
     let reads = ReadQueue::start(store.clone());
-    let mut tasks = JoinSet::new();
-    loop {
-        let msg = tokio::select! {
-            _ = stop.cancelled() => break,
-            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
-            m = sub.next() => match m { Some(m) => m, None => break },
-        };
-        let Some(reply) = msg.reply.clone() else {
-            continue;
-        };
-        let Ok(permit) = limit.clone().acquire_owned().await else {
-            break;
-        };
-        let (nats, store, reads) = (nats.clone(), store.clone(), reads.clone());
-        tasks.spawn(async move {
-            let answer = answer(store.as_ref(), &reads, &msg.payload).await;
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
-            if let Err(e) = nats.publish(reply, body.into()).await {
-                tracing::debug!(error = %e, "conversation reply not sent");
-            }
-            drop(permit);
-        });
-    }
-    let _ = sub.unsubscribe().await;
-    while tasks.join_next().await.is_some() {}
+    crate::service::answer_each(&nats, sub, stop, MAX_CONCURRENT_REQUESTS, move |payload| {
+        let (store, reads) = (store.clone(), reads.clone());
+        async move { serde_json::to_vec(&answer(store.as_ref(), &reads, &payload).await) }
+    })
+    .await;
     Ok(())
 }

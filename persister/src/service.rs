@@ -138,14 +138,35 @@ pub async fn serve(
     stop: CancellationToken,
 ) -> Result<(), svc::nats::SubscribeError> {
     // Registered at the server before "ready" is logged, so a request sent after it is answered.
-    let mut sub = svc::nats::queue_subscribe(&nats, HISTORY_SUBJECT, HISTORY_QUEUE).await?;
+    let sub = svc::nats::queue_subscribe(&nats, HISTORY_SUBJECT, HISTORY_QUEUE).await?;
     tracing::info!(
         subject = HISTORY_SUBJECT,
         queue = HISTORY_QUEUE,
         "history service ready"
     );
     let coalescer = Coalescer::new(store, metrics.clone());
-    let limit = Arc::new(Semaphore::new(MAX_CONCURRENT_REQUESTS));
+    answer_each(&nats, sub, stop, MAX_CONCURRENT_REQUESTS, move |payload| {
+        let (coalescer, metrics) = (coalescer.clone(), metrics.clone());
+        async move { serde_json::to_vec(&answer(&coalescer, &metrics, &payload).await) }
+    })
+    .await;
+    Ok(())
+}
+
+/// Answers every request on `sub` with what `answer` makes of its payload, at most `max` at once,
+/// until `stop` is cancelled or the subscription ends; then unsubscribes and waits for the requests
+/// in flight. Shared by the persister's services.
+pub(crate) async fn answer_each<F, Fut>(
+    nats: &async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    stop: CancellationToken,
+    max: usize,
+    answer: F,
+) where
+    F: Fn(bytes::Bytes) -> Fut,
+    Fut: Future<Output = serde_json::Result<Vec<u8>>> + Send + 'static,
+{
+    let limit = Arc::new(Semaphore::new(max));
     let mut tasks = JoinSet::new();
     loop {
         let msg = tokio::select! {
@@ -159,17 +180,15 @@ pub async fn serve(
         let Ok(permit) = limit.clone().acquire_owned().await else {
             break;
         };
-        let (nats, coalescer, metrics) = (nats.clone(), coalescer.clone(), metrics.clone());
+        let (nats, work) = (nats.clone(), answer(msg.payload));
         tasks.spawn(async move {
-            let answer = answer(&coalescer, &metrics, &msg.payload).await;
-            let body = serde_json::to_vec(&answer).unwrap_or_default();
+            let body = work.await.unwrap_or_default();
             if let Err(e) = nats.publish(reply, body.into()).await {
-                tracing::debug!(error = %e, "history reply not sent");
+                tracing::debug!(error = %e, "reply not sent");
             }
             drop(permit);
         });
     }
     let _ = sub.unsubscribe().await;
     while tasks.join_next().await.is_some() {}
-    Ok(())
 }

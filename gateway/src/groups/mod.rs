@@ -50,6 +50,15 @@ pub enum GroupError {
 }
 
 impl GroupError {
+    /// The `error` frame that answers it.
+    pub fn to_frame(&self, id: Option<protocol::FrameId>) -> protocol::ServerFrame {
+        protocol::ServerFrame::Error {
+            id,
+            code: self.code(),
+            message: self.to_string(),
+        }
+    }
+
     pub fn code(&self) -> ErrorCode {
         match self {
             GroupError::Rule(r) => r.code(),
@@ -103,43 +112,37 @@ impl Groups {
         backlog: Backlog,
         limits: Limits,
     ) -> anyhow::Result<Self> {
-        let mut last = None;
-        for attempt in 0..ENSURE_ATTEMPTS {
-            let made = match js.get_key_value(group::BUCKET).await {
-                Ok(kv) => Ok(kv),
-                Err(_) => {
-                    js.create_key_value(kv::Config {
-                        bucket: group::BUCKET.into(),
-                        description: "liaotian group records (protocol::group)".into(),
-                        history: 1,
-                        num_replicas: replicas,
-                        ..Default::default()
-                    })
-                    .await
+        // Gateways starting together race to create it: the loser reads the winner's.
+        let kv = svc::retry::with_attempts(
+            "bucket groups",
+            ENSURE_ATTEMPTS,
+            svc::retry::Backoff::constant(CAS_PAUSE),
+            || async {
+                match js.get_key_value(group::BUCKET).await {
+                    Ok(kv) => Ok(kv),
+                    Err(_) => {
+                        js.create_key_value(kv::Config {
+                            bucket: group::BUCKET.into(),
+                            description: "liaotian group records (protocol::group)".into(),
+                            history: 1,
+                            num_replicas: replicas,
+                            ..Default::default()
+                        })
+                        .await
+                    }
                 }
-            };
-            match made {
-                Ok(kv) => {
-                    return Ok(Self {
-                        kv,
-                        publisher,
-                        backlog,
-                        cache: Cache::default(),
-                        limits,
-                        nats: js.client(),
-                    });
-                }
-                Err(e) => {
-                    last = Some(e);
-                    tokio::time::sleep(CAS_PAUSE * (attempt + 1)).await;
-                }
-            }
-        }
-        Err(anyhow::anyhow!(
-            "bucket {}: {}",
-            group::BUCKET,
-            last.map(|e| e.to_string()).unwrap_or_default()
-        ))
+            },
+        )
+        .await
+        .map_err(|e| anyhow::anyhow!("bucket {}: {e}", group::BUCKET))?;
+        Ok(Self {
+            kv,
+            publisher,
+            backlog,
+            cache: Cache::default(),
+            limits,
+            nats: js.client(),
+        })
     }
 
     /// Starts the watch that keeps the cache current.

@@ -48,8 +48,10 @@ struct Resolved {
     record: Option<Arc<Record>>,
 }
 
+/// The conversation `target` names for `me`, or the `error` frame (with `id`) that refuses it.
 async fn resolve(
     state: &AppState,
+    id: &Option<FrameId>,
     me: &UserId,
     target: ConvTarget,
 ) -> Result<Resolved, ServerFrame> {
@@ -61,7 +63,7 @@ async fn resolve(
                 with: None,
                 record: Some(record),
             }),
-            Err(e) => Err(error(None, e.code(), e.to_string())),
+            Err(e) => Err(e.to_frame(id.clone())),
         },
         ConvTarget::With(other) => match Conversation::dm(me.clone(), other.clone()) {
             Some(conv) => Ok(Resolved {
@@ -71,19 +73,11 @@ async fn resolve(
                 record: None,
             }),
             None => Err(error(
-                None,
+                id.clone(),
                 ErrorCode::BadRequest,
                 "there is no thread with yourself",
             )),
         },
-    }
-}
-
-/// With the frame's `id` put in, for errors made before it was known.
-fn with_id(frame: ServerFrame, id: Option<FrameId>) -> ServerFrame {
-    match frame {
-        ServerFrame::Error { code, message, .. } => ServerFrame::Error { id, code, message },
-        other => other,
     }
 }
 
@@ -129,10 +123,12 @@ impl Session {
                         Err(e) => conv_error(id, &e),
                     }
                 }
-                ClientFrame::Read { target, seq } => match resolve(&state, &me, target).await {
-                    Ok(r) => read(&state, id, me, conn, r, seq).await,
-                    Err(e) => with_id(e, id),
-                },
+                ClientFrame::Read { target, seq } => {
+                    match resolve(&state, &id, &me, target).await {
+                        Ok(r) => read(&state, id, me, conn, r, seq).await,
+                        Err(e) => e,
+                    }
+                }
                 // Hiding touches only the user's own list, so a group they left may be hidden too.
                 ClientFrame::ConversationHide { target } => {
                     let resolved = match target {
@@ -142,7 +138,7 @@ impl Session {
                             with: None,
                             record: None,
                         }),
-                        with => resolve(&state, &me, with).await,
+                        with => resolve(&state, &id, &me, with).await,
                     };
                     match resolved {
                         Ok(r) => {
@@ -159,11 +155,11 @@ impl Session {
                                 Err(e) => conv_error(id, &e),
                             }
                         }
-                        Err(e) => with_id(e, id),
+                        Err(e) => e,
                     }
                 }
                 ClientFrame::GroupReceipts { group, seq } => {
-                    match resolve(&state, &me, ConvTarget::Group(group.clone())).await {
+                    match resolve(&state, &id, &me, ConvTarget::Group(group.clone())).await {
                         Ok(r) => {
                             let req = ConvRequest::Readers {
                                 conv: ConvRef::from(&r.conv),
@@ -181,7 +177,7 @@ impl Session {
                                 Err(e) => conv_error(id, &e),
                             }
                         }
-                        Err(e) => with_id(e, id),
+                        Err(e) => e,
                     }
                 }
                 // `dispatch` hands only these frames here.

@@ -7,7 +7,6 @@ use protocol::group::{Change, Record};
 use protocol::{ClientFrame, FrameId, GroupId, ServerFrame};
 
 use super::{Done, Session};
-use crate::groups::GroupError;
 
 /// The `group` frame of a record.
 fn group_frame(id: Option<FrameId>, group: GroupId, record: &Record) -> ServerFrame {
@@ -19,14 +18,6 @@ fn group_frame(id: Option<FrameId>, group: GroupId, record: &Record) -> ServerFr
         members: record.members.clone(),
         member_count: record.members.len(),
     })
-}
-
-fn error_frame(id: Option<FrameId>, e: &GroupError) -> ServerFrame {
-    ServerFrame::Error {
-        id,
-        code: e.code(),
-        message: e.to_string(),
-    }
 }
 
 impl Session {
@@ -42,7 +33,7 @@ impl Session {
                 self.inflight.push(Box::pin(async move {
                     Done::Reply(match groups.create(&me, group, name, members).await {
                         Ok((group, record)) => group_frame(id, group, &record),
-                        Err(e) => error_frame(id, &e),
+                        Err(e) => e.to_frame(id),
                     })
                 }));
                 return;
@@ -51,7 +42,7 @@ impl Session {
                 self.inflight.push(Box::pin(async move {
                     Done::Reply(match groups.member_record(&group, &me).await {
                         Ok(record) => group_frame(id, group, &record),
-                        Err(e) => error_frame(id, &e),
+                        Err(e) => e.to_frame(id),
                     })
                 }));
                 return;
@@ -67,7 +58,7 @@ impl Session {
         self.inflight.push(Box::pin(async move {
             Done::Reply(match groups.change(&group, &me, change).await {
                 Ok(record) => group_frame(id, group, &record),
-                Err(e) => error_frame(id, &e),
+                Err(e) => e.to_frame(id),
             })
         }));
     }

@@ -58,11 +58,7 @@ impl Session {
             if let Some(group) = &group
                 && let Err(e) = groups.member_record(group, &me).await
             {
-                return Done::Reply(ServerFrame::Error {
-                    id,
-                    code: e.code(),
-                    message: e.to_string(),
-                });
+                return Done::Reply(e.to_frame(id));
             }
             let frame = match backlog.history(&req).await {
                 Ok((messages, more)) => ServerFrame::History {
