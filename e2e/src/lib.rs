@@ -35,9 +35,20 @@ pub fn code(v: &serde_json::Value) -> &str {
     }
 }
 
-/// A persister started through `persister::run` with SQLite in a temp dir.
+/// The history store a test's persister writes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// A fresh SQLite file in a temp dir.
+    Sqlite,
+    /// A fresh keyspace on the test run's Cassandra node (`testkit::cassandra`), through the
+    /// ScyllaDB store.
+    Scylla,
+}
+
+/// A persister started through `persister::run`.
 pub struct Persister {
     pub dir: testkit::TempDir,
+    store: persister::config::StoreConfig,
     _stop: oneshot::Sender<()>,
     pub task: JoinHandle<Result<(), persister::Error>>,
 }
@@ -45,26 +56,60 @@ pub struct Persister {
 impl Persister {
     /// A persister on a fresh SQLite file, consuming the stream of `stack`'s nats-server.
     pub async fn start(stack: &Stack) -> Persister {
-        Self::start_in(stack, testkit::temp_dir("liaotian-history").unwrap()).await
+        Self::start_on(stack, Backend::Sqlite).await
     }
 
-    /// Stops this persister and starts another on the same SQLite file, as a restart would.
+    /// A persister on a fresh store of `backend`.
+    pub async fn start_on(stack: &Stack, backend: Backend) -> Persister {
+        let dir = testkit::temp_dir("liaotian-history").unwrap();
+        let store = match backend {
+            Backend::Sqlite => persister::config::StoreConfig::Sqlite {
+                path: dir.path().join("history.db"),
+            },
+            Backend::Scylla => {
+                static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let nanos = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos();
+                let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                persister::config::StoreConfig::Scylla {
+                    hosts: vec![testkit::cassandra::shared().unwrap()],
+                    keyspace: format!("e2e_{}_{n}", nanos % 1_000_000_000_000),
+                }
+            }
+        };
+        Self::launch(stack, dir, store).await
+    }
+
+    /// Stops this persister and starts another on the same store, as a restart would.
     pub async fn restart(mut self, stack: &Stack) -> Persister {
         let dir = std::mem::replace(&mut self.dir, testkit::temp_dir("liaotian-gone").unwrap());
+        let store = self.store.clone();
         self.task.abort();
         let _ = (&mut self.task).await;
         drop(self);
-        Self::start_in(stack, dir).await
+        Self::launch(stack, dir, store).await
     }
 
     /// A persister on the SQLite file `history.db` in `dir`.
     pub async fn start_in(stack: &Stack, dir: testkit::TempDir) -> Persister {
+        let store = persister::config::StoreConfig::Sqlite {
+            path: dir.path().join("history.db"),
+        };
+        Self::launch(stack, dir, store).await
+    }
+
+    async fn launch(
+        stack: &Stack,
+        dir: testkit::TempDir,
+        store: persister::config::StoreConfig,
+    ) -> Persister {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = persister::Config {
             nats_url: stack.nats.url(),
-            store: persister::config::StoreConfig::Sqlite {
-                path: dir.path().join("history.db"),
-            },
+            store: store.clone(),
+            scylla_replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             batch_wait: Duration::from_millis(20),
             ..persister::Config::default()
         };
@@ -75,6 +120,7 @@ impl Persister {
         wait_for_services(stack).await;
         Persister {
             dir,
+            store,
             _stop: tx,
             task,
         }

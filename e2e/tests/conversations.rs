@@ -6,7 +6,7 @@
 
 use std::time::Duration;
 
-use e2e::{Persister, Stack, ask, code};
+use e2e::{Backend, Persister, Stack, ask, code};
 use serde_json::{Value, json};
 use testkit::WsClient;
 
@@ -74,10 +74,20 @@ async fn next_of(c: &mut WsClient, ty: &str, t: Duration) -> Option<Value> {
 
 #[tokio::test]
 async fn a_read_on_one_device_reaches_the_other_and_the_sender_gets_a_receipt() {
+    a_read_on_one_device_reaches_the_other_and_the_sender_gets_a_receipt_on(Backend::Sqlite).await;
+}
+
+// Proves the same with the persister on the ScyllaDB store (the test run's Cassandra node).
+#[tokio::test]
+async fn a_read_on_one_device_reaches_the_other_and_the_sender_gets_a_receipt_on_scylla() {
+    a_read_on_one_device_reaches_the_other_and_the_sender_gets_a_receipt_on(Backend::Scylla).await;
+}
+
+async fn a_read_on_one_device_reaches_the_other_and_the_sender_gets_a_receipt_on(backend: Backend) {
     let stack = Stack::start();
     let g1 = stack.gateway_with(stack.config_unlimited()).await;
     let g2 = stack.gateway_with(stack.config_unlimited()).await;
-    let _persister = Persister::start(&stack).await;
+    let _persister = Persister::start_on(&stack, backend).await;
     let mut alice = stack.connect(&g1, "alice").await;
     let mut phone = stack.connect(&g1, "bob").await;
     let mut desk = stack.connect(&g2, "bob").await;
@@ -251,9 +261,19 @@ async fn receipts_in_small_groups_and_none_above_the_limit() {
 
 #[tokio::test]
 async fn unread_counts_are_exact_across_reads_and_restarts() {
+    unread_counts_are_exact_across_reads_and_restarts_on(Backend::Sqlite).await;
+}
+
+// Proves the same with the persister on the ScyllaDB store (the test run's Cassandra node).
+#[tokio::test]
+async fn unread_counts_are_exact_across_reads_and_restarts_on_scylla() {
+    unread_counts_are_exact_across_reads_and_restarts_on(Backend::Scylla).await;
+}
+
+async fn unread_counts_are_exact_across_reads_and_restarts_on(backend: Backend) {
     let stack = Stack::start();
     let mut g1 = stack.gateway_with(stack.config_unlimited()).await;
-    let persister = Persister::start(&stack).await;
+    let persister = Persister::start_on(&stack, backend).await;
     let mut alice = stack.connect(&g1, "alice").await;
     ask(
         &mut alice,

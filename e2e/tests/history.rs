@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use e2e::{Persister, Stack, join, resume_and_check, send_many};
+use e2e::{Backend, Persister, Stack, join, resume_and_check, send_many};
 use serde_json::{Value, json};
 use testkit::WsClient;
 
@@ -43,10 +43,20 @@ async fn resume_reads_from_the_persister_when_the_stream_no_longer_holds_the_ran
 
 #[tokio::test]
 async fn history_pages_back_and_forth_through_the_gateway() {
+    history_pages_back_and_forth_through_the_gateway_on(Backend::Sqlite).await;
+}
+
+// Proves the same with the persister on the ScyllaDB store (the test run's Cassandra node).
+#[tokio::test]
+async fn history_pages_back_and_forth_through_the_gateway_on_scylla() {
+    history_pages_back_and_forth_through_the_gateway_on(Backend::Scylla).await;
+}
+
+async fn history_pages_back_and_forth_through_the_gateway_on(backend: Backend) {
     // history pages come from the persister in seq order with exact `more`; bad limits are bad_request.
     let stack = Stack::start();
     let g = stack.gateway_with(stack.config_unlimited()).await;
-    let _persister = Persister::start(&stack).await;
+    let _persister = Persister::start_on(&stack, backend).await;
     let mut c = stack.connect(&g, "alice").await;
     join(&mut c, "h").await;
     let seqs = send_many(&mut c, "h", "h", 120).await;

@@ -1,4 +1,5 @@
-//! The store contract: one suite, run against SQLite always, and against ScyllaDB (ignored unless asked for) when `SCYLLA_URI` is set.
+//! The store contract: one suite, run against SQLite and against the ScyllaDB backend on a real CQL
+//! server (a Cassandra node from testkit, or the cluster in `SCYLLA_URI`).
 
 use persister::store::{DeadLetter, PageQuery, Record, Store};
 use protocol::frame::Item;
@@ -504,29 +505,30 @@ async fn sqlite_meets_the_store_contract() {
     conv_suite(&store, "-c").await;
 }
 
-// Proves the ScyllaDB backend meets the same contract, against the cluster in SCYLLA_URI. Ignored
-// (reported as such, not as passed) until the test suite starts a CQL server of its own; run it
-// with `SCYLLA_URI=scylla://host/keyspace cargo test -p persister --test contract -- --ignored`.
+// Proves the ScyllaDB backend meets the same contract, against a real CQL server: the test run's
+// Cassandra node (testkit::cassandra), or the cluster in SCYLLA_URI when one is given.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs a CQL server: set SCYLLA_URI and pass --ignored"]
 async fn scylla_meets_the_store_contract() {
-    let uri = std::env::var("SCYLLA_URI").expect("SCYLLA_URI=scylla://host1,host2/keyspace");
-    let persister::StoreConfig::Scylla { hosts, keyspace } =
-        persister::StoreConfig::parse(&uri).expect("SCYLLA_URI")
-    else {
-        panic!("SCYLLA_URI must be scylla://host1,host2/keyspace");
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let (hosts, keyspace) = match std::env::var("SCYLLA_URI") {
+        Ok(uri) => match persister::StoreConfig::parse(&uri).expect("SCYLLA_URI") {
+            persister::StoreConfig::Scylla { hosts, keyspace } => (hosts, keyspace),
+            _ => panic!("SCYLLA_URI must be scylla://host1,host2/keyspace"),
+        },
+        Err(_) => (
+            vec![testkit::cassandra::shared().unwrap()],
+            format!("contract_{nanos}"),
+        ),
     };
     let replication = std::env::var("SCYLLA_REPLICATION")
         .unwrap_or_else(|_| "{'class': 'SimpleStrategy', 'replication_factor': 1}".into());
     let store = persister::store::ScyllaStore::connect(&hosts, &keyspace, &replication)
         .await
         .unwrap();
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_nanos();
     contract_suite(&store, &format!("x{nanos}")).await;
     dead_letter_suite(&store, (nanos % 1_000_000_000) as u64 * 10).await;
-    // Not met yet: ScyllaStore answers the conversation index with `Unsupported` (docs/persister.md).
     conv_suite(&store, &format!("c{nanos}")).await;
 }

@@ -5,6 +5,7 @@ mod common;
 use std::time::Duration;
 
 use common::{Running, config, create_stream, publish_raw, publish_room, room_msg, wait_until};
+use persister::Config;
 use persister::store::{PageQuery, SqliteStore, Store};
 use protocol::RoomId;
 use protocol::history::{ConvRef, HistoryReply, HistoryRequest};
@@ -54,13 +55,41 @@ async fn crash_mid_stream_then_restart_stores_each_message_once() {
     let nats = testkit::NatsServer::start().unwrap();
     let dir = testkit::temp_dir("persister-crash").unwrap();
     let db = dir.path().join("history.db");
+    let reader = SqliteStore::open(&db).await.unwrap();
+    crash_mid_stream(&nats, config(&nats.url(), &db), &reader).await;
+}
+
+// Proves the same with the ScyllaDB store, on the test run's Cassandra node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crash_mid_stream_then_restart_stores_each_message_once_on_scylla() {
+    let nats = testkit::NatsServer::start().unwrap();
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let (hosts, keyspace) = (
+        vec![testkit::cassandra::shared().unwrap()],
+        format!("crash_{nanos}"),
+    );
+    let replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+    let reader = persister::store::ScyllaStore::connect(&hosts, &keyspace, replication)
+        .await
+        .unwrap();
+    let config = Config {
+        store: persister::StoreConfig::Scylla { hosts, keyspace },
+        scylla_replication: replication.into(),
+        ..config(&nats.url(), std::path::Path::new("unused"))
+    };
+    crash_mid_stream(&nats, config, &reader).await;
+}
+
+async fn crash_mid_stream(nats: &testkit::NatsServer, config: Config, reader: &dyn Store) {
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client);
     create_stream(&js).await.unwrap();
-    let reader = SqliteStore::open(&db).await.unwrap();
     let conv = room("crash");
 
-    let first = Running::start(config(&nats.url(), &db)).await.unwrap();
+    let first = Running::start(config.clone()).await.unwrap();
     const TOTAL: usize = 1500;
     let publisher = {
         let js = js.clone();
@@ -84,11 +113,11 @@ async fn crash_mid_stream_then_restart_stores_each_message_once() {
     );
 
     let published = publisher.await.unwrap();
-    let second = Running::start(config(&nats.url(), &db)).await.unwrap();
+    let second = Running::start(config).await.unwrap();
     wait_until(|| async { reader.count(&conv).await.unwrap() == TOTAL as u64 })
         .await
         .unwrap();
-    assert_eq!(all_seqs(&reader, &conv).await, published);
+    assert_eq!(all_seqs(reader, &conv).await, published);
     // Nothing more arrives later (no duplicates can be hiding in flight).
     tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(reader.count(&conv).await.unwrap(), TOTAL as u64);

@@ -4,13 +4,16 @@
 //! store directory, and kills it and removes the directory on drop. Each test gets its own server, so
 //! tests run in parallel without sharing streams. [`WsClient`] is a thin tokio-tungstenite client that
 //! speaks JSON frames. The small helpers every test tree needs (a temp dir, test logs, an HTTP GET
-//! and a metric read) are here once.
+//! and a metric read) are here once. [`CassandraServer`] is the CQL server of the ScyllaDB store's
+//! tests, one per test run.
 
+pub mod cassandra;
 pub mod nats;
 pub mod proxy;
 pub mod redis;
 pub mod ws;
 
+pub use cassandra::CassandraServer;
 pub use nats::NatsServer;
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;

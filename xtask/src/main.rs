@@ -4,7 +4,8 @@
 //!   `nats.conf`), auth in dev mode, one gateway and a persister on SQLite, and stops them all on
 //!   Ctrl-C. `--no-build` starts the binaries already built.
 //! - `cargo xtask test`: runs every test: the Rust workspace tests, the mini-program client test
-//!   (Node) and the headless-browser test.
+//!   (Node) and the headless-browser test. The Rust tests share one Cassandra node (the ScyllaDB
+//!   store's CQL server), started by testkit's `cassandra-node` launcher for the run.
 //!
 //! Both build the service binaries with one command, [`build_services`] (cargo unifies features
 //! over the packages one build names, so two package lists could give two feature sets), and run
@@ -260,10 +261,21 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         "xtask: running the Rust test suite (nats-server: {})",
         nats_bin.display()
     );
+    // Built first, so the shared Cassandra node's launcher exists before the tests run.
+    run(cargo()
+        .current_dir(&root)
+        .args(["test", "--workspace", "--no-run", "--quiet"]))?;
+    let cql = CqlNode::start(&bin_dir(&root).join("cassandra-node"))?;
+    println!(
+        "xtask: a Cassandra node for the ScyllaDB store's tests on {}",
+        cql.host
+    );
     run(cargo()
         .current_dir(&root)
         .env("NATS_SERVER_BIN", &nats_bin)
+        .env(CQL_ENV, &cql.host)
         .args(["test", "--workspace"]))?;
+    drop(cql);
     // The same build as `cargo xtask dev`'s; the browser test runs this very xtask binary.
     println!("xtask: building the service binaries for the Node tests");
     build_services(&root)?;
@@ -296,6 +308,43 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         &[("CHROMIUM_PATH", &chromium)],
         &[],
     )
+}
+
+/// The variable that names the shared node to the tests (`testkit::cassandra::SHARED_ENV`).
+const CQL_ENV: &str = "LIAOTIAN_TEST_CQL";
+
+/// The test run's one Cassandra node, held by testkit's launcher until this is dropped (or this
+/// process dies): the launcher keeps the node while its stdin is open.
+struct CqlNode {
+    child: std::process::Child,
+    host: String,
+}
+
+impl CqlNode {
+    fn start(launcher: &Path) -> anyhow::Result<Self> {
+        let mut child = Command::new(launcher)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", launcher.display()))?;
+        let mut line = String::new();
+        let stdout = child.stdout.take().context("the launcher's stdout")?;
+        std::io::BufRead::read_line(&mut std::io::BufReader::new(stdout), &mut line)
+            .context("reading the node's address")?;
+        let host = line.trim().to_owned();
+        if host.is_empty() {
+            let status = child.wait()?;
+            bail!("the Cassandra node did not start ({status}); see the launcher's error above");
+        }
+        Ok(Self { child, host })
+    }
+}
+
+impl Drop for CqlNode {
+    fn drop(&mut self) {
+        drop(self.child.stdin.take());
+        let _ = self.child.wait();
+    }
 }
 
 /// Runs the Node test suite in `dir`, installing its dependencies first (`npm ci`) when the

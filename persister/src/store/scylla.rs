@@ -7,6 +7,11 @@
 //! by bucket descending); a page reads that index first and then only buckets that hold messages.
 //! The cost is one extra small write per (conversation, bucket) per batch, and one extra small read per page.
 //! All writes are upserts, so they are idempotent and safe to retry.
+//!
+//! The conversation index (threads, groups, read state) lives in `convs`, updated after the
+//! messages of each batch.
+
+mod convs;
 
 use std::collections::BTreeSet;
 
@@ -44,12 +49,12 @@ pub fn bucket_of(seq: u64) -> i64 {
 
 /// The DDL run on start, in order; every statement is `IF NOT EXISTS`.
 pub fn schema_cql(keyspace: &str, replication: &str) -> Vec<String> {
-    vec![
+    let mut ddl = vec![
         format!("CREATE KEYSPACE IF NOT EXISTS {keyspace} WITH replication = {replication}"),
         format!(
             "CREATE TABLE IF NOT EXISTS {keyspace}.messages (conv text, bucket bigint, seq bigint, \
              sender text, room text, recipient text, grp text, event text, text text, \
-             client_msg_id text, ts bigint, \
+             client_msg_id text, ts bigint, ord bigint, \
              PRIMARY KEY ((conv, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)"
         ),
         format!(
@@ -60,8 +65,15 @@ pub fn schema_cql(keyspace: &str, replication: &str) -> Vec<String> {
             "CREATE TABLE IF NOT EXISTS {keyspace}.dead_letters (seq bigint PRIMARY KEY, \
              subject text, payload blob, error text, at_ms bigint)"
         ),
-    ]
+    ];
+    ddl.extend(convs::schema_cql(keyspace));
+    ddl
 }
+
+/// Columns added to `messages` after its first release, with their types: added on start to a
+/// table created without them.
+pub const ADDED_MESSAGE_COLUMNS: &[(&str, &str)] =
+    &[("grp", "text"), ("event", "text"), ("ord", "bigint")];
 
 /// The text of every prepared statement.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,7 +91,7 @@ pub struct StatementsCql {
 
 impl StatementsCql {
     pub fn new(ks: &str) -> Self {
-        let cols = "seq, sender, room, recipient, text, client_msg_id, ts, grp, event";
+        let cols = "seq, sender, room, recipient, text, client_msg_id, ts, grp, event, ord";
         let range = "WHERE conv = ? AND bucket = ? AND seq > ? AND seq < ?";
         let brange = "WHERE conv = ? AND bucket >= ? AND bucket <= ?";
         Self {
@@ -141,6 +153,8 @@ pub struct ReadRow {
     pub ts: i64,
     pub grp: Option<String>,
     pub event: Option<String>,
+    /// The message's ordinal in its thread or group (the conversation index's unread counting).
+    pub ord: Option<i64>,
 }
 
 impl MessageRow {
@@ -187,6 +201,7 @@ impl ReadRow {
 pub struct ScyllaStore {
     session: Session,
     st: Prepared,
+    convs: convs::ConvIndex,
 }
 
 struct Prepared {
@@ -228,6 +243,7 @@ impl ScyllaStore {
                 .await
                 .map_err(scylla_err("creating the schema"))?;
         }
+        add_missing_columns(&session, keyspace).await?;
         session
             .await_schema_agreement()
             .await
@@ -257,7 +273,15 @@ impl ScyllaStore {
             list_dead_letters: prep(cql.list_dead_letters).await?,
             count_bucket: prep(cql.count_bucket).await?,
         };
-        Ok(Self { session, st })
+        let mut index = Vec::new();
+        for text in convs::ConvCql::new(keyspace).all() {
+            index.push(prep(text.clone()).await?);
+        }
+        Ok(Self {
+            session,
+            st,
+            convs: convs::ConvIndex::new(index),
+        })
     }
 
     /// Buckets of `conv` between `bottom` and `top` (inclusive) holding messages, up to one index page.
@@ -283,6 +307,63 @@ impl ScyllaStore {
             .map_err(scylla_err("reading the bucket index"))?
             .map(|r| r.map(|(b,)| b).map_err(scylla_err("reading a bucket row")))
             .collect()
+    }
+
+    /// Up to `n` rows of `conv` with `lo < seq < hi`, in `order`: [`Store::scan`]'s rows, with the
+    /// columns only the store reads.
+    async fn scan_rows(
+        &self,
+        conv: &Conversation,
+        lo: u64,
+        hi: u64,
+        order: Order,
+        n: usize,
+    ) -> Result<Vec<ReadRow>, StoreError> {
+        let mut out = Vec::new();
+        if n == 0 || hi <= lo.saturating_add(1) {
+            return Ok(out);
+        }
+        let key = conv_key(conv);
+        let (bottom, top) = (bucket_of(lo + 1), bucket_of(hi - 1));
+        let (lo_i, hi_i) = (
+            i64::try_from(lo).unwrap_or(i64::MAX),
+            i64::try_from(hi).unwrap_or(i64::MAX),
+        );
+        let ps = match order {
+            Order::Ascending => &self.st.scan_asc,
+            Order::Descending => &self.st.scan_desc,
+        };
+        let (mut from, mut to) = (bottom, top);
+        while from <= to {
+            let buckets = self.buckets(&key, from, to, order).await?;
+            let full_page = buckets.len() >= BUCKET_INDEX_PAGE as usize;
+            for &b in &buckets {
+                let want = i32::try_from(n - out.len()).unwrap_or(i32::MAX);
+                let res = self
+                    .session
+                    .execute_unpaged(ps, (&key, b, lo_i, hi_i, want))
+                    .await
+                    .map_err(scylla_err("reading messages"))?
+                    .into_rows_result()
+                    .map_err(scylla_err("reading messages"))?;
+                for row in res
+                    .rows::<ReadRow>()
+                    .map_err(scylla_err("reading messages"))?
+                {
+                    out.push(row.map_err(scylla_err("reading a message row"))?);
+                }
+                if out.len() >= n {
+                    out.truncate(n);
+                    return Ok(out);
+                }
+            }
+            match (full_page, buckets.last(), order) {
+                (true, Some(&last), Order::Descending) => to = last - 1,
+                (true, Some(&last), Order::Ascending) => from = last + 1,
+                _ => break,
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -319,7 +400,26 @@ impl Store for ScyllaStore {
                     .await
                     .map_err(scylla_err("writing the bucket index"))?;
             }
-            Ok(())
+            // Then the conversation index: each thread's or group's records in stream order,
+            // different conversations side by side (they share no index rows).
+            let mut chains: Vec<Vec<convs::Indexed<'_>>> = Vec::new();
+            let mut at: std::collections::HashMap<&Conversation, usize> =
+                std::collections::HashMap::new();
+            for (r, row) in records.iter().zip(&rows) {
+                if matches!(r.conv, Conversation::Room(_)) {
+                    continue;
+                }
+                let i = *at.entry(&r.conv).or_insert_with(|| {
+                    chains.push(Vec::new());
+                    chains.len() - 1
+                });
+                chains[i].push(convs::Indexed {
+                    conv: &r.conv,
+                    seq: row.seq,
+                    msg: &r.msg,
+                });
+            }
+            self.index_batch(chains).await
         })
     }
 
@@ -332,54 +432,11 @@ impl Store for ScyllaStore {
         n: usize,
     ) -> StoreFuture<'a, Vec<Record>> {
         Box::pin(async move {
-            let mut out = Vec::new();
-            if n == 0 || hi <= lo.saturating_add(1) {
-                return Ok(out);
-            }
-            let key = conv_key(conv);
-            let (bottom, top) = (bucket_of(lo + 1), bucket_of(hi - 1));
-            let (lo_i, hi_i) = (
-                i64::try_from(lo).unwrap_or(i64::MAX),
-                i64::try_from(hi).unwrap_or(i64::MAX),
-            );
-            let ps = match order {
-                Order::Ascending => &self.st.scan_asc,
-                Order::Descending => &self.st.scan_desc,
-            };
-            let (mut from, mut to) = (bottom, top);
-            while from <= to {
-                let buckets = self.buckets(&key, from, to, order).await?;
-                let full_page = buckets.len() >= BUCKET_INDEX_PAGE as usize;
-                for &b in &buckets {
-                    let want = i32::try_from(n - out.len()).unwrap_or(i32::MAX);
-                    let res = self
-                        .session
-                        .execute_unpaged(ps, (&key, b, lo_i, hi_i, want))
-                        .await
-                        .map_err(scylla_err("reading messages"))?
-                        .into_rows_result()
-                        .map_err(scylla_err("reading messages"))?;
-                    for row in res
-                        .rows::<ReadRow>()
-                        .map_err(scylla_err("reading messages"))?
-                    {
-                        out.push(
-                            row.map_err(scylla_err("reading a message row"))?
-                                .into_record(conv)?,
-                        );
-                    }
-                    if out.len() >= n {
-                        out.truncate(n);
-                        return Ok(out);
-                    }
-                }
-                match (full_page, buckets.last(), order) {
-                    (true, Some(&last), Order::Descending) => to = last - 1,
-                    (true, Some(&last), Order::Ascending) => from = last + 1,
-                    _ => break,
-                }
-            }
-            Ok(out)
+            self.scan_rows(conv, lo, hi, order, n)
+                .await?
+                .into_iter()
+                .map(|r| r.into_record(conv))
+                .collect()
         })
     }
 
@@ -462,57 +519,98 @@ impl Store for ScyllaStore {
         })
     }
 
-    // The conversation index is built for SQLite only so far (docs/persister.md); ScyllaDB answers
-    // these with an error the services pass on as `unavailable`.
     fn conversations<'a>(
         &'a self,
-        _user: &'a UserId,
-        _limit: u32,
-        _before: Option<u64>,
+        user: &'a UserId,
+        limit: u32,
+        before: Option<u64>,
     ) -> StoreFuture<'a, (Vec<ConvItem>, bool)> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+        Box::pin(self.conv_list(user, limit, before))
     }
 
     fn read_state<'a>(
         &'a self,
-        _user: &'a UserId,
-        _conv: &'a Conversation,
+        user: &'a UserId,
+        conv: &'a Conversation,
     ) -> StoreFuture<'a, ReadState> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+        Box::pin(self.conv_state(user, conv))
     }
 
     fn mark_read<'a>(
         &'a self,
-        _user: &'a UserId,
-        _conv: &'a Conversation,
-        _seq: u64,
+        user: &'a UserId,
+        conv: &'a Conversation,
+        seq: u64,
     ) -> StoreFuture<'a, (ReadState, bool)> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+        Box::pin(async move {
+            let marks = [(user.clone(), conv.clone(), seq)];
+            let mut out = self.conv_mark_read(&marks).await?;
+            out.pop().ok_or(StoreError::Worker)
+        })
     }
 
-    fn newest<'a>(&'a self, _conv: &'a Conversation) -> StoreFuture<'a, u64> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    fn mark_read_many<'a>(
+        &'a self,
+        marks: &'a [(UserId, Conversation, u64)],
+    ) -> StoreFuture<'a, Vec<(ReadState, bool)>> {
+        Box::pin(self.conv_mark_read(marks))
     }
 
-    fn hide<'a>(&'a self, _user: &'a UserId, _conv: &'a Conversation) -> StoreFuture<'a, ()> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    fn newest<'a>(&'a self, conv: &'a Conversation) -> StoreFuture<'a, u64> {
+        Box::pin(self.conv_newest(conv))
+    }
+
+    fn hide<'a>(&'a self, user: &'a UserId, conv: &'a Conversation) -> StoreFuture<'a, ()> {
+        Box::pin(self.conv_hide(user, conv))
     }
 
     fn contacts<'a>(
         &'a self,
-        _user: &'a UserId,
-        _among: &'a [UserId],
+        user: &'a UserId,
+        among: &'a [UserId],
     ) -> StoreFuture<'a, Vec<UserId>> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+        Box::pin(self.conv_contacts(user, among))
     }
 
-    fn group_counts<'a>(&'a self, _users: &'a [UserId]) -> StoreFuture<'a, Vec<u64>> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    fn group_counts<'a>(&'a self, users: &'a [UserId]) -> StoreFuture<'a, Vec<u64>> {
+        Box::pin(self.conv_group_counts(users))
     }
 
-    fn readers<'a>(&'a self, _conv: &'a Conversation, _seq: u64) -> StoreFuture<'a, Vec<UserId>> {
-        Box::pin(async { Err(StoreError::Unsupported("the conversation index")) })
+    fn readers<'a>(&'a self, conv: &'a Conversation, seq: u64) -> StoreFuture<'a, Vec<UserId>> {
+        Box::pin(self.conv_readers(conv, seq))
     }
+}
+
+/// Adds [`ADDED_MESSAGE_COLUMNS`] that `messages` lacks (a keyspace created by an older release).
+async fn add_missing_columns(session: &Session, keyspace: &str) -> Result<(), StoreError> {
+    let res = session
+        .query_unpaged(
+            "SELECT column_name FROM system_schema.columns \
+             WHERE keyspace_name = ? AND table_name = 'messages'",
+            (keyspace,),
+        )
+        .await
+        .map_err(scylla_err("reading the schema"))?
+        .into_rows_result()
+        .map_err(scylla_err("reading the schema"))?;
+    let have: Vec<String> = res
+        .rows::<(String,)>()
+        .map_err(scylla_err("reading the schema"))?
+        .map(|r| r.map(|(c,)| c))
+        .collect::<Result<_, _>>()
+        .map_err(scylla_err("reading the schema"))?;
+    for (col, ty) in ADDED_MESSAGE_COLUMNS {
+        if !have.iter().any(|c| c == col) {
+            session
+                .query_unpaged(
+                    format!("ALTER TABLE {keyspace}.messages ADD {col} {ty}"),
+                    (),
+                )
+                .await
+                .map_err(scylla_err("adding a column"))?;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -670,9 +768,46 @@ mod tests {
             &s.list_dead_letters,
             &s.count_bucket,
         ];
+        let index = convs::ConvCql::new("ks1");
         let list = |l: &str| -> Vec<String> { l.split(", ").map(str::to_owned).collect() };
-        for text in all {
+        for text in all.into_iter().chain(index.all()) {
             assert!(!text.contains("ALLOW FILTERING"), "{text}");
+            let update = text.strip_prefix("UPDATE ");
+            if let Some(rest) = update.or_else(|| text.strip_prefix("DELETE FROM ")) {
+                // A single-row write: every key column restricted by equality, only others set.
+                let (table, rest) = rest.split_once(' ').unwrap();
+                let t = tables
+                    .get(table)
+                    .unwrap_or_else(|| panic!("{text}: no table {table}"));
+                let keys: Vec<&String> = t.partition.iter().chain(&t.clustering).collect();
+                let (set, filter) = match rest.strip_prefix("SET ") {
+                    Some(r) => r.split_once(" WHERE ").unwrap(),
+                    None => ("", rest.strip_prefix("WHERE ").unwrap()),
+                };
+                for assign in set.split(", ").filter(|a| !a.is_empty()) {
+                    let col = assign.split(" = ").next().unwrap();
+                    assert!(
+                        t.columns.iter().any(|c| c == col),
+                        "{text}: no column {col}"
+                    );
+                    assert!(!keys.iter().any(|k| *k == col), "{text}: sets key {col}");
+                }
+                let restricted: Vec<&str> = filter
+                    .split(" AND ")
+                    .map(|c| {
+                        c.strip_suffix(" = ?")
+                            .unwrap_or_else(|| panic!("{text}: {c} is not an equality"))
+                    })
+                    .collect();
+                assert_eq!(restricted.len(), keys.len(), "{text}");
+                for k in &keys {
+                    assert!(
+                        restricted.contains(&k.as_str()),
+                        "{text}: key {k} not restricted"
+                    );
+                }
+                continue;
+            }
             if let Some(rest) = text.strip_prefix("INSERT INTO ") {
                 let (table, rest) = rest.split_once(" (").unwrap();
                 let t = tables
@@ -729,6 +864,51 @@ mod tests {
         }
     }
 
+    // Proves a keyspace made before groups and the conversation index gains their columns on
+    // start, and then stores and pages a group's items, against the test run's Cassandra node.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_old_keyspace_gains_the_new_columns() {
+        let host = testkit::cassandra::shared().unwrap();
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos();
+        let ks = format!("old_{nanos}");
+        let replication = "{'class': 'SimpleStrategy', 'replication_factor': 1}";
+        let session = SessionBuilder::new()
+            .known_node(&host)
+            .build()
+            .await
+            .unwrap();
+        for ddl in [
+            format!("CREATE KEYSPACE {ks} WITH replication = {replication}"),
+            format!(
+                "CREATE TABLE {ks}.messages (conv text, bucket bigint, seq bigint, sender text, \
+                 room text, recipient text, text text, client_msg_id text, ts bigint, \
+                 PRIMARY KEY ((conv, bucket), seq)) WITH CLUSTERING ORDER BY (seq DESC)"
+            ),
+        ] {
+            session.query_unpaged(ddl, ()).await.unwrap();
+        }
+        let store = ScyllaStore::connect(&[host], &ks, replication)
+            .await
+            .unwrap();
+        let team = Conversation::Group(protocol::GroupId::parse("team").unwrap());
+        let mut r = record(team.clone(), 5, None, None);
+        r.msg.group = Some(protocol::GroupId::parse("team").unwrap());
+        store.write_batch(std::slice::from_ref(&r)).await.unwrap();
+        let rows = store
+            .scan_rows(&team, 0, u64::MAX, Order::Descending, 10)
+            .await
+            .unwrap();
+        assert_eq!(rows.len(), 1);
+        assert_eq!(
+            (rows[0].grp.as_deref(), rows[0].ord),
+            (Some("team"), Some(1))
+        );
+        assert_eq!(store.newest(&team).await.unwrap(), 5);
+    }
+
     // Proves a record maps to a row (bucketed, absent fields unset) and back without loss.
     #[test]
     fn rows_round_trip() {
@@ -747,6 +927,7 @@ mod tests {
             recipient: None,
             grp: None,
             event: None,
+            ord: None,
             text: row.text.clone(),
             client_msg_id: row.client_msg_id.clone(),
             ts: row.ts,
@@ -775,6 +956,7 @@ mod tests {
             recipient: None,
             grp: None,
             event: None,
+            ord: None,
             text: String::new(),
             client_msg_id: "c".into(),
             ts: 0,
@@ -790,6 +972,7 @@ mod tests {
             recipient: None,
             grp: None,
             event: None,
+            ord: None,
             text: String::new(),
             client_msg_id: "c".into(),
             ts: 0,
