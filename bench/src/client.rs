@@ -83,6 +83,8 @@ pub struct Stats {
     /// (count, slowest µs).
     pub slow: BTreeMap<u64, (u64, u64)>,
     pub ack_latency: Histogram,
+    /// TCP connect → handshake → welcome → joins done, per client that connected.
+    pub connect_latency: Histogram,
     pub offline_latency: Histogram,
     pub got: BTreeMap<String, u64>,
     pub receivers: BTreeMap<String, u64>,
@@ -96,6 +98,9 @@ pub struct Stats {
 pub struct Ctx {
     pub spec: WorkerSpec,
     pub signer: Signer,
+    /// `iat` of every token this worker mints: a client that reconnects presents the token it
+    /// already holds, as a real one does, rather than a new one.
+    pub token_iat: u64,
     pub stats: RefCell<Stats>,
     pub go: watch::Receiver<Option<Phase>>,
     pub connecting: Semaphore,
@@ -116,8 +121,13 @@ impl Stats {
 pub async fn run(ctx: Rc<Ctx>, c: ClientSpec) {
     let ws = {
         let _permit = ctx.connecting.acquire().await;
+        let started = tokio::time::Instant::now();
         match tokio::time::timeout(CONNECT_TIMEOUT, setup(&ctx, &c)).await {
-            Ok(Ok(ws)) => ws,
+            Ok(Ok(ws)) => {
+                let us = started.elapsed().as_micros() as u64;
+                ctx.stats.borrow_mut().connect_latency.record(us);
+                ws
+            }
             Ok(Err(e)) => return fail(&ctx, short(&format!("{e:#}"))),
             Err(_) => return fail(&ctx, "timeout".into()),
         }
@@ -198,7 +208,7 @@ pub async fn connect(
     tcp.set_nodelay(true)?;
     let token = ctx
         .signer
-        .issue(&UserId::parse(user)?, token::now_secs(), TOKEN_TTL_SECS);
+        .issue(&UserId::parse(user)?, ctx.token_iat, TOKEN_TTL_SECS);
     let mut req = format!("ws://{addr}/ws").into_client_request()?;
     req.headers_mut()
         .insert("authorization", format!("Bearer {token}").parse()?);

@@ -1,7 +1,7 @@
 //! `bench` binary: parse the arguments, start the servers, run a scenario, append the results.
 //!
 //! ```text
-//! bench run idle      --conns 19000 --procs 2
+//! bench run idle      --conns 19000 --procs 2 [--join | --room-size 10]
 //! bench run fanout    --subscribers 1000 --publishers 10 --rates 100,200,400,600 [--group] [--persister]
 //! bench run pairs     --clients 2000 --rate 5 [--dm]
 //! bench run cross     --rooms 500 --rate 20
@@ -196,11 +196,13 @@ fn traffic(name: &str, f: &Flags) -> anyhow::Result<(Shape, usize, Vec<f64>)> {
     Ok(match name {
         "idle" => {
             let conns = f.get("conns", 1000usize)?;
-            let join = f.on("join");
+            // `--room-size N` puts N connections in each room, and implies `--join`.
+            let room_size = f.get("room-size", 1usize)?.max(1);
+            let join = f.on("join") || room_size > 1;
             (
                 Shape {
-                    rooms: conns,
-                    members: 1,
+                    rooms: conns.div_ceil(room_size),
+                    members: room_size,
                     senders: 0,
                     rate_per_sender: 0.0,
                     dm: false,

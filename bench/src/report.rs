@@ -50,6 +50,9 @@ pub struct Totals {
     /// with what the servers did at the time.
     pub slow_seconds: Vec<(u64, u64, u64)>,
     pub ack_latency_us: Summary,
+    /// Connect → handshake → welcome → joins, per client.
+    #[serde(default)]
+    pub connect_latency_us: Summary,
     /// presence-churn: close → offline event at a watcher, grace period included.
     pub offline_latency_us: Summary,
     /// Deliveries per second from `go` to the last delivery.
@@ -67,6 +70,7 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
     let mut t = Totals::default();
     let mut lat = Histogram::default();
     let mut ack = Histogram::default();
+    let mut connect = Histogram::default();
     let mut offline = Histogram::default();
     let mut got: BTreeMap<&str, u64> = BTreeMap::new();
     let mut receivers: BTreeMap<&str, u64> = BTreeMap::new();
@@ -109,6 +113,7 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
             into.1 = into.1.max(*max);
         }
         ack.add_sparse(&r.ack_latency);
+        connect.add_sparse(&r.connect_latency);
         offline.add_sparse(&r.offline_latency);
         for (k, v) in &r.got {
             *got.entry(k).or_default() += v;
@@ -149,6 +154,7 @@ pub fn merge(reports: &[WorkerReport]) -> Totals {
         .map(|(second, (n, max))| (second.saturating_sub(start), n, max))
         .collect();
     t.ack_latency_us = ack.summary();
+    t.connect_latency_us = connect.summary();
     t.offline_latency_us = offline.summary();
     if last_delivery > go && go != u64::MAX {
         t.deliveries_per_sec = t.deliveries as f64 / ((last_delivery - go) as f64 / 1e9);
@@ -166,6 +172,10 @@ pub struct ServerUsage {
     pub pid: u32,
     /// CPU seconds from `go` to the end of the run.
     pub cpu_s: f64,
+    /// CPU seconds from before the first connect until `go`: the connects, joins and the settle
+    /// pause (traffic scenarios; 0 elsewhere).
+    #[serde(default)]
+    pub connect_cpu_s: f64,
     pub rss_before_kib: u64,
     /// Resident set once every connection was up, before `go`.
     pub rss_ready_kib: u64,

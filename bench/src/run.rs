@@ -184,6 +184,7 @@ where
             name: s.name.clone(),
             pid: s.pid,
             cpu_s: e.cpu_s - r.cpu_s,
+            connect_cpu_s: r.cpu_s - b.cpu_s,
             rss_before_kib: b.rss_kib,
             rss_ready_kib: r.rss_kib,
             rss_end_kib: e.rss_kib,
@@ -340,6 +341,7 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
                 rss_ready_kib: a.rss_kib,
                 rss_end_kib: e.rss_kib,
                 hwm_kib: e.hwm_kib,
+                connect_cpu_s: 0.0,
             }
         })
         .collect();

@@ -93,6 +93,9 @@ pub struct WorkerReport {
     pub slow: Vec<(u64, u64, u64)>,
     /// Send → ack, in µs.
     pub ack_latency: Sparse,
+    /// Connect → handshake → welcome → joins, in µs.
+    #[serde(default)]
+    pub connect_latency: Sparse,
     /// presence-churn: close → offline event at a watcher, in µs, grace period included.
     #[serde(default)]
     pub offline_latency: Sparse,
@@ -142,6 +145,7 @@ async fn run_local(
     let signer = token::Signer::from_seed(&spec.seed, spec.issuer.clone());
     let ctx = Rc::new(Ctx {
         signer,
+        token_iat: token::now_secs(),
         stats: RefCell::new(Stats::default()),
         go: go_rx,
         connecting: Semaphore::new(spec.max_connecting.max(1)),
@@ -240,6 +244,7 @@ async fn run_local(
             .map(|(t, (n, max))| (t, n, max))
             .collect(),
         ack_latency: s.ack_latency.to_sparse(),
+        connect_latency: s.connect_latency.to_sparse(),
         offline_latency: s.offline_latency.to_sparse(),
         got: s.got,
         receivers: s.receivers,

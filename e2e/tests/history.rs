@@ -38,6 +38,8 @@ async fn resume_reads_from_the_persister_when_the_stream_no_longer_holds_the_ran
     let nats = async_nats::connect(stack.nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(nats);
     js.get_stream("CHAT").await.unwrap().purge().await.unwrap();
+    // A gateway trusts "the stream has dropped nothing" for this long (docs/protocol.md).
+    tokio::time::sleep(gateway::backlog::NOTHING_DROPPED_TTL).await;
     resume_and_check(&stack, &g, "old", 0, &missed, false).await;
 }
 

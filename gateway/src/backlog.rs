@@ -28,6 +28,16 @@ use crate::metrics::Metrics;
 const REPLAY_STALL: Duration = Duration::from_secs(5);
 /// Longest wait for the history service.
 const HISTORY_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a finding that the stream has dropped nothing is trusted before it is asked again.
+///
+/// Joining a conversation the stream holds nothing for must tell "never had a message" from "its
+/// messages aged out" (then the history service knows the newest). Asking the stream's info on
+/// every such join cost nats-server a sixth of its CPU in a connect storm into empty rooms
+/// (docs/benchmarks.md, eighth round). The first sequence only grows, so once it is past 1 that is
+/// kept for good; until then, the answer is reused for this long. In the one window where the
+/// stream starts dropping, a join may answer `last_seq` 0 for a conversation whose every message
+/// just aged out; its next message's `prev_seq` then shows the client the gap to page.
+pub const NOTHING_DROPPED_TTL: Duration = Duration::from_secs(1);
 
 /// The newest sequence of a conversation.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -65,7 +75,20 @@ pub struct Backlog {
     stream: Arc<tokio::sync::OnceCell<stream::Stream>>,
     /// Replays in progress, so that identical ones (a resume storm into one room) share one read.
     replays: Arc<Mutex<HashMap<ReplayKey, SharedReplay>>>,
+    /// What [`NOTHING_DROPPED_TTL`] caches.
+    dropped: Arc<Mutex<Dropped>>,
     metrics: Arc<Metrics>,
+}
+
+/// Whether stream `CHAT` has dropped any message, as last read.
+#[derive(Debug, Default)]
+enum Dropped {
+    #[default]
+    Unknown,
+    /// Nothing, when read at that instant.
+    No(tokio::time::Instant),
+    /// For good: its first sequence only grows.
+    Yes,
 }
 
 /// A replay, as the JSON bytes of its `message` frames, encoded once for every connection that
@@ -103,6 +126,7 @@ impl Backlog {
             nats,
             stream: Arc::default(),
             replays: Arc::default(),
+            dropped: Arc::default(),
             metrics,
         }
     }
@@ -185,7 +209,7 @@ impl Backlog {
             Err(e) if e.kind() == DirectGetErrorKind::NotFound => {}
             Err(e) => return Err(BacklogError::Stream(e.to_string())),
         }
-        if self.first_seq().await? <= 1 {
+        if !self.has_dropped().await? {
             return Ok(LastSeq {
                 seq: 0,
                 exact: true,
@@ -210,6 +234,24 @@ impl Backlog {
                 })
             }
         }
+    }
+
+    /// Whether the stream has dropped a message, read at most once per [`NOTHING_DROPPED_TTL`].
+    async fn has_dropped(&self) -> Result<bool, BacklogError> {
+        let now = tokio::time::Instant::now();
+        match *self.dropped.lock().unwrap_or_else(|e| e.into_inner()) {
+            Dropped::Yes => return Ok(true),
+            Dropped::No(at) if now.duration_since(at) < NOTHING_DROPPED_TTL => return Ok(false),
+            _ => {}
+        }
+        self.metrics.stream_info_reads.inc();
+        let dropped = self.first_seq().await? > 1;
+        *self.dropped.lock().unwrap_or_else(|e| e.into_inner()) = if dropped {
+            Dropped::Yes
+        } else {
+            Dropped::No(now)
+        };
+        Ok(dropped)
     }
 
     /// The stream's first stored sequence (1 for a stream that never dropped anything).

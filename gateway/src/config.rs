@@ -76,6 +76,9 @@ pub enum KeySource {
 pub struct Config {
     /// Listen address used by `main` (`GATEWAY_LISTEN`).
     pub listen: String,
+    /// Accept queue depth of that listener (`GATEWAY_LISTEN_BACKLOG`); the kernel caps it at
+    /// `net.core.somaxconn`.
+    pub listen_backlog: u32,
     /// NATS server URL(s), comma separated (`NATS_URL`).
     pub nats_url: String,
     /// Token key source (`GATEWAY_AUTH_URL`).
@@ -161,6 +164,7 @@ impl Default for Config {
     fn default() -> Self {
         Self {
             listen: DEFAULT_LISTEN.into(),
+            listen_backlog: crate::listener::DEFAULT_BACKLOG,
             nats_url: DEFAULT_NATS_URL.into(),
             keys: KeySource::Static,
             issuer: "liaotian".into(),
@@ -209,6 +213,9 @@ impl Config {
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         if let Some(v) = env.string("GATEWAY_LISTEN") {
             c.listen = v;
+        }
+        if let Some(n) = env.positive("GATEWAY_LISTEN_BACKLOG") {
+            c.listen_backlog = u32::try_from(n).unwrap_or(u32::MAX);
         }
         if let Some(v) = env.string("NATS_URL") {
             c.nats_url = v;
@@ -348,6 +355,7 @@ mod tests {
         assert_eq!(c.max_frame_bytes, 65536);
         assert_eq!(c.max_text_chars, 4000);
         assert_eq!(c.max_rooms_per_conn, 50);
+        assert_eq!(c.listen_backlog, 4096);
         assert_eq!(c.group_max_members, 500);
         assert_eq!(c.group_receipt_limit, 100);
         assert_eq!(c.group_max_per_user, 1000);
@@ -357,6 +365,14 @@ mod tests {
         assert!(c.stream.duplicate_window >= Duration::from_secs(300));
         assert_eq!(c.dm_subscription, DmSubscription::Shared);
         assert_eq!(c.room_presence, RoomPresenceWatch::Shared);
+    }
+
+    #[test]
+    fn the_listen_backlog_is_a_positive_count() {
+        let c = cfg(&[("GATEWAY_LISTEN_BACKLOG", "8192")]).unwrap();
+        assert_eq!(c.listen_backlog, 8192);
+        let err = cfg(&[("GATEWAY_LISTEN_BACKLOG", "0")]).unwrap_err();
+        assert_eq!(err.vars()[0], "GATEWAY_LISTEN_BACKLOG");
     }
 
     #[test]

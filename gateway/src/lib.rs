@@ -17,6 +17,7 @@ pub mod convs;
 pub mod groups;
 pub mod hub;
 pub mod keys;
+pub mod listener;
 pub mod metrics;
 pub mod presence;
 pub mod publish;

@@ -25,7 +25,7 @@ fn main() -> anyhow::Result<()> {
         }
         let config = gateway::Config::from_lookup(|k| std::env::var(k).ok())
             .context("reading configuration")?;
-        let listener = tokio::net::TcpListener::bind(&config.listen)
+        let listener = gateway::listener::bind(&config.listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding GATEWAY_LISTEN={}", config.listen))?;
         let keys = token::KeySet::new(config.issuer.clone());

@@ -22,6 +22,8 @@ pub struct Metrics {
     pub undecodable: IntCounter,
     pub content_checks: IntCounterVec,
     pub gap_fills: IntCounter,
+    pub stream_info_reads: IntCounter,
+    pub token_cache_hits: IntCounter,
     pub gap_filled_messages: IntCounter,
     pub resumes: IntCounterVec,
     pub replays_coalesced: IntCounter,
@@ -161,6 +163,20 @@ impl Metrics {
                     ]),
                 )
                 .unwrap_or_else(|e| unreachable!("{e}")),
+            ),
+            token_cache_hits: reg(
+                &r,
+                counter(
+                    "gateway_token_cache_hits_total",
+                    "Handshakes whose token was verified before, answered without checking its signature again.",
+                ),
+            ),
+            stream_info_reads: reg(
+                &r,
+                counter(
+                    "gateway_stream_info_reads_total",
+                    "Reads of stream CHAT's info by joins into conversations the stream holds nothing for.",
+                ),
             ),
             gap_fills: reg(
                 &r,

@@ -246,3 +246,28 @@ async fn a_close_asked_for_during_a_replay_cuts_it_short() {
     );
     assert!(ended.contains("4001") || ended.contains("ended"), "{ended}");
 }
+
+#[tokio::test]
+async fn joins_into_empty_rooms_share_one_read_of_the_stream_info() {
+    // Each join into a conversation the stream holds nothing for must learn whether the stream has
+    // dropped messages; a burst of such joins (a connect storm into new rooms) asks nats-server
+    // once per `NOTHING_DROPPED_TTL`, not once per join.
+    let stack = Stack::start();
+    let g = stack.gateway_with(stack.config_unlimited()).await;
+    let mut c = stack.connect(&g, "newcomer").await;
+    let started = tokio::time::Instant::now();
+    for i in 0..40 {
+        let joined = join(&mut c, &format!("empty{i}")).await;
+        assert_eq!(joined["last_seq"], 0, "{joined}");
+    }
+    let ttls =
+        started.elapsed().as_secs_f64() / gateway::backlog::NOTHING_DROPPED_TTL.as_secs_f64();
+    let reads = gateway::testing::metric(&g, "gateway_stream_info_reads_total")
+        .await
+        .expect("the metric is exported");
+    assert!(reads >= 1.0, "the first join reads the stream info");
+    assert!(
+        reads <= ttls.ceil() + 1.0,
+        "{reads} reads of the stream info for 40 joins in {ttls:.1} TTLs"
+    );
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use gateway::testing::{Stack, join, messages, send};
 use serde_json::{Value, json};
+use testkit::WsClient;
 use testkit::ws::Ended;
 
 #[tokio::test]
@@ -127,6 +128,41 @@ async fn resent_client_msg_id_is_stored_and_delivered_once() {
         got[1]["text"], "after",
         "the duplicate must not be delivered"
     );
+}
+
+#[tokio::test]
+async fn a_reconnect_with_the_same_token_skips_its_signature_check() {
+    // A client that comes back with the token it holds is answered from the gateway's cache of
+    // verified tokens; the same user with a new token is checked in full.
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    let hits = || async {
+        gateway::testing::metric(&g, "gateway_token_cache_hits_total")
+            .await
+            .expect("the metric is exported")
+    };
+    let held = stack.signer.issue(
+        &protocol::UserId::parse("alice").unwrap(),
+        token::now_secs(),
+        3600,
+    );
+    let (first, _) = WsClient::connect(g.addr, &held).await.unwrap();
+    drop(first);
+    assert_eq!(hits().await, 0.0);
+    let (mut again, _) = WsClient::connect(g.addr, &held).await.unwrap();
+    assert_eq!(hits().await, 1.0);
+    // The cached answer names the same user.
+    join(&mut again, "r").await;
+    again.send(send("r", "hi", "c1")).await.unwrap();
+    let m = again.recv_type("message").await.unwrap();
+    assert_eq!(m["from"], "alice");
+    let other = stack.signer.issue(
+        &protocol::UserId::parse("alice").unwrap(),
+        token::now_secs() - 5,
+        3600,
+    );
+    let _c = WsClient::connect(g.addr, &other).await.unwrap();
+    assert_eq!(hits().await, 1.0);
 }
 
 #[tokio::test]

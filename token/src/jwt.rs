@@ -5,7 +5,8 @@
 //! function that takes it knows the token was checked.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
@@ -164,6 +165,10 @@ pub fn kid_of(key: &VerifyingKey) -> String {
 pub struct KeySet {
     issuer: String,
     keys: Arc<RwLock<HashMap<String, VerifyingKey>>>,
+    /// Tokens verified lately, emptied when the keys change.
+    verified: Arc<Mutex<crate::cache::Verified>>,
+    /// Verifies answered from `verified`.
+    cache_hits: Arc<AtomicU64>,
 }
 
 impl KeySet {
@@ -171,20 +176,46 @@ impl KeySet {
         Self {
             issuer: issuer.into(),
             keys: Arc::default(),
+            verified: Arc::default(),
+            cache_hits: Arc::default(),
         }
     }
 
-    /// Replaces the accepted keys.
+    /// The same, with a cache of verified tokens holding at most `capacity` (tests).
+    pub fn with_cache_capacity(issuer: impl Into<String>, capacity: usize) -> Self {
+        Self {
+            verified: Arc::new(Mutex::new(crate::cache::Verified::with_capacity(capacity))),
+            ..Self::new(issuer)
+        }
+    }
+
+    /// Replaces the accepted keys. A change empties the cache of verified tokens, so tokens of a
+    /// withdrawn key are refused from now on.
     pub fn replace(&self, keys: impl IntoIterator<Item = (String, VerifyingKey)>) {
         let map: HashMap<_, _> = keys.into_iter().collect();
-        *self.keys.write().unwrap_or_else(|e| e.into_inner()) = map;
+        let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if *held != map {
+            *held = map;
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
     }
 
     pub fn insert(&self, kid: String, key: VerifyingKey) {
-        self.keys
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(kid, key);
+        let mut held = self.keys.write().unwrap_or_else(|e| e.into_inner());
+        if held.insert(kid, key) != Some(key) {
+            self.verified
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clear();
+        }
+    }
+
+    /// How many verifies were answered by the cache of verified tokens.
+    pub fn cache_hits(&self) -> u64 {
+        self.cache_hits.load(Ordering::Relaxed)
     }
 
     pub fn kids(&self) -> Vec<String> {
@@ -207,7 +238,29 @@ impl KeySet {
     }
 
     /// Checks the signature, issuer and expiry of `token` at time `now` (seconds since the epoch).
+    ///
+    /// A token verified before and not yet expired is answered from the cache (see
+    /// [`crate::cache`]) without checking its signature again.
     pub fn verify(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
+        let key = crate::cache::key(token);
+        let (cached, generation) = {
+            let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
+            let hit = verified.get(&key, |exp| exp + CLOCK_SKEW_SECS > now);
+            (hit, verified.generation())
+        };
+        if let Some((user, exp)) = cached {
+            self.cache_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(VerifiedClaims { user, exp });
+        }
+        let claims = self.verify_uncached(token, now)?;
+        self.verified
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(generation, key, claims.user.clone(), claims.exp);
+        Ok(claims)
+    }
+
+    fn verify_uncached(&self, token: &str, now: u64) -> Result<VerifiedClaims, VerifyError> {
         let mut parts = token.split('.');
         let (Some(head), Some(body), Some(sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -278,6 +331,72 @@ mod tests {
         let c = keys.verify(&t, 1010).unwrap();
         assert_eq!(c.user(), &alice);
         assert_eq!(c.exp(), 1060);
+    }
+
+    #[test]
+    fn a_token_verified_again_comes_from_the_cache_until_it_expires() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000, 60);
+        keys.verify(&t, 1000).unwrap();
+        assert_eq!(keys.cache_hits(), 0);
+        let again = keys.verify(&t, 1050).unwrap();
+        assert_eq!(
+            (again.user(), again.exp(), keys.cache_hits()),
+            (&alice, 1060, 1)
+        );
+        // Expiry is checked on every hit, with the same skew as a full verify.
+        assert_eq!(
+            keys.verify(&t, 1060 + CLOCK_SKEW_SECS).unwrap_err(),
+            VerifyError::Expired
+        );
+        assert_eq!(keys.cache_hits(), 1);
+    }
+
+    #[test]
+    fn only_the_same_bytes_hit_the_cache() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000, 60);
+        keys.verify(&t, 1000).unwrap();
+        // A signature with its last character changed is a different token: checked, and refused.
+        let mut forged = t.clone();
+        let last = forged.pop().unwrap();
+        forged.push(if last == 'A' { 'B' } else { 'A' });
+        assert!(keys.verify(&forged, 1000).is_err());
+        assert_eq!(keys.cache_hits(), 0);
+    }
+
+    #[test]
+    fn a_key_change_empties_the_cache() {
+        let (signer, keys, alice) = setup();
+        let t = signer.issue(&alice, 1000, 60);
+        keys.verify(&t, 1000).unwrap();
+        // The same keys again (a periodic refresh) keep it.
+        keys.replace([(signer.kid().to_owned(), signer.public_key())]);
+        keys.verify(&t, 1000).unwrap();
+        assert_eq!(keys.cache_hits(), 1);
+        // The key withdrawn: its token is refused at once, not served from the cache.
+        let next = Signer::generate("liaotian");
+        keys.replace([(next.kid().to_owned(), next.public_key())]);
+        assert_eq!(keys.verify(&t, 1000).unwrap_err(), VerifyError::UnknownKey);
+        assert_eq!(keys.cache_hits(), 1);
+    }
+
+    #[test]
+    fn the_cache_holds_at_most_its_capacity_oldest_out() {
+        let signer = Signer::generate("liaotian");
+        let keys = KeySet::with_cache_capacity("liaotian", 4);
+        keys.insert(signer.kid().to_owned(), signer.public_key());
+        let tokens: Vec<_> = (0..5)
+            .map(|i| signer.issue(&UserId::parse(format!("u{i}")).unwrap(), 1000, 60))
+            .collect();
+        for t in &tokens {
+            keys.verify(t, 1000).unwrap();
+        }
+        assert_eq!(keys.verified.lock().unwrap().len(), 4);
+        keys.verify(&tokens[4], 1000).unwrap();
+        assert_eq!(keys.cache_hits(), 1, "the newest is held");
+        keys.verify(&tokens[0], 1000).unwrap();
+        assert_eq!(keys.cache_hits(), 1, "the oldest was evicted");
     }
 
     #[test]

@@ -8,6 +8,7 @@
 //! The JWT is written by hand rather than with `jsonwebtoken`: it is one algorithm (EdDSA over
 //! Ed25519, RFC 8037), and `jsonwebtoken` would pull in RSA and more for none of our use.
 
+mod cache;
 pub mod jwk;
 pub mod jwt;
 
