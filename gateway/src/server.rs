@@ -93,6 +93,9 @@ fn accept(
             ),
         )
     })?;
+    if claims.from_cache() {
+        state.metrics.token_cache_hits.inc();
+    }
     let upgrade = upgrade.map_err(|e| {
         (
             "bad_request",
@@ -157,12 +160,6 @@ async fn readyz(State(state): State<AppState>) -> Response {
 }
 
 async fn metrics(State(state): State<AppState>) -> Response {
-    // The key set counts its own cache hits; the counter catches up with it at each scrape.
-    let hits = state.keys.cache_hits();
-    let shown = state.metrics.token_cache_hits.get();
-    if hits > shown {
-        state.metrics.token_cache_hits.inc_by(hits - shown);
-    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),

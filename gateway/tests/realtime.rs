@@ -141,11 +141,7 @@ async fn a_reconnect_with_the_same_token_skips_its_signature_check() {
             .await
             .expect("the metric is exported")
     };
-    let held = stack.signer.issue(
-        &protocol::UserId::parse("alice").unwrap(),
-        token::now_secs(),
-        3600,
-    );
+    let held = stack.token("alice");
     let (first, _) = WsClient::connect(g.addr, &held).await.unwrap();
     drop(first);
     assert_eq!(hits().await, 0.0);
