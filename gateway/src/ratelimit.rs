@@ -1,5 +1,7 @@
 //! A token bucket per connection.
 
+use std::time::Duration;
+
 use tokio::time::Instant;
 
 /// Allows `rate` events per second on average and bursts of up to `burst`.
@@ -21,6 +23,17 @@ impl TokenBucket {
         }
     }
 
+    /// How long from `now` until the bucket holds a whole token; zero when it holds one already.
+    pub fn wait(&self, now: Instant) -> Duration {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        let tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        if tokens >= 1.0 || self.rate <= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64((1.0 - tokens) / self.rate)
+        }
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -38,7 +51,6 @@ impl TokenBucket {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
 
     #[test]
     fn burst_then_steady_rate() {
@@ -51,5 +63,19 @@ mod tests {
         // A long pause refills no more than the burst.
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!((0..100).filter(|_| b.try_take(t2)).count(), 40);
+    }
+
+    #[test]
+    fn wait_is_the_time_to_the_next_token() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(20.0, 40.0, t0);
+        assert_eq!(b.wait(t0), Duration::ZERO);
+        while b.try_take(t0) {}
+        // Empty at 20 tokens a second: the next one is 50 ms away, and 20 ms later 30 ms away.
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        assert!((ms(b.wait(t0)) - 50.0).abs() < 1.0, "{:?}", b.wait(t0));
+        let t1 = t0 + Duration::from_millis(20);
+        assert!((ms(b.wait(t1)) - 30.0).abs() < 1.0, "{:?}", b.wait(t1));
+        assert_eq!(b.wait(t0 + Duration::from_millis(60)), Duration::ZERO);
     }
 }

@@ -219,6 +219,7 @@ impl FrameError {
             id: self.id.clone(),
             code: self.code,
             message: self.message.clone(),
+            retry_after_ms: None,
         }
     }
 }
@@ -738,6 +739,9 @@ pub enum ServerFrame {
         id: Option<FrameId>,
         code: ErrorCode,
         message: String,
+        /// With `rate_limited`: milliseconds until the connection's bucket holds a token again.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        retry_after_ms: Option<u64>,
     },
 }
 
@@ -1166,6 +1170,7 @@ mod tests {
             id: None,
             code: ErrorCode::NotJoined,
             message: "m".into(),
+            retry_after_ms: None,
         };
         assert_eq!(
             e.to_json(),

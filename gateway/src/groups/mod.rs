@@ -56,6 +56,7 @@ impl GroupError {
             id,
             code: self.code(),
             message: self.to_string(),
+            retry_after_ms: None,
         }
     }
 

@@ -20,6 +20,7 @@ fn error(id: Option<FrameId>, code: ErrorCode, message: impl Into<String>) -> Se
         id,
         code,
         message: message.into(),
+        retry_after_ms: None,
     }
 }
 

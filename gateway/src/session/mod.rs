@@ -360,9 +360,17 @@ impl Session {
             return flow(Flow::Ordered);
         }
         let parsed = ClientFrame::parse(text.as_str());
-        if !self.bucket.try_take(Instant::now()) {
+        let now = Instant::now();
+        if !self.bucket.try_take(now) {
             let id = parsed.as_ref().ok().and_then(|(id, _)| id.clone());
-            self.error(id, ErrorCode::RateLimited, "too many frames; slow down");
+            self.state.metrics.error(ErrorCode::RateLimited);
+            let retry_after_ms = Some(ms_ceil(self.bucket.wait(now)));
+            self.reply(ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "too many frames; slow down".into(),
+                retry_after_ms,
+            });
             return None;
         }
         match parsed {
@@ -443,6 +451,7 @@ impl Session {
             id,
             code,
             message: message.into(),
+            retry_after_ms: None,
         });
     }
 
@@ -455,6 +464,11 @@ impl Session {
             tracing::info!("outbound queue full; closing as slow consumer");
         }
     }
+}
+
+/// Whole milliseconds, rounded up, so that a client waiting that long finds the token there.
+fn ms_ceil(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros().div_ceil(1000)).unwrap_or(u64::MAX)
 }
 
 /// Whether a read error is tungstenite's own size limit, which we answer with 1009.

@@ -73,11 +73,13 @@ impl Session {
                     id,
                     code: ErrorCode::BadRequest,
                     message,
+                    retry_after_ms: None,
                 },
                 Err(e) => ServerFrame::Error {
                     id,
                     code: ErrorCode::Unavailable,
                     message: format!("history is unavailable: {e}"),
+                    retry_after_ms: None,
                 },
             };
             Done::Reply(frame)
@@ -124,7 +126,12 @@ impl Session {
                         ),
                         Err(e) => (e.code(), e.to_string()),
                     };
-                    Done::Reply(ServerFrame::Error { id, code, message })
+                    Done::Reply(ServerFrame::Error {
+                        id,
+                        code,
+                        message,
+                        retry_after_ms: None,
+                    })
                 }));
                 return;
             }
