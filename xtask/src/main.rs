@@ -3,8 +3,8 @@
 //! - `cargo xtask dev [--no-build]`: builds the service binaries, then starts nats-server (with
 //!   `nats.conf`), auth in dev mode, one gateway and a persister on SQLite, and stops them all on
 //!   Ctrl-C. `--no-build` starts the binaries already built.
-//! - `cargo xtask test`: runs every test: the Rust workspace tests, the mini-program client test
-//!   (Node) and the headless-browser test. The Rust tests share one Cassandra node (the ScyllaDB
+//! - `cargo xtask test`: runs every test: the Rust workspace tests, the client SDK's tests and the
+//!   mini-program's (Node), and the headless-browser test. The Rust tests share one Cassandra node (the ScyllaDB
 //!   store's CQL server), started by testkit's `cassandra-node` launcher for the run.
 //!
 //! Both build the service binaries with one command, [`build_services`] (cargo unifies features
@@ -279,12 +279,15 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The same build as `cargo xtask dev`'s; the browser test runs this very xtask binary.
     println!("xtask: building the service binaries for the Node tests");
     build_services(&root)?;
-    // The sample mini-program's logic, driven by Node's test runner against the real stack.
+    // The client SDK: its state machine against a scripted socket, and against the real stack with
+    // faults. Built first: the mini-program below requires its CommonJS build.
+    node_suite(&root, &nats_bin, "sdk/js", "esbuild", &[], &["test/"])?;
+    // The sample mini-program on the SDK, driven by Node's test runner against the real stack.
     node_suite(
         &root,
         &nats_bin,
         "miniprogram",
-        "ws",
+        "liaotian-client",
         &[],
         &["test/chat.test.js"],
     )?;
@@ -365,6 +368,12 @@ fn node_suite(
         run(Command::new("npm")
             .current_dir(&path)
             .args(["ci", "--no-audit", "--no-fund"]))?;
+    }
+    if path.join("scripts").join("build.mjs").exists() {
+        println!("xtask: building {dir}/dist");
+        run(Command::new("node")
+            .current_dir(&path)
+            .arg("scripts/build.mjs"))?;
     }
     println!("xtask: running the Node tests in {dir}/");
     let mut cmd = Command::new("node");
