@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod presence;
 pub mod publish;
 pub mod ratelimit;
+pub mod sdk;
 pub mod server;
 pub mod session;
 pub mod state;

@@ -1,10 +1,11 @@
-//! HTTP routes of the gateway: the WebSocket endpoint, health, metrics and the dev web page.
+//! HTTP routes of the gateway: the WebSocket endpoint, health, metrics, and the dev web page with the
+//! SDK modules it imports.
 
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
@@ -26,10 +27,13 @@ const TUNGSTENITE_LIMIT_FACTOR: usize = 4;
 const READ_BUFFER: usize = 256;
 /// Bytes tungstenite buffers before it writes to the socket.
 const WRITE_BUFFER: usize = 8 * 1024;
+/// Browsers run an ES module only when it is served as JavaScript.
+const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/", get(index))
+        .route("/sdk/{file}", get(sdk_module))
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -169,4 +173,12 @@ async fn metrics(State(state): State<AppState>) -> Response {
 
 async fn index(State(state): State<AppState>) -> Html<String> {
     Html(state.index_html.to_string())
+}
+
+/// One of the SDK's ES modules, for the dev page's `import`s (see [`crate::sdk`]).
+async fn sdk_module(Path(file): Path<String>) -> Response {
+    match crate::sdk::module(&file) {
+        Some(src) => ([(header::CONTENT_TYPE, JAVASCRIPT)], src).into_response(),
+        None => StatusCode::NOT_FOUND.into_response(),
+    }
 }

@@ -338,6 +338,13 @@ async fn flood_beyond_the_token_bucket_is_rate_limited() {
         codes.push(if v["type"] == "pong" {
             "pong".to_owned()
         } else {
+            // At 5 tokens a second, the next token is at most 200 ms away, and the hint says when.
+            if v["code"] == "rate_limited" {
+                let wait = v["retry_after_ms"]
+                    .as_u64()
+                    .expect("rate_limited names retry_after_ms");
+                assert!((1..=200).contains(&wait), "{v}");
+            }
             v["code"].as_str().unwrap().to_owned()
         });
     }
@@ -651,6 +658,30 @@ async fn health_ready_and_metrics_endpoints() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(get("/readyz").await.0, 503);
     assert_eq!(get("/healthz").await.0, 200);
+}
+
+#[tokio::test]
+async fn the_dev_page_and_the_sdk_modules_it_imports_are_served() {
+    // `/` is the dev page, which imports `/sdk/index.js`; SDK modules are served as JavaScript
+    // (browsers refuse a module of another type) and an unknown name is 404.
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let client = reqwest::Client::new();
+    let get = |path: &str| client.get(format!("http://{}{path}", g.addr)).send();
+    let page = get("/").await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("/sdk/index.js"));
+    let module = get("/sdk/index.js").await.unwrap();
+    assert_eq!(module.status(), 200);
+    assert_eq!(
+        module.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert!(module.text().await.unwrap().contains("export { Client"));
+    assert_eq!(get("/sdk/client.js").await.unwrap().status(), 200);
+    assert_eq!(get("/sdk/nope.js").await.unwrap().status(), 404);
+    assert_eq!(get("/sdk/").await.unwrap().status(), 404);
 }
 
 #[tokio::test]
