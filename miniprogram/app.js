@@ -1,29 +1,25 @@
-// App singleton: one login state and one chat connection shared by the pages.
-// Logs in with wx.login once, stores our tokens, and afterwards only refreshes them: wx.login runs again
-// only when the refresh token is refused.
+// The App singleton: it owns the one liaotian-client `Client` that every page shares, so the mini-program
+// has one socket, one login and one outbox. All protocol logic (login and refresh, resume, ordering,
+// resends, the heartbeat, the app's hide/show lifecycle) lives in the SDK; this file only wires it to wx.
 
 'use strict';
 
+const { Client, Auth, wxTransport, wxStorage, attachWx } = require('liaotian-client');
 const config = require('./config');
-const { AuthClient } = require('./lib/auth');
-const { ChatClient } = require('./lib/chat');
 
 App({
   onLaunch() {
-    this.auth = new AuthClient({ wx, baseUrl: config.authUrl });
-    this.chat = new ChatClient({ wx, auth: this.auth, url: config.gatewayUrl, heartbeatMs: config.heartbeatMs });
-    // A token is obtained lazily by the first connect; accessToken() logs in if none is stored.
-    this.auth.accessToken().catch((e) => console.warn('login failed', e));
-    wx.onNetworkStatusChange((res) => {
-      if (res.isConnected && !this.chat.stopped && !this.chat.open) this.chat.connect();
-    });
-  },
-  onShow() {
-    // Back in the foreground: reconnect; rooms resume from their last seq and the outbox is resent.
-    this.chat.start();
-  },
-  onHide() {
-    // WeChat suspends JS about 5 s after hiding and drops the socket: close it cleanly first.
-    this.chat.stop();
+    const transport = wxTransport(wx);
+    const storage = wxStorage(wx);
+    // wx.login runs once; afterwards the stored refresh token is rotated, and wx.login runs again only if
+    // the refresh is refused.
+    const auth = new Auth({ transport, authUrl: config.authUrl, login: 'wechat', storage });
+    this.client = new Client({ url: config.gatewayUrl, transport, auth, storage, options: config.options || {} });
+    // wx.onAppHide closes the socket after the grace, wx.onAppShow resumes, wx.onNetworkStatusChange
+    // reconnects at once: App.onShow and App.onHide have nothing left to do.
+    this.detachWx = attachWx(this.client, wx);
+    this.client.on('logged_out', () => wx.showToast({ title: '已在别处退出登录', icon: 'none' }));
+    this.client.on('error', (e) => console.warn('liaotian', e && e.message));
+    this.client.start();
   },
 });
