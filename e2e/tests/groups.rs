@@ -658,3 +658,47 @@ async fn a_change_abandoned_midway_is_completed_by_the_next_one() {
     let record: Record = serde_json::from_slice(&entry.value).unwrap();
     assert_eq!(record.pending, None);
 }
+
+#[tokio::test]
+async fn users_put_in_a_group_are_told_on_every_connection_and_no_one_else_is() {
+    // A group sends nothing to a member who has not joined it, so without this a user added to a
+    // group would not know of it until they next read their conversation list.
+    let stack = Stack::start();
+    let g1 = stack.gateway_with(stack.config_unlimited()).await;
+    let g2 = stack.gateway_with(stack.config_unlimited()).await;
+    let _persister = Persister::start(&stack).await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    let mut alice_phone = stack.connect(&g2, "alice").await;
+    let mut bob = stack.connect(&g2, "bob").await;
+    let mut carol = stack.connect(&g1, "carol").await;
+    let answer = create(&mut alice, "told", &["bob"]).await;
+    assert_eq!(answer["id"], "c");
+    for c in [&mut bob, &mut alice_phone] {
+        let told = c.recv_type("group").await.unwrap();
+        assert_eq!(told["group"], "told", "{told}");
+        assert_eq!(told["name"], "Team");
+        assert_eq!(told["member_count"], 2);
+        assert!(told.get("id").is_none(), "an unsolicited group frame has no id: {told}");
+    }
+    assert_eq!(silent(&mut carol, Duration::from_millis(500)).await, None);
+    assert_eq!(
+        silent(&mut alice, Duration::from_millis(300)).await,
+        None,
+        "the connection that made the change has its answer only"
+    );
+    let added = ask(
+        &mut alice,
+        json!({"type":"group_add","group":"told","users":["carol"],"id":"a"}),
+        "group",
+    )
+    .await;
+    assert_eq!(added["member_count"], 3, "{added}");
+    let told = carol.recv_type("group").await.unwrap();
+    assert_eq!(told["group"], "told");
+    assert_eq!(told["member_count"], 3);
+    assert_eq!(
+        silent(&mut bob, Duration::from_millis(500)).await,
+        None,
+        "bob was a member already"
+    );
+}
