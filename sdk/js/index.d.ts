@@ -174,6 +174,8 @@ export interface ClientEvents {
   gap: (g: { conversation: Conversation; after: number; before: number }) => void;
   outbox: (m: OutboxEntry) => void;
   removed: (r: { group: string; code?: string }) => void;
+  /** This user was put in a group (created with them, or added), by a change made elsewhere. */
+  group: (g: Group) => void;
   read_state: (r: { group?: string; with?: string; read_seq: number; unread: number }) => void;
   receipt: (r: { group?: string; with?: string; user?: string; read_seq: number }) => void;
   presence: (p: { user: string; online: boolean; last_seen?: number; room?: string; group?: string }) => void;

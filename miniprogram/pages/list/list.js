@@ -46,6 +46,8 @@ Page({
       this.client.on('event', changed),
       this.client.on('read_state', () => this.later()),
       this.client.on('open', () => this.refresh()),
+      // Put in a group elsewhere: the list shows it.
+      this.client.on('group', () => this.refresh()),
       this.client.on('state', (s) => this.setData({ status: s === 'open' ? '' : s })),
     ];
   },

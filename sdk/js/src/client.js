@@ -461,6 +461,10 @@ export class Client extends Emitter {
       case 'presence':
         this.emit(f.type, f);
         return undefined;
+      case 'group':
+        // Without an id: this user was put in a group (created with them, or added), on any device.
+        if (!req) this.emit('group', f);
+        return undefined;
       default:
         return undefined;
     }
