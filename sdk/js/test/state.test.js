@@ -565,3 +565,19 @@ test('a listener that throws does not break the order', async () => {
   assert.deepEqual(seen, [1, 2]);
   client.stop();
 });
+
+test('stored tokens of another dev user are not used; a login as this one is made', async () => {
+  const storage = memoryStorage();
+  storage.set('liaotian.tokens', { user: 'mallory', accessToken: 'mallory-token', refreshToken: 'r', expiresAt: Date.now() + 3600000 });
+  const calls = [];
+  const transport = fakeTransport();
+  transport.request = async ({ url, body }) => {
+    calls.push([url, body]);
+    return { status: 200, body: { code: 0, data: { user: 'alice', access_token: 'alice-token', refresh_token: 'r2', expires_in: 3600 } } };
+  };
+  const auth = new Auth({ transport, authUrl: 'http://auth', login: { dev_user: 'alice' }, storage });
+  assert.equal(await auth.accessToken(), 'alice-token');
+  assert.deepEqual(calls, [['http://auth/api/login', { dev_user: 'alice' }]]);
+  assert.equal(await auth.accessToken(), 'alice-token', 'kept, and used again');
+  assert.equal(calls.length, 1);
+});
