@@ -22,6 +22,7 @@ pub struct Metrics {
     pub undecodable: IntCounter,
     pub content_checks: IntCounterVec,
     pub gap_fills: IntCounter,
+    pub typing_dropped: IntCounter,
     pub stream_info_reads: IntCounter,
     pub token_cache_hits: IntCounter,
     pub gap_filled_messages: IntCounter,
@@ -176,6 +177,13 @@ impl Metrics {
                 counter(
                     "gateway_stream_info_reads_total",
                     "Reads of stream CHAT's info by joins into conversations the stream holds nothing for.",
+                ),
+            ),
+            typing_dropped: reg(
+                &r,
+                counter(
+                    "gateway_typing_dropped_total",
+                    "`typing` frames dropped for coming within 3 s of the connection's last one.",
                 ),
             ),
             gap_fills: reg(

@@ -181,7 +181,15 @@ pub enum ClientFrame {
         group: GroupId,
         seq: u64,
     },
+    /// The user is typing in a group or thread: told to the others, never stored.
+    Typing {
+        target: ConvTarget,
+    },
 }
+
+/// Least time between two `typing` frames of one connection that are passed on; those between are
+/// dropped without an answer.
+pub const TYPING_INTERVAL_MS: u64 = 3000;
 
 /// What a `presence_query` asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -521,6 +529,15 @@ impl ClientFrame {
                     before: b.before,
                 }
             }
+            "typing" => {
+                let b: ConvBody = serde_json::from_str(text).map_err(body)?;
+                let target = match (b.group, b.with) {
+                    (Some(g), None) => ConvTarget::Group(group(g)?),
+                    (None, Some(w)) => ConvTarget::With(user(w)?),
+                    _ => return Err(one_of("`group` and `with`")),
+                };
+                ClientFrame::Typing { target }
+            }
             "read" | "conversation_hide" => {
                 let b: ConvBody = serde_json::from_str(text).map_err(body)?;
                 let target = match (b.group, b.with) {
@@ -716,6 +733,14 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         user: Option<UserId>,
         read_seq: u64,
+    },
+    /// `user` is typing in the group, or in the thread with them (`with` is then `user`).
+    Typing {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+        user: UserId,
     },
     ConversationHidden {
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -985,6 +1010,35 @@ mod tests {
         );
         let (_, f) = ClientFrame::parse(r#"{"type":"leave","room":"r","extra":[1]}"#).unwrap();
         assert!(matches!(f, ClientFrame::Leave { .. }));
+    }
+
+    #[test]
+    fn typing_names_a_group_or_a_thread_and_is_told_with_its_user() {
+        let (_, f) = ClientFrame::parse(r#"{"type":"typing","with":"bob"}"#).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Typing { target: ConvTarget::With(u) } if u.as_str() == "bob")
+        );
+        let (_, f) = ClientFrame::parse(r#"{"type":"typing","group":"g"}"#).unwrap();
+        assert!(
+            matches!(f, ClientFrame::Typing { target: ConvTarget::Group(g) } if g.as_str() == "g")
+        );
+        assert_eq!(
+            code_of(r#"{"type":"typing","group":"g","with":"bob"}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        assert_eq!(
+            code_of(r#"{"type":"typing"}"#),
+            (None, ErrorCode::BadRequest)
+        );
+        let t = ServerFrame::Typing {
+            group: None,
+            with: Some(UserId::parse("alice").unwrap()),
+            user: UserId::parse("alice").unwrap(),
+        };
+        assert_eq!(
+            t.to_json(),
+            r#"{"type":"typing","with":"alice","user":"alice"}"#
+        );
     }
 
     #[test]

@@ -35,6 +35,7 @@ mod convs;
 mod groups;
 mod rooms;
 mod send;
+mod typing;
 mod watch;
 
 /// How long an ordered close may take to write what is queued before its Close frame, and how long
@@ -45,6 +46,8 @@ const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 enum Done {
     Send(Option<FrameId>, protocol::ClientMsgId, SendOutcome),
     Reply(ServerFrame),
+    /// Nothing to answer (a `typing` passed on).
+    Quiet,
 }
 
 /// How a `send` ended.
@@ -95,6 +98,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
         next_refresh,
         refreshing: None,
         inflight: FuturesUnordered::new(),
+        typing_at: None,
     };
     // Subscribe to the user's direct messages before welcoming, so nothing sent after the welcome
     // is missed, and hold them back until the welcome is queued, so it stays the first frame.
@@ -196,6 +200,8 @@ struct Session {
     refreshing: Option<tokio::task::JoinHandle<()>>,
     bucket: TokenBucket,
     inflight: Inflight,
+    /// When this connection's last `typing` was passed on.
+    typing_at: Option<Instant>,
 }
 
 /// Time until a connection's next presence refresh: jittered (75–100 % of the period), so
@@ -273,6 +279,7 @@ impl Session {
                             }
                             self.reply(frame);
                         }
+                        Done::Quiet => {}
                     }
                 }
                 // Polled before the socket's read side: reads spend the task's cooperative budget,
@@ -413,6 +420,7 @@ impl Session {
             | ClientFrame::Read { .. }
             | ClientFrame::ConversationHide { .. }
             | ClientFrame::GroupReceipts { .. }) => self.conv_frame(id, frame),
+            ClientFrame::Typing { target } => self.typing(id, target),
             frame => return Some(Step::Async(id, frame)),
         }
         None
