@@ -237,8 +237,13 @@ test("two pages chat in a room and in a direct thread, with marks and presence",
   await alice.waitForSelector(msg("a secret for alice"));
   await bob.waitForSelector(`${msg("a secret for alice")} .mark[data-mark='read']`);
   await alice.waitForSelector(`${item("with:bob")}:not(:has(.badge))`);
-  await say(alice, "got it, thanks");
+  // Typing: bob, in the thread, sees alice typing; her message ends it.
+  await alice.fill("#text", "got it, thanks");
+  await bob.waitForSelector("#typing:text-is('alice is typing…')");
+  await shot(bob, "typing-bob");
+  await alice.click("#send");
   await bob.waitForSelector(msg("got it, thanks"));
+  await bob.waitForSelector("#typing:empty", { state: "attached" });
   // Thread partners' presence: each sees the other online.
   await alice.waitForSelector(`${item("with:bob")} .dot.online`);
   await bob.waitForSelector(`${item("with:alice")} .dot.online`);

@@ -160,6 +160,7 @@ export const OUTBOX_DEFAULTS: { maxPending: number; maxAgeMs: number; maxAttempt
 export const FILL_DEFAULTS: { maxPages: number; attempts: number; retryMs: number; maxHeld: number };
 export const PACER_DEFAULTS: { ratePerSec: number; burst: number; maxQueued: number };
 export const FINAL_ERRORS: Set<string>;
+export const TYPING_INTERVAL_MS: number;
 
 export interface ClientEvents {
   state: (s: ClientState) => void;
@@ -179,6 +180,8 @@ export interface ClientEvents {
   read_state: (r: { group?: string; with?: string; read_seq: number; unread: number }) => void;
   receipt: (r: { group?: string; with?: string; user?: string; read_seq: number }) => void;
   presence: (p: { user: string; online: boolean; last_seen?: number; room?: string; group?: string }) => void;
+  /** The other user of a thread, or another member of a small group, is typing. */
+  typing: (t: { group?: string; with?: string; user: string }, conv: { group: string } | { with: string }) => void;
   server_error: (e: { code: string; message: string; id?: string }) => void;
   error: (e: Error) => void;
 }
@@ -229,6 +232,8 @@ export class Client {
   groupInfo(group: string): Promise<Group>;
   groupReceipts(group: string, seq: number): Promise<{ users: string[]; count: number; seq: number }>;
 
+  /** At most one frame every TYPING_INTERVAL_MS; returns whether one went out. */
+  typing(conv: { group: string } | { with: string }): boolean;
   watch(users: string[]): Promise<unknown>;
   unwatch(users: string[]): Promise<unknown>;
   presence(q: { room: string } | { group: string } | { users: string[] }): Promise<{ users: Array<{ user: string; online: boolean; last_seen?: number }> }>;

@@ -11,6 +11,8 @@ import { Outbox, newClientMsgId } from './outbox.js';
 import { Pacer } from './pacer.js';
 
 const SEEN_KEY = 'liaotian.seen';
+/** The gateway passes on one `typing` per connection every 3 s and drops the others. */
+export const TYPING_INTERVAL_MS = 3000;
 
 export const CLIENT_DEFAULTS = {
   /** App `ping` interval until `welcome` names the server's (mini-programs cannot send WebSocket pings). */
@@ -67,6 +69,7 @@ export class Client extends Emitter {
     this.connecting = false;
     this.timers = { retry: null, beat: null, hide: null, save: null };
     this.heartbeatMs = this.opts.heartbeatMs;
+    this.typingAt = -Infinity;
     this.lastFrameAt = 0;
     this.requests = new Map();
     this.requestN = 0;
@@ -255,6 +258,18 @@ export class Client extends Emitter {
 
   groupReceipts(group, seq) {
     return this._request({ type: 'group_receipts', group, seq });
+  }
+
+  /**
+   * Tells the other user of a thread, or the other members of a small group, that this user is
+   * typing. Call it on every keystroke: a frame goes out at most every 3 s (the gateway would drop
+   * the others). Returns whether one went out. Nothing is stored.
+   */
+  typing(conv) {
+    if (conv.room) throw new TypeError('typing is for groups and threads');
+    if (this.state !== 'open' || this.now() - this.typingAt < TYPING_INTERVAL_MS) return false;
+    this.typingAt = this.now();
+    return this._write({ type: 'typing', ...target(conv) });
   }
 
   /** Follows users' presence, now and after every reconnect; `presence` events follow. */
@@ -461,6 +476,9 @@ export class Client extends Emitter {
       case 'presence':
         this.emit(f.type, f);
         return undefined;
+      case 'typing':
+        this.emit('typing', f, f.group ? { group: f.group } : { with: f.with });
+        return undefined;
       case 'group':
         // Without an id: this user was put in a group (created with them, or added), on any device.
         if (!req) this.emit('group', f);
@@ -480,6 +498,7 @@ export class Client extends Emitter {
     this.savedUser = f.user;
     this.outbox.owner(f.user);
     this.attempt = 0;
+    this.typingAt = -Infinity; // A new connection: the gateway's interval starts again.
     if (f.heartbeat_ms) this.heartbeatMs = Math.min(this.opts.heartbeatMs, f.heartbeat_ms);
     this._setState('open');
     this._heartbeat();

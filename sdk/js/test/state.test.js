@@ -581,3 +581,28 @@ test('stored tokens of another dev user are not used; a login as this one is mad
   assert.equal(await auth.accessToken(), 'alice-token', 'kept, and used again');
   assert.equal(calls.length, 1);
 });
+
+test('typing goes out at most every 3 s, and others\' typing arrives as an event', async () => {
+  let now = 10000;
+  const transport = fakeTransport();
+  const auth = new Auth({ transport, tokenProvider: async () => 't' });
+  const client = new Client({ url: 'ws://gw/ws', transport, auth, now: () => now });
+  const typed = [];
+  client.on('typing', (t, conv) => typed.push([t.user, conv]));
+  assert.equal(client.typing({ with: 'bob' }), false, 'offline: nothing to tell');
+  client.start();
+  const s = await transport.socket(1);
+  s.open();
+  assert.equal(client.typing({ with: 'bob' }), true);
+  now += 1000;
+  assert.equal(client.typing({ with: 'bob' }), false);
+  assert.equal(client.typing({ group: 'g' }), false, 'the interval is the connection\'s');
+  now += 2000;
+  assert.equal(client.typing({ group: 'g' }), true);
+  assert.deepEqual(s.of('typing').map(({ with: w, group }) => w || group), ['bob', 'g']);
+  assert.throws(() => client.typing({ room: 'r' }));
+  s.recv({ type: 'typing', with: 'bob', user: 'bob' });
+  s.recv({ type: 'typing', group: 'g', user: 'carol' });
+  assert.deepEqual(typed, [['bob', { with: 'bob' }], ['carol', { group: 'g' }]]);
+  client.stop();
+});
