@@ -22,6 +22,7 @@ const MODULES: &[(&str, &str)] = &[
     sdk_file!("pacer.js"),
     sdk_file!("emitter.js"),
     sdk_file!("wx.js"),
+    sdk_file!("errors.js"),
 ];
 
 /// The source of module `name`, if the SDK has one by that name.

@@ -48,6 +48,8 @@ export interface OutboxEntry {
   error: { code: string; message: string } | null;
   ack: Ack | null;
   attempts: number;
+  /** After a retry past the duplicate window: the id this message was first sent with. */
+  replaces?: string;
 }
 
 export interface Outgoing {
@@ -149,6 +151,8 @@ export const CLIENT_DEFAULTS: {
   heartbeatMs: number;
   deadAfterBeats: number;
   closeWaitMs: number;
+  welcomeTimeoutMs: number;
+  rejoinMs: number;
   backoffBaseMs: number;
   backoffMaxMs: number;
   requestTimeoutMs: number;
@@ -156,7 +160,7 @@ export const CLIENT_DEFAULTS: {
   maxStoredPositions: number;
   maxResumedThreads: number;
 };
-export const OUTBOX_DEFAULTS: { maxPending: number; maxAgeMs: number; maxAttempts: number; ackTimeoutMs: number; rateLimitedMs: number };
+export const OUTBOX_DEFAULTS: { maxPending: number; maxAgeMs: number; maxAttempts: number; ackTimeoutMs: number; rateLimitedMs: number; rejoinWaitMs: number };
 export const FILL_DEFAULTS: { maxPages: number; attempts: number; retryMs: number; maxHeld: number };
 export const PACER_DEFAULTS: { ratePerSec: number; burst: number; maxQueued: number };
 export const FINAL_ERRORS: Set<string>;
@@ -214,6 +218,7 @@ export class Client {
   leave(conv: { room: string } | { group: string }): Promise<void>;
   send(conv: Conversation, text: string, extra?: Record<string, unknown>): Outgoing;
   pending(): OutboxEntry[];
+  /** Within the duplicate window with the same id; past it, under a new one (see README). */
   retry(clientMsgId: string): Promise<Ack> | null;
   discard(clientMsgId: string): boolean;
   lastSeen(conv: Conversation): number | null;

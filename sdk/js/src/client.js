@@ -9,8 +9,12 @@ import { convKey, convOf, target, convFromKey } from './conv.js';
 import { Order } from './order.js';
 import { Outbox, newClientMsgId } from './outbox.js';
 import { Pacer } from './pacer.js';
+import { ChatError } from './errors.js';
 
 const SEEN_KEY = 'liaotian.seen';
+const USER_ID = /^[A-Za-z0-9_-]{1,64}$/;
+/** Users one connection may watch (the gateway's limit). */
+const MAX_WATCHED = 200;
 /** The gateway passes on one `typing` per connection every 3 s and drops the others. */
 export const TYPING_INTERVAL_MS = 3000;
 
@@ -19,8 +23,14 @@ export const CLIENT_DEFAULTS = {
   heartbeatMs: 25000,
   /** A socket silent for this many heartbeats is taken for dead and replaced. */
   deadAfterBeats: 2.5,
-  /** A socket asked to close that has not reported it yet holds the next one back this long at most. */
+  /** A socket asked to close that has not reported it yet holds the next one back this long at most;
+   *  past it the next one opens rather than the client staying offline. */
   closeWaitMs: 3000,
+  /** A socket that has not brought `welcome` this long after it was made is given up and replaced. */
+  welcomeTimeoutMs: 15000,
+  /** Pause before a join or resume refused `unavailable` is sent again (or the error's
+   *  `retry_after_ms` for `rate_limited`). */
+  rejoinMs: 2000,
   /** Reconnect delays: full jitter up to min(max, base × 2^attempt). */
   backoffBaseMs: 500,
   backoffMaxMs: 30000,
@@ -35,13 +45,6 @@ export const CLIENT_DEFAULTS = {
   maxResumedThreads: 50,
 };
 
-export class ChatError extends Error {
-  constructor(code, message, frame) {
-    super(message || code);
-    this.code = code;
-    this.frame = frame;
-  }
-}
 
 /**
  * States: `idle` (not started), `connecting`, `open` (welcome received), `waiting` (a reconnect is
@@ -67,7 +70,7 @@ export class Client extends Emitter {
     this.attempt = 0;
     this.failedBeforeOpen = 0;
     this.connecting = false;
-    this.timers = { retry: null, beat: null, hide: null, save: null };
+    this.timers = { retry: null, beat: null, hide: null, save: null, welcome: null };
     this.heartbeatMs = this.opts.heartbeatMs;
     this.typingAt = -Infinity;
     this.lastFrameAt = 0;
@@ -83,6 +86,7 @@ export class Client extends Emitter {
     this.outbox = new Outbox({
       write: (frame) => this._write(frame),
       changed: (m) => this.emit('outbox', m),
+      wanted: (conv) => !conv.with && this.joined.has(convKey(conv)),
       storage,
       limits: outbox,
       now,
@@ -110,6 +114,7 @@ export class Client extends Emitter {
   /** The app went to the background: close the socket after the grace, unless shown first. */
   hide() {
     clearTimeout(this.timers.hide);
+    if (this.state === 'idle' || this.state === 'stopped') return;
     this._flushSeen();
     this.timers.hide = setTimeout(() => {
       this.timers.hide = null;
@@ -156,7 +161,7 @@ export class Client extends Emitter {
   /** Leaves a room or group (the membership of a group stays; see `quitGroup`). */
   async leave(conv) {
     const key = convKey(conv);
-    this.joined.delete(key);
+    this._forget(key, new ChatError('left', `left ${key}`));
     if (this.state === 'open') await this._request({ type: 'leave', ...target(conv) }).catch((e) => {
       if (e.code !== 'not_joined') throw e;
     });
@@ -239,7 +244,7 @@ export class Client extends Emitter {
 
   quitGroup(group) {
     return this._request({ type: 'group_quit', group }).then((g) => {
-      this.joined.delete(convKey({ group }));
+      this._forget(convKey({ group }), new ChatError('left', `quit group ${group}`));
       return g;
     });
   }
@@ -274,7 +279,14 @@ export class Client extends Emitter {
 
   /** Follows users' presence, now and after every reconnect; `presence` events follow. */
   watch(users) {
-    const fresh = users.filter((u) => !this.watching.has(u));
+    // Checked here: the gateway refuses a whole watch for one bad id or past 200 users, and every
+    // reconnect watches the whole set again in one frame.
+    const bad = users.find((u) => !USER_ID.test(u));
+    if (bad !== undefined) return Promise.reject(new ChatError('invalid_id', `not a user id: ${bad}`));
+    const fresh = [...new Set(users)].filter((u) => !this.watching.has(u));
+    if (this.watching.size + fresh.length > MAX_WATCHED) {
+      return Promise.reject(new ChatError('bad_request', `at most ${MAX_WATCHED} users are watched`));
+    }
     for (const u of fresh) this.watching.add(u);
     if (this.state !== 'open' || !fresh.length) return Promise.resolve({ watching: this.watching.size });
     return this._request({ type: 'watch', users: fresh });
@@ -294,7 +306,12 @@ export class Client extends Emitter {
   // --- the socket ---
 
   async _connect() {
-    if (this.sock || this.connecting) return; // One socket at a time.
+    if (this.sock) return; // One socket at a time.
+    if (this.connecting) {
+      // A token is on its way (a slow wx.login, say): the socket follows it, whatever was asked meanwhile.
+      this._setState('connecting');
+      return;
+    }
     if (this.closing) {
       // The old socket still counts (WeChat allows 5, and closing ones count): wait for its close.
       this.closing.then = () => this._connect();
@@ -319,9 +336,22 @@ export class Client extends Emitter {
     }
     this.connecting = false;
     if (this.state !== 'connecting') return; // Stopped or hidden while the token came.
-    const sock = this.transport.connect({ url: this.url, token });
+    let sock;
+    try {
+      sock = this.transport.connect({ url: this.url, token });
+    } catch (e) {
+      // A bad URL, say: nothing to close, and trying again may not help, but staying dead is worse.
+      this.emit('error', e);
+      this._scheduleReconnect();
+      return;
+    }
     this.sock = sock;
     let opened = false;
+    clearTimeout(this.timers.welcome);
+    this.timers.welcome = setTimeout(() => {
+      this.timers.welcome = null;
+      if (this.sock === sock && this.state === 'connecting') this._closeSocket(4000, 'no welcome', false);
+    }, this.opts.welcomeTimeoutMs);
     sock.onopen = () => {
       opened = true;
       this.failedBeforeOpen = 0;
@@ -407,15 +437,21 @@ export class Client extends Emitter {
     return this.pacer.send(JSON.stringify(frame));
   }
 
+  /** Sends `frame` with an id and resolves with its answer. Joins and resumes have no timeout: the
+   *  gateway answers them in order, possibly behind a long queue of frames, and a dead socket is
+   *  found by the heartbeat, which rejects them `offline`. */
   _request(frame) {
     if (this.state !== 'open') return Promise.reject(new ChatError('offline', 'not connected'));
     this.requestN += 1;
     const id = `r${this.requestN}`;
+    const ordered = frame.type === 'join' || frame.type === 'resume';
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.requests.delete(id);
-        reject(new ChatError('timeout', `no answer to ${frame.type}`));
-      }, this.opts.requestTimeoutMs);
+      const timer = ordered
+        ? null
+        : setTimeout(() => {
+            this.requests.delete(id);
+            reject(new ChatError('timeout', `no answer to ${frame.type}`));
+          }, this.opts.requestTimeoutMs);
       this.requests.set(id, { resolve, reject, timer, frame });
       if (!this._write({ ...frame, id })) {
         clearTimeout(timer);
@@ -468,7 +504,7 @@ export class Client extends Emitter {
         if (!this.outbox.refused(f) && !req) this.emit('server_error', f);
         return undefined;
       case 'removed':
-        this.joined.delete(convKey({ group: f.group }));
+        this._forget(convKey({ group: f.group }), new ChatError('forbidden', `removed from group ${f.group}`, f));
         this.emit('removed', f);
         return undefined;
       case 'read_state':
@@ -489,6 +525,8 @@ export class Client extends Emitter {
   }
 
   _welcome(f) {
+    clearTimeout(this.timers.welcome);
+    this.timers.welcome = null;
     if (this.savedUser && this.savedUser !== f.user) {
       // Another user's positions must not decide what this one is shown.
       this.savedSeen.clear();
@@ -526,10 +564,9 @@ export class Client extends Emitter {
         if (w) for (const x of w.waiters.splice(0)) x.resolve(j);
       },
       (e) => {
-        if (e.code === 'offline' || e.code === 'timeout') return; // The next socket joins again.
-        const w = this.joined.get(key);
-        this.joined.delete(key);
-        if (w) for (const x of w.waiters.splice(0)) x.reject(e);
+        if (e.code === 'offline') return; // The next socket joins again.
+        if (this._again(e, () => this.joined.has(key) && this._sendJoin(key))) return;
+        this._forget(key, e);
         if (e.code === 'forbidden' && key.startsWith('group:')) this.emit('removed', { group: key.slice(6), code: e.code });
         else this.emit('server_error', e.frame || { code: e.code, message: e.message });
       },
@@ -538,7 +575,30 @@ export class Client extends Emitter {
 
   _sendResume(o) {
     const partner = o.key.slice(5);
-    this._request({ type: 'resume', with: partner, since: o.seen }).catch(() => {});
+    this._request({ type: 'resume', with: partner, since: o.seen }).catch((e) => {
+      if (e.code === 'offline') return;
+      if (!this._again(e, () => this._sendResume(o))) this.emit('server_error', e.frame || { code: e.code, message: e.message });
+    });
+  }
+
+  /** A join or resume refused for now (`unavailable`, `rate_limited`) is sent again on the same
+   *  socket after a pause; returns whether it will be. */
+  _again(e, fn) {
+    if (e.code !== 'unavailable' && e.code !== 'rate_limited') return false;
+    const sock = this.sock;
+    const f = e.frame || {};
+    const ms = e.code === 'rate_limited' && typeof f.retry_after_ms === 'number' ? f.retry_after_ms : this.opts.rejoinMs;
+    setTimeout(() => {
+      if (this.sock === sock && this.state === 'open') fn();
+    }, ms);
+    return true;
+  }
+
+  /** `key` is no longer joined: waiting `join()` promises reject with `err`. */
+  _forget(key, err) {
+    const w = this.joined.get(key);
+    this.joined.delete(key);
+    if (w) for (const x of w.waiters.splice(0)) x.reject(err);
   }
 
   _joined(f) {
@@ -560,6 +620,12 @@ export class Client extends Emitter {
         this.emit(frame.type === 'event' ? 'event' : 'message', frame, conv);
       },
       gap: (g) => this.emit('gap', { conversation: conv, ...g }),
+      // Too much held during a fill: the stream, not the lagging store, replays from `seen`.
+      resync: () => {
+        if (this.state !== 'open') return;
+        if (key.startsWith('with:')) this._sendResume(o);
+        else if (this.joined.has(key)) this._sendJoin(key);
+      },
     });
     this.orders.set(key, o);
     return o;
@@ -596,6 +662,7 @@ export class Client extends Emitter {
     clearTimeout(this.timers.retry);
     clearTimeout(this.timers.hide);
     clearInterval(this.timers.beat);
-    this.timers.retry = this.timers.hide = this.timers.beat = null;
+    clearTimeout(this.timers.welcome);
+    this.timers.retry = this.timers.hide = this.timers.beat = this.timers.welcome = null;
   }
 }

@@ -1,7 +1,8 @@
 //! liaotian-client: the SDK for liaotian's chat protocol `chat.v1`, for WeChat mini-programs,
 //! browsers and Node. See README.md for what it guarantees and how to use it.
 
-export { Client, ChatError, CLIENT_DEFAULTS, TYPING_INTERVAL_MS } from './client.js';
+export { Client, CLIENT_DEFAULTS, TYPING_INTERVAL_MS } from './client.js';
+export { ChatError } from './errors.js';
 export { Auth, AuthError, EXPIRY_MARGIN_MS } from './auth.js';
 export { webTransport, wxTransport, PROTOCOL } from './transport.js';
 export { memoryStorage, wxStorage, webStorage } from './storage.js';

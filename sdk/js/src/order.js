@@ -12,7 +12,7 @@ export const FILL_DEFAULTS = {
   attempts: 4,
   /** Pause between tries. The history store trails the stream by the persister's backlog. */
   retryMs: 400,
-  /** Frames held while a fill runs; past it, the middle ones are let go and fetched again. */
+  /** Frames held while a fill runs; past it, the fill is dropped and the conversation replayed. */
   maxHeld: 2000,
 };
 
@@ -24,22 +24,32 @@ export class Order {
    * @param {(after: number, before: number) => Promise<{messages: object[], more: boolean}>} o.fetch
    * @param {(frame: object) => void} o.surface
    * @param {(gap: {after: number, before: number}) => void} o.gap an unfillable range, handed on
+   * @param {() => void} [o.resync] replays the conversation from `seen` (a join or resume with `since`)
    * @param {object} [o.limits]
    */
-  constructor({ key, seen = null, fetch, surface, gap, limits = {} }) {
-    Object.assign(this, { key, seen, fetch, surface, gap });
+  constructor({ key, seen = null, fetch, surface, gap, resync = () => {}, limits = {} }) {
+    Object.assign(this, { key, seen, fetch, surface, gap, resync });
     this.limits = { ...FILL_DEFAULTS, ...limits };
     this.filling = false;
+    this.resyncing = false;
     this.held = [];
     this.epoch = 0;
   }
 
   /** A live or replayed `message` or `event` frame. */
   push(f) {
+    // Waiting for a resync's `joined`: its replay brings these frames again, in order.
+    if (this.resyncing) return;
     if (this.filling) {
-      // Past the bound, the frames between the first and the newest are let go: the newest one's
-      // `prev_seq` shows them as a gap, filled from history in turn. Nothing is lost.
-      if (this.held.length >= this.limits.maxHeld) this.held.splice(1);
+      if (this.held.length >= this.limits.maxHeld) {
+        // Past the bound: drop the fill and what it holds, and have the gateway replay the
+        // conversation from `seen` out of the stream (a join or resume with `since`). The history
+        // store may trail the stream, so it is not asked for frames this client was given.
+        this.reset();
+        this.resyncing = true;
+        this.resync();
+        return;
+      }
       this.held.push(f);
       return;
     }
@@ -48,6 +58,7 @@ export class Order {
 
   /** A join or resume answered: what the server says the conversation holds. */
   joined({ since, last_seq: last = 0, recovered }) {
+    this.resyncing = false;
     if (this.filling) return; // A fill is on its way past `last` already.
     if (since !== undefined && recovered === false) {
       const from = this.seen ?? since;
@@ -60,6 +71,7 @@ export class Order {
   /** The socket closed: a fill in flight is dropped; the resume replays what it would have fetched. */
   reset() {
     this.epoch += 1;
+    this.resyncing = false;
     this.filling = false;
     this.held = [];
   }

@@ -3,6 +3,8 @@
 //! ack that never came) is stored at most once by the gateway. A message ends `sent` (acked) or
 //! `failed` (refused, or past a bound); the app sees each change.
 
+import { ChatError } from './errors.js';
+
 /** Answers that a resend would only repeat: the message fails at once. */
 export const FINAL_ERRORS = new Set([
   'bad_request',
@@ -21,12 +23,15 @@ export const OUTBOX_DEFAULTS = {
   /** A message pending longer fails with `expired`. Below the gateway's 10-minute duplicate window,
    *  so that no resend can be stored a second time. */
   maxAgeMs: 9 * 60 * 1000,
-  /** Resends after `unavailable` or a missing ack on an open socket; one more fails the message. */
+  /** Resends after `unavailable` or a missing ack on an open socket (not those after a reconnect or
+   *  `rate_limited`); one more fails the message. */
   maxAttempts: 8,
   /** An open socket that answers nothing this long gets the frame again. */
   ackTimeoutMs: 15000,
   /** Wait after `rate_limited` when the error names no `retry_after_ms`. */
   rateLimitedMs: 1000,
+  /** Wait after `not_joined` in a room or group the client is joining again. */
+  rejoinWaitMs: 2500,
 };
 
 const STORE_KEY = 'liaotian.outbox';
@@ -40,13 +45,15 @@ export class Outbox {
    * @param {object} o
    * @param {(frame: object) => boolean} o.write puts a frame on the open socket; false when none is open
    * @param {(entry: object) => void} o.changed called on every state change
+   * @param {(conv: object) => boolean} [o.wanted] whether the client means to be in `conv` (a room or
+   *   group it joined): then `not_joined` is a join not answered yet, and the message waits for it
    * @param {object} [o.storage]
    * @param {object} [o.limits]
    * @param {() => number} [o.now]
    * @param {() => number} [o.random]
    */
-  constructor({ write, changed, storage, limits = {}, now = Date.now, random = Math.random }) {
-    Object.assign(this, { write, changed, storage, now, random });
+  constructor({ write, changed, wanted = () => false, storage, limits = {}, now = Date.now, random = Math.random }) {
+    Object.assign(this, { write, changed, wanted, storage, now, random });
     this.limits = { ...OUTBOX_DEFAULTS, ...limits };
     this.entries = new Map(); // client_msg_id -> entry, in send order
     for (const saved of (storage && storage.get(STORE_KEY)) || []) {
@@ -127,18 +134,35 @@ export class Outbox {
       this._later(e, typeof err.retry_after_ms === 'number' ? err.retry_after_ms : this.limits.rateLimitedMs, false);
     } else if (err.code === 'unavailable' || err.code === 'internal') {
       this._later(e, this._backoff(e), true);
+    } else if (err.code === 'not_joined' && this.wanted(e.conv)) {
+      // The join went out before it, but was refused for now (`unavailable`) and is being sent again.
+      this._later(e, this.limits.rejoinWaitMs, true);
     } else {
       this._fail(e, err.code, err.message);
     }
     return true;
   }
 
-  /** Sends a failed message again, with its `client_msg_id`; returns the new `acked` promise, or
-   *  null when `id` is not a failed message. */
+  /**
+   * Sends a failed message again; returns the new `acked` promise, or null when `id` is not a
+   * failed message. Within the duplicate window it keeps its `client_msg_id`, so a first attempt
+   * that was stored after all is not stored twice. Past the window the same id would not protect
+   * it, so it goes as a new message with a new id (the `outbox` event names both): if the first
+   * attempt was stored unacked, the conversation then holds both.
+   */
   retry(id) {
     const e = this.entries.get(id);
     if (!e || e.state !== 'failed') return null;
-    Object.assign(e, { state: 'pending', error: null, attempts: 0, firstAt: this.now() });
+    if (this.now() - e.firstAt > this.limits.maxAgeMs) {
+      const fresh = newClientMsgId(this.random, this.now);
+      this.entries.delete(id);
+      e.replaces = id;
+      e.id = fresh;
+      e.frame = { ...e.frame, id: fresh, client_msg_id: fresh };
+      e.firstAt = this.now();
+      this.entries.set(fresh, e);
+    }
+    Object.assign(e, { state: 'pending', error: null, attempts: 0, resends: 0 });
     e.promise = new Promise((res, rej) => Object.assign(e, { resolve: res, reject: rej }));
     e.promise.catch(() => {});
     this._save();
@@ -159,7 +183,7 @@ export class Outbox {
   }
 
   _entry(frame, conv, firstAt) {
-    const e = { id: frame.client_msg_id, frame, conv, text: frame.text, state: 'pending', attempts: 0, firstAt, error: null, timer: null, user: null };
+    const e = { id: frame.client_msg_id, frame, conv, text: frame.text, state: 'pending', attempts: 0, resends: 0, firstAt, error: null, timer: null, user: null };
     e.promise = new Promise((res, rej) => Object.assign(e, { resolve: res, reject: rej }));
     e.promise.catch(() => {}); // The app may ignore it; the state change still reaches `changed`.
     return e;
@@ -186,19 +210,20 @@ export class Outbox {
   }
 
   _later(e, ms, counts) {
-    if (counts && e.attempts >= this.limits.maxAttempts) {
+    if (counts && e.resends >= this.limits.maxAttempts) {
       this._fail(e, 'unavailable', `not acked after ${e.attempts} attempts`);
       return;
     }
+    if (counts) e.resends += 1;
     e.timer = setTimeout(() => {
       e.timer = null;
       this._try(e);
     }, ms);
   }
 
-  /** Full jitter: up to min(10 s, 500 ms × 2^attempts). */
+  /** Full jitter: up to min(10 s, 500 ms × 2^resends). */
   _backoff(e) {
-    return Math.floor(this.random() * Math.min(10000, 500 * 2 ** e.attempts));
+    return Math.floor(this.random() * Math.min(10000, 500 * 2 ** e.resends));
   }
 
   _fail(e, code, message) {
@@ -207,7 +232,7 @@ export class Outbox {
     e.error = { code, message: message || code };
     if (this.entries.has(e.id)) this._save();
     this.changed(view(e));
-    e.reject(Object.assign(new Error(e.error.message), { code }));
+    e.reject(new ChatError(code, e.error.message));
   }
 
   _save() {
@@ -218,5 +243,7 @@ export class Outbox {
 }
 
 function view(e) {
-  return { client_msg_id: e.id, conversation: e.conv, text: e.text, state: e.state, error: e.error, ack: e.ack || null, attempts: e.attempts };
+  const v = { client_msg_id: e.id, conversation: e.conv, text: e.text, state: e.state, error: e.error, ack: e.ack || null, attempts: e.attempts };
+  if (e.replaces) v.replaces = e.replaces;
+  return v;
 }

@@ -91,8 +91,16 @@ export function wxTransport(wx) {
       task.onOpen(() => sock.onopen && sock.onopen());
       task.onMessage((res) => sock.onmessage && sock.onmessage(typeof res.data === 'string' ? res.data : ''));
       task.onClose((res) => closed({ code: (res && res.code) || 1006, reason: (res && res.reason) || '' }));
-      // WeChat may report a failure only as an error: treat it as the close.
-      task.onError((err) => closed({ code: 1006, reason: (err && err.errMsg) || 'error' }));
+      // WeChat may report a failure only as an error: treat it as the close, and close the task, so
+      // that it does not count against WeChat's five sockets.
+      task.onError((err) => {
+        try {
+          task.close({ code: 1000, reason: 'error' });
+        } catch (e) {
+          // Closed already.
+        }
+        closed({ code: 1006, reason: (err && err.errMsg) || 'error' });
+      });
       return sock;
     },
     request({ url, method = 'GET', body, headers = {} }) {

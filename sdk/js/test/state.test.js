@@ -281,7 +281,7 @@ test('an ack that never comes on an open socket gets the frame again, then fails
   s.open();
   const out = client.send({ with: 'bob' }, 'hello');
   await assert.rejects(out.acked, (e) => e.code === 'unavailable');
-  assert.equal(s.of('send').length, 3);
+  assert.equal(s.of('send').length, 4, 'the first write and three resends');
   assert.equal(new Set(s.of('send').map((f) => f.client_msg_id)).size, 1);
   client.stop();
 });
@@ -604,5 +604,113 @@ test('typing goes out at most every 3 s, and others\' typing arrives as an event
   s.recv({ type: 'typing', with: 'bob', user: 'bob' });
   s.recv({ type: 'typing', group: 'g', user: 'carol' });
   assert.deepEqual(typed, [['bob', { with: 'bob' }], ['carol', { group: 'g' }]]);
+  client.stop();
+});
+
+test('a join or resume refused `unavailable` or `rate_limited` is sent again, and a send behind it waits', async () => {
+  const { transport, client, seen } = setup({ options: { rejoinMs: 30 }, outbox: { rejoinWaitMs: 60 } });
+  client.start();
+  const s1 = await transport.socket(1);
+  s1.open();
+  client.join({ room: 'r' });
+  await answerJoin(s1, { last_seq: 5 });
+  s1.recv({ type: 'message', to: 'alice', from: 'bob', text: 'x', seq: 6, prev_seq: 0, ts: 1, client_msg_id: 'b' });
+  s1.drop();
+  const out = client.send({ room: 'r' }, 'queued');
+  const s2 = await transport.socket(2);
+  s2.open();
+  const j1 = await s2.next('join');
+  const r1 = await s2.next('resume');
+  const f1 = await s2.next('send');
+  s2.recv({ type: 'error', id: j1.id, code: 'unavailable', message: 'store' });
+  s2.recv({ type: 'error', id: r1.id, code: 'rate_limited', message: 'slow', retry_after_ms: 10 });
+  s2.recv({ type: 'error', id: f1.id, code: 'not_joined', message: 'join first' });
+  const r2 = await s2.next('resume');
+  assert.deepEqual([r2.with, r2.since], ['bob', 6]);
+  const j2 = await s2.next('join');
+  assert.equal(j2.since, 5);
+  s2.recv({ type: 'joined', id: j2.id, room: 'r', last_seq: 5, recovered: true });
+  const f2 = await s2.next('send');
+  assert.equal(f2.client_msg_id, f1.client_msg_id, 'the send waited for the join, and is not failed');
+  s2.recv({ type: 'ack', id: f2.id, client_msg_id: f2.client_msg_id, seq: 7, ts: 1 });
+  assert.equal((await out.acked).seq, 7);
+  assert.deepEqual(seen, [6]);
+  client.stop();
+});
+
+test('a socket with no welcome is replaced; a transport that throws is tried again', async () => {
+  const { transport, client } = setup({ options: { welcomeTimeoutMs: 40 } });
+  const errors = [];
+  client.on('error', (e) => errors.push(e.message));
+  client.start();
+  const s1 = await transport.socket(1);
+  s1.onopen(); // Open, but no welcome ever.
+  const s2 = await transport.socket(2);
+  assert.ok(s1.closed, 'the silent socket was closed');
+  s2.open();
+  assert.equal(client.state, 'open');
+  client.stop();
+  const connect = transport.connect;
+  let throws = 1;
+  transport.connect = (o) => {
+    if (throws-- > 0) throw new SyntaxError('bad url');
+    return connect(o);
+  };
+  client.start();
+  const s3 = await transport.socket(3);
+  s3.open();
+  assert.deepEqual(errors, ['bad url']);
+  client.stop();
+});
+
+test('held frames past the bound resync the conversation from the stream instead of the store', async () => {
+  const { transport, client, seen } = setup({ fill: { maxHeld: 3 } });
+  client.start();
+  const s = await transport.socket(1);
+  s.open();
+  client.join({ room: 'r' });
+  await answerJoin(s, { last_seq: 10 });
+  s.recv(msg('r', 20, 15));
+  await s.next('history'); // Never answered: the fill waits.
+  for (let q = 21; q <= 24; q += 1) s.recv(msg('r', q, q - 1));
+  const j = await s.next('join');
+  assert.equal(j.since, 10, 'a join with since replays from the stream');
+  s.recv({ type: 'joined', id: j.id, room: 'r', last_seq: 24, recovered: true });
+  for (const q of [15, 20, 21, 22, 23, 24]) s.recv(msg('r', q, q === 15 ? 10 : q === 20 ? 15 : q - 1));
+  assert.deepEqual(seen, [15, 20, 21, 22, 23, 24]);
+  client.stop();
+});
+
+test('watch refuses bad ids and the 201st user itself, so the re-watch after a reconnect stays valid', async () => {
+  const { transport, client } = setup();
+  client.start();
+  const s = await transport.socket(1);
+  s.open();
+  await assert.rejects(client.watch(['bob', 'not valid!']), (e) => e.code === 'invalid_id');
+  const many = Array.from({ length: 201 }, (_, i) => `u${i}`);
+  await assert.rejects(client.watch(many), (e) => e.code === 'bad_request');
+  assert.equal(s.of('watch').length, 0);
+  client.stop();
+});
+
+test('a retry past the duplicate window goes under a new id, naming the old one', async () => {
+  let now = 1000;
+  const transport = fakeTransport();
+  const auth = new Auth({ transport, tokenProvider: async () => 't' });
+  const client = new Client({ url: 'ws://gw/ws', transport, auth, outbox: { maxAgeMs: 500 }, now: () => now });
+  const events = [];
+  client.on('outbox', (m) => events.push(m));
+  const out = client.send({ with: 'bob' }, 'late');
+  now += 1000;
+  client.start();
+  const s = await transport.socket(1);
+  s.open();
+  await assert.rejects(out.acked, (e) => e.code === 'expired');
+  const retried = client.retry(out.client_msg_id);
+  const f = await s.next('send');
+  assert.notEqual(f.client_msg_id, out.client_msg_id);
+  assert.equal(events.at(-1).replaces, out.client_msg_id);
+  s.recv({ type: 'ack', id: f.id, client_msg_id: f.client_msg_id, seq: 9, ts: 1 });
+  assert.equal((await retried).seq, 9);
   client.stop();
 });
