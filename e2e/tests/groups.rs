@@ -678,7 +678,10 @@ async fn users_put_in_a_group_are_told_on_every_connection_and_no_one_else_is() 
         assert_eq!(told["group"], "told", "{told}");
         assert_eq!(told["name"], "Team");
         assert_eq!(told["member_count"], 2);
-        assert!(told.get("id").is_none(), "an unsolicited group frame has no id: {told}");
+        assert!(
+            told.get("id").is_none(),
+            "an unsolicited group frame has no id: {told}"
+        );
     }
     assert_eq!(silent(&mut carol, Duration::from_millis(500)).await, None);
     assert_eq!(
