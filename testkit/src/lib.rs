@@ -8,12 +8,14 @@
 //! tests, one per test run.
 
 pub mod cassandra;
+pub mod cluster;
 pub mod nats;
 pub mod proxy;
 pub mod redis;
 pub mod ws;
 
 pub use cassandra::CassandraServer;
+pub use cluster::NatsCluster;
 pub use nats::NatsServer;
 pub use proxy::TcpProxy;
 pub use redis::RedisServer;

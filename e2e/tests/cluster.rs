@@ -1,0 +1,136 @@
+//! The chat on a real three-node nats-server cluster, stream `CHAT` and the KV buckets with three
+//! replicas, two gateways on different nodes, under a steady load of sends, while nodes are killed
+//! (SIGKILL, as a crash) and started again: every message that got an `ack` reaches the other
+//! gateway's member once, in order, with no gap; a send that was not acked in time is resent with
+//! its `client_msg_id` and stored at most once. It also measures how long sends waited for their
+//! ack across a leader's death (docs/operations.md).
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use e2e::Stack;
+use serde_json::{Value, json};
+use testkit::{NatsCluster, WsClient};
+
+/// Sends `text` with `cmid` and waits for its ack, resending the same frame after `unavailable`.
+/// Returns the ack's `seq` and how long it took from the first attempt.
+async fn send_acked(c: &mut WsClient, room: &str, cmid: &str) -> (u64, Duration) {
+    let t0 = Instant::now();
+    let mut attempts = 0;
+    let frame = json!({"type":"send","room":room,"text":cmid,"client_msg_id":cmid,"id":cmid});
+    loop {
+        c.send(frame.clone()).await.unwrap();
+        attempts += 1;
+        if attempts > 1 {
+            eprintln!("{cmid}: resent after unavailable ({:?})", t0.elapsed());
+        }
+        loop {
+            let v = c.recv_timeout(Duration::from_secs(30)).await.unwrap();
+            if v["id"] != cmid {
+                continue; // The sender's own copies of its messages, pongs.
+            }
+            match v["type"].as_str() {
+                Some("ack") => return (v["seq"].as_u64().unwrap(), t0.elapsed()),
+                Some("error") if v["code"] == "unavailable" => break,
+                _ => panic!("{cmid}: {v}"),
+            }
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{cmid} never acked");
+    }
+}
+
+/// Sends messages `m<i>` for `range` one after another; returns the slowest ack.
+async fn phase(c: &mut WsClient, range: std::ops::Range<usize>, acked: &mut Vec<u64>) -> Duration {
+    let mut worst = Duration::ZERO;
+    for i in range {
+        let (seq, took) = send_acked(c, "r", &format!("m{i}")).await;
+        acked.push(seq);
+        worst = worst.max(took);
+    }
+    worst
+}
+
+/// Reads `room`'s messages on `c` until every seq in `want` has arrived; returns them in arrival order.
+async fn receive(c: &mut WsClient, want: &HashSet<u64>) -> Vec<Value> {
+    let mut got = Vec::new();
+    let mut have = HashSet::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !want.is_subset(&have) {
+        assert!(
+            Instant::now() < deadline,
+            "still missing {:?}",
+            want.difference(&have)
+        );
+        let v = c.recv_timeout(Duration::from_secs(30)).await.unwrap();
+        if v["type"] == "message" {
+            have.insert(v["seq"].as_u64().unwrap());
+            got.push(v);
+        }
+    }
+    got
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() {
+    let mut cluster = tokio::task::block_in_place(|| NatsCluster::start(3)).unwrap();
+    let stack = Stack::start();
+    let config = |node: usize| {
+        let mut c = stack.config_unlimited();
+        // Each gateway lists its own node first, so the two sit on different nodes.
+        let mut urls = vec![cluster.url(node)];
+        urls.extend(
+            (0..cluster.len())
+                .filter(|&i| i != node)
+                .map(|i| cluster.url(i)),
+        );
+        c.nats_url = urls.join(",");
+        c.stream.replicas = 3;
+        c
+    };
+    let g1 = stack.gateway_with(config(0)).await;
+    let g2 = stack.gateway_with(config(1)).await;
+    let leader = tokio::task::block_in_place(|| {
+        cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20))
+    })
+    .unwrap();
+    let mut alice = stack.connect(&g1, "alice").await;
+    let mut bob = stack.connect(&g2, "bob").await;
+    for c in [&mut alice, &mut bob] {
+        e2e::join(c, "r").await;
+    }
+
+    // Steady sends; a follower dies and comes back; then the leader dies and comes back.
+    let mut acked = Vec::new();
+    let mut slowest = Vec::new();
+    slowest.push(("before", phase(&mut alice, 0..20, &mut acked).await));
+    let follower = (0..3).find(|&i| i != leader).unwrap();
+    cluster.kill(follower);
+    slowest.push(("follower down", phase(&mut alice, 20..40, &mut acked).await));
+    tokio::task::block_in_place(|| cluster.restart(follower)).unwrap();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let leader = cluster.stream_leader("CHAT").unwrap_or(leader);
+    cluster.kill(leader);
+    slowest.push(("leader killed", phase(&mut alice, 40..60, &mut acked).await));
+    tokio::task::block_in_place(|| cluster.restart(leader)).unwrap();
+    slowest.push(("leader back", phase(&mut alice, 60..70, &mut acked).await));
+    eprintln!("slowest ack per phase: {slowest:?}");
+
+    // Every acked message was stored once: 70 sends, 70 distinct sequences.
+    let want: HashSet<u64> = acked.iter().copied().collect();
+    assert_eq!(want.len(), 70, "a send stored twice: {acked:?}");
+    // Bob, on the other gateway and another node, gets each once, in order, with no gap.
+    let got = receive(&mut bob, &want).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    assert_eq!(seqs, {
+        let mut s = acked.clone();
+        s.sort_unstable();
+        s
+    });
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1]["prev_seq"], w[0]["seq"],
+            "gap between {} and {}",
+            w[0], w[1]
+        );
+    }
+}

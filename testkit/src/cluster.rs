@@ -1,0 +1,236 @@
+//! A real three-node (or N-node) nats-server cluster with JetStream on loopback, for tests of what a
+//! cluster promises: each node can be killed (SIGKILL, keeping its store, as a crash would) and
+//! started again on the same ports and store, and the monitoring endpoint says which node leads
+//! stream `CHAT`.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+use crate::TempDir;
+use crate::nats::nats_server_bin;
+
+/// One node's ports and files.
+struct Node {
+    name: String,
+    client: u16,
+    monitor: u16,
+    conf: PathBuf,
+    child: Option<Child>,
+}
+
+/// A running cluster. Every node is killed, and the stores removed, on drop.
+pub struct NatsCluster {
+    nodes: Vec<Node>,
+    _dir: TempDir,
+}
+
+/// A loopback port nobody listens on now (the kernel's pick, released at once). Another process may
+/// take it in between; tests on loopback live with that small risk, as the peers' ports do.
+fn free_port() -> anyhow::Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+impl NatsCluster {
+    /// Starts `n` nodes (`n0`, `n1`, …) in one cluster, and returns once JetStream has a meta leader.
+    pub fn start(n: usize) -> anyhow::Result<Self> {
+        let dir = crate::temp_dir("liaotian-cluster")?;
+        let mut ports = Vec::new();
+        for _ in 0..n {
+            ports.push((free_port()?, free_port()?, free_port()?));
+        }
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
+            .collect();
+        let mut nodes = Vec::new();
+        for (i, (client, monitor, route)) in ports.iter().enumerate() {
+            let name = format!("n{i}");
+            let store = dir.path().join(&name);
+            let conf = dir.path().join(format!("{name}.conf"));
+            std::fs::write(
+                &conf,
+                format!(
+                    "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
+                     jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 1GB\n}}\n\
+                     cluster {{\n  name: liaotian-test\n  listen: 127.0.0.1:{route}\n  routes: [\n    {}\n  ]\n}}\n",
+                    store.display(),
+                    routes.join("\n    ")
+                ),
+            )?;
+            nodes.push(Node {
+                name,
+                client: *client,
+                monitor: *monitor,
+                conf,
+                child: None,
+            });
+        }
+        let mut cluster = Self { nodes, _dir: dir };
+        for i in 0..n {
+            cluster.spawn(i)?;
+        }
+        cluster.wait_for_meta_leader(Duration::from_secs(30))?;
+        Ok(cluster)
+    }
+
+    /// Every node's client URL, comma-separated: what a service's `NATS_URL` takes.
+    pub fn urls(&self) -> String {
+        (0..self.nodes.len())
+            .map(|i| self.url(i))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Node `i`'s client URL.
+    pub fn url(&self, i: usize) -> String {
+        format!("nats://127.0.0.1:{}", self.nodes[i].client)
+    }
+
+    pub fn len(&self) -> usize {
+        self.nodes.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.nodes.is_empty()
+    }
+
+    /// Node `i`'s server name (`n<i>`).
+    pub fn name(&self, i: usize) -> &str {
+        &self.nodes[i].name
+    }
+
+    /// Kills node `i` abruptly (SIGKILL), keeping its store.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut child) = self.nodes[i].child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts node `i` again with the same ports and store.
+    pub fn restart(&mut self, i: usize) -> anyhow::Result<()> {
+        self.kill(i);
+        crate::retry(50, Duration::from_millis(100), || self.spawn(i))
+    }
+
+    /// The index of the node that leads stream `stream` (of the default account), as the first live
+    /// node's monitoring endpoint reports it; `None` while there is none.
+    pub fn stream_leader(&self, stream: &str) -> Option<usize> {
+        let i = (0..self.nodes.len()).find(|&i| self.nodes[i].child.is_some())?;
+        let jsz = http_get(
+            self.nodes[i].monitor,
+            "/jsz?accounts=true&streams=true&config=false",
+        )
+        .ok()?;
+        let v: serde_json::Value = serde_json::from_str(&jsz).ok()?;
+        let leader = v["account_details"]
+            .as_array()?
+            .iter()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .find(|s| s["name"] == stream)?
+            .get("cluster")?
+            .get("leader")?
+            .as_str()?
+            .to_owned();
+        self.nodes.iter().position(|n| n.name == leader)
+    }
+
+    /// Waits until stream `stream` has a leader, and returns it.
+    pub fn wait_for_stream_leader(&self, stream: &str, within: Duration) -> anyhow::Result<usize> {
+        let deadline = Instant::now() + within;
+        loop {
+            if let Some(i) = self.stream_leader(stream) {
+                return Ok(i);
+            }
+            if Instant::now() > deadline {
+                bail!("stream {stream} has no leader after {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn wait_for_meta_leader(&self, within: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let leader = http_get(self.nodes[0].monitor, "/jsz")
+                .ok()
+                .and_then(|s| serde_json::from_str::<serde_json::Value>(&s).ok())
+                .and_then(|v| v["meta_cluster"]["leader"].as_str().map(str::to_owned));
+            if leader.is_some_and(|l| !l.is_empty()) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("the cluster elected no JetStream meta leader within {within:?}");
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn spawn(&mut self, i: usize) -> anyhow::Result<()> {
+        let child = spawn_node(&self.nodes[i].conf)?;
+        self.nodes[i].child = Some(child);
+        Ok(())
+    }
+}
+
+impl Drop for NatsCluster {
+    fn drop(&mut self) {
+        for i in 0..self.nodes.len() {
+            self.kill(i);
+        }
+    }
+}
+
+fn spawn_node(conf: &Path) -> anyhow::Result<Child> {
+    let bin = nats_server_bin();
+    let mut child = Command::new(&bin)
+        .arg("-c")
+        .arg(conf)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .with_context(|| {
+            format!("starting `{bin}` (install nats-server >= 2.11 or set NATS_SERVER_BIN)")
+        })?;
+    let stderr = child.stderr.take().context("nats-server stderr")?;
+    let (tx, rx) = mpsc::channel();
+    // Drain the log for the life of the process; say when the server is ready. Route errors while
+    // peers come up are expected and not fatal.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if line.contains("Server is ready") {
+                let _ = tx.send(true);
+            }
+            if line.contains("[FTL]") {
+                let _ = tx.send(false);
+            }
+        }
+    });
+    match rx.recv_timeout(Duration::from_secs(20)) {
+        Ok(true) => Ok(child),
+        _ => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("nats-server node {} did not become ready", conf.display())
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET on loopback: the monitoring endpoint, without an async runtime.
+fn http_get(port: u16, path: &str) -> anyhow::Result<String> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
+    let mut body = String::new();
+    s.read_to_string(&mut body)?;
+    let start = body.find("\r\n\r\n").context("no HTTP body")? + 4;
+    Ok(body[start..].to_owned())
+}
