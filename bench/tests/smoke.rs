@@ -225,7 +225,7 @@ async fn persister_catches_up_a_backlog_exactly_once() {
     let nats = NatsServer::start().expect("start nats-server");
     let client = async_nats::connect(nats.url()).await.unwrap();
     let js = async_nats::jetstream::new(client.clone());
-    svc::nats::ensure_chat_stream(&js, &gateway::config::StreamSettings::default())
+    svc::nats::apply_chat_stream(&js, &gateway::config::StreamSettings::default())
         .await
         .unwrap();
     let rooms: Vec<String> = (0..4).map(|r| bench::plan::room_name(r, "cu")).collect();

@@ -26,6 +26,7 @@ pub mod sdk;
 pub mod server;
 pub mod session;
 pub mod state;
+pub mod stream_admin;
 pub mod tls;
 pub mod writer;
 
@@ -92,14 +93,23 @@ pub async fn run(
     let js = async_nats::jetstream::new(nats.clone());
     // A gateway may start before NATS or JetStream is ready (a fresh cluster, a rolling restart):
     // keep trying for a bounded time, then fail so the supervisor sees it.
-    svc::retry::until_deadline(
+    let (_, differences) = svc::retry::until_deadline(
         "stream CHAT",
         STARTUP_WAIT,
         svc::retry::Backoff::constant(Duration::from_secs(1)),
-        || svc::nats::ensure_chat_stream(&js, &config.stream),
+        || svc::nats::open_chat_stream(&js, &config.stream),
     )
     .await
     .with_context(|| format!("stream CHAT not ready within {STARTUP_WAIT:?}"))?;
+    // The stream's settings have one owner, the operator's `gateway stream apply`: a gateway whose
+    // own differ refuses to start rather than serve under settings it does not have.
+    if !differences.is_empty() {
+        anyhow::bail!(
+            "stream CHAT does not have this gateway's settings ({}); start it with the stream's \
+             settings, or change the stream first with `gateway stream apply` (docs/operations.md)",
+            differences.join("; ")
+        );
+    }
 
     let metrics = Arc::new(metrics::Metrics::new());
     let backlog = backlog::Backlog::new(nats.clone(), metrics.clone());

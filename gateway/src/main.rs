@@ -25,6 +25,18 @@ fn main() -> anyhow::Result<()> {
         }
         let config = gateway::Config::from_lookup(|k| std::env::var(k).ok())
             .context("reading configuration")?;
+        let args: Vec<String> = std::env::args().skip(1).collect();
+        match args
+            .iter()
+            .map(String::as_str)
+            .collect::<Vec<_>>()
+            .as_slice()
+        {
+            [] => {}
+            ["stream", "apply"] => return gateway::stream_admin::apply(&config).await,
+            ["stream", "check"] => return gateway::stream_admin::check(&config).await,
+            _ => anyhow::bail!("usage: gateway [stream apply | stream check]"),
+        }
         let listener = gateway::listener::bind(&config.listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding GATEWAY_LISTEN={}", config.listen))?;

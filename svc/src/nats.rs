@@ -138,8 +138,10 @@ pub fn chat_stream_config(s: &StreamSettings) -> stream::Config {
     }
 }
 
-/// Creates stream `CHAT`, or updates it to `settings`, and returns it.
-pub async fn ensure_chat_stream(
+/// Creates stream `CHAT`, or updates it to `settings`, and returns it: the operator's step
+/// (`gateway stream apply`), and the tests'. Gateways never change an existing stream: see
+/// [`open_chat_stream`].
+pub async fn apply_chat_stream(
     js: &jetstream::Context,
     settings: &StreamSettings,
 ) -> anyhow::Result<stream::Stream> {
@@ -150,6 +152,62 @@ pub async fn ensure_chat_stream(
     js.get_stream(settings.name())
         .await
         .context("reading stream CHAT")
+}
+
+/// Stream `CHAT` as a gateway finds it at start: created with `settings` if there is none, and
+/// otherwise left as it is, with each operator setting where it differs from `settings`. One
+/// gateway with smaller settings must not shrink the retention of every other, and delete messages
+/// the persister has not stored yet: only [`apply_chat_stream`] changes them.
+pub async fn open_chat_stream(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> anyhow::Result<(stream::Stream, Vec<String>)> {
+    use anyhow::Context;
+    let mut stream = js
+        .get_or_create_stream(chat_stream_config(settings))
+        .await
+        .context("opening stream CHAT")?;
+    let have = stream
+        .info()
+        .await
+        .context("reading stream CHAT")?
+        .config
+        .clone();
+    Ok((stream, settings_differences(&have, settings)))
+}
+
+/// The operator settings (`CHAT_*`) in which stream config `have` differs from `want`, each as
+/// `name: stream has X, settings say Y`.
+pub fn settings_differences(have: &stream::Config, want: &StreamSettings) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut check = |name: &str, have: String, want: String| {
+        if have != want {
+            out.push(format!(
+                "{name}: the stream has {have}, this process has {want}"
+            ));
+        }
+    };
+    check(
+        "CHAT_MAX_AGE_SECS",
+        have.max_age.as_secs().to_string(),
+        want.max_age.as_secs().to_string(),
+    );
+    check(
+        "CHAT_MAX_BYTES",
+        have.max_bytes.to_string(),
+        want.max_bytes.to_string(),
+    );
+    check(
+        "CHAT_DUPLICATE_WINDOW_SECS",
+        have.duplicate_window.as_secs().to_string(),
+        want.duplicate_window.as_secs().to_string(),
+    );
+    check(
+        "CHAT_REPLICAS",
+        have.num_replicas.to_string(),
+        want.replicas.to_string(),
+    );
+    out
 }
 
 /// The pause before reconnect attempt `attempts`: in the upper half of a step of 100 ms

@@ -167,7 +167,7 @@ async fn nats_with_stream() -> anyhow::Result<NatsServer> {
     let nats = NatsServer::start()?;
     let client = async_nats::connect(nats.url()).await?;
     let js = async_nats::jetstream::new(client);
-    svc::nats::ensure_chat_stream(&js, &gateway::config::StreamSettings::default()).await?;
+    svc::nats::apply_chat_stream(&js, &gateway::config::StreamSettings::default()).await?;
     Ok(nats)
 }
 

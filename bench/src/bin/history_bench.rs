@@ -129,12 +129,17 @@ async fn nats_with_stream() -> anyhow::Result<(NatsServer, async_nats::Client, j
     let nats = NatsServer::start()?;
     let client = async_nats::connect(nats.url()).await?;
     let js = jetstream::new(client.clone());
-    let settings = gateway::config::StreamSettings {
+    svc::nats::apply_chat_stream(&js, &stream_settings()).await?;
+    Ok((nats, client, js))
+}
+
+/// The stream of these benchmarks: 4 GiB, for the large fills. A gateway started on it must have
+/// the same settings, or it refuses to start.
+fn stream_settings() -> gateway::config::StreamSettings {
+    gateway::config::StreamSettings {
         max_bytes: 4 << 30,
         ..Default::default()
-    };
-    svc::nats::ensure_chat_stream(&js, &settings).await?;
-    Ok((nats, client, js))
+    }
 }
 
 /// Publishes `n` room messages spread over `rooms` rooms with many acks outstanding.
@@ -416,6 +421,7 @@ async fn storm(clients: usize, missed: u64) -> anyhow::Result<()> {
     let config = gateway::Config {
         nats_url: nats.url(),
         max_connections: clients + 100,
+        stream: stream_settings(),
         ..gateway::Config::default()
     };
     let (gw_tx, gw_rx) = oneshot::channel::<()>();

@@ -16,7 +16,7 @@ pub const WAIT: Duration = Duration::from_secs(30);
 
 /// Creates stream CHAT from its one definition (`protocol::stream`), as a gateway does.
 pub async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
-    svc::nats::ensure_chat_stream(js, &protocol::stream::StreamSettings::default()).await?;
+    svc::nats::apply_chat_stream(js, &protocol::stream::StreamSettings::default()).await?;
     Ok(())
 }
 
