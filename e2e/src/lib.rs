@@ -11,15 +11,21 @@ pub use gateway::testing::*;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-/// Sends `frame` and returns the first reply of type `ty` or `error`, skipping other frames.
+/// Sends `frame` and returns the first reply of type `ty` or `error`, skipping other frames. When
+/// `frame` has an `id`, the reply must carry it: frames of the same type pushed meanwhile (a `group`
+/// frame without `id` telling of a group the user was put in) are skipped too.
 pub async fn ask(
     c: &mut testkit::WsClient,
     frame: serde_json::Value,
     ty: &str,
 ) -> serde_json::Value {
+    let id = frame.get("id").cloned();
     c.send(frame).await.unwrap();
     loop {
         let v = c.recv().await.unwrap();
+        if id.as_ref().is_some_and(|id| v.get("id") != Some(id)) {
+            continue;
+        }
         if v["type"] == ty || v["type"] == "error" {
             return v;
         }

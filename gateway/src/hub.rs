@@ -679,7 +679,10 @@ fn control(members: &Members, msg: &async_nats::Message) {
             let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let frame = Utf8Bytes::from(frame);
             for m in snapshot.iter() {
-                if except.as_ref() != Some(m.outbox.conn()) {
+                // A connection still being set up (gated until its welcome is queued) is skipped:
+                // `welcome` stays its first frame, and these frames (read state, receipts, typing,
+                // a group it was put in) are news its client reads again after the welcome anyway.
+                if except.as_ref() != Some(m.outbox.conn()) && m.gate.is_none() {
                     m.outbox.push(Outbound::Text(frame.clone()));
                 }
             }
