@@ -192,7 +192,8 @@ export interface ClientEvents {
 
 export class Client {
   constructor(o: {
-    url: string;
+    /** A gateway, or several: a connection lost without being asked tries the next one. */
+    url: string | string[];
     transport: Transport;
     auth: Auth;
     storage?: Storage | null;

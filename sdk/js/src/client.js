@@ -53,14 +53,17 @@ export const CLIENT_DEFAULTS = {
 export class Client extends Emitter {
   /**
    * @param {object} o
-   * @param {string} o.url the gateway's WebSocket, e.g. wss://chat.example.com/ws
+   * @param {string|string[]} o.url the gateway's WebSocket, e.g. wss://chat.example.com/ws, or
+   *   several gateways': a connection lost without being asked tries the next one
    * @param {object} o.transport webTransport() or wxTransport(wx)
    * @param {import('./auth.js').Auth} o.auth
    * @param {object} [o.storage] keeps positions and the outbox across restarts
    */
   constructor({ url, transport, auth, storage = null, options = {}, outbox = {}, pacer = {}, fill = {}, now = Date.now, random = Math.random }) {
     super();
-    Object.assign(this, { url, transport, auth, storage, now, random });
+    Object.assign(this, { transport, auth, storage, now, random });
+    this.urls = Array.isArray(url) ? url.slice() : [url];
+    this.urlIndex = 0;
     this.opts = { ...CLIENT_DEFAULTS, ...options };
     this.fillLimits = fill;
     this.state = 'idle';
@@ -338,7 +341,7 @@ export class Client extends Emitter {
     if (this.state !== 'connecting') return; // Stopped or hidden while the token came.
     let sock;
     try {
-      sock = this.transport.connect({ url: this.url, token });
+      sock = this.transport.connect({ url: this.urls[this.urlIndex], token });
     } catch (e) {
       // A bad URL, say: nothing to close, and trying again may not help, but staying dead is worse.
       this.emit('error', e);
@@ -409,6 +412,9 @@ export class Client extends Emitter {
     }
     this.emit('close', ev);
     if (onPurpose) return;
+    // Gateways are stateless: after a loss, the next one of those given (a dead gateway's clients
+    // move to a live one, and resume there).
+    this.urlIndex = (this.urlIndex + 1) % this.urls.length;
     if (ev.code === 4001) {
       // Logged out or revoked: the token is dead, and so is reconnecting with it.
       this.auth.clear();

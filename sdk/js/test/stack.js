@@ -73,15 +73,18 @@ class Proc {
   }
 }
 
-/** `gatewayEnv` adds to the gateway's environment (a lower GATEWAY_MAX_RESUME, say). */
-export async function startStack({ gatewayEnv = {} } = {}) {
+/** `gatewayEnv` adds to the gateways' environment (a lower GATEWAY_MAX_RESUME, say); `gateways`
+ *  is how many (`procs.gateway` is the first, `procs.gateways` all, `wsUrls` their sockets). */
+export async function startStack({ gatewayEnv = {}, gateways = 1 } = {}) {
   for (const bin of ['auth', 'gateway', 'persister']) {
     if (!fs.existsSync(path.join(BIN_DIR, bin))) {
       throw new Error(`${path.join(BIN_DIR, bin)} is missing: run \`cargo build\` or set LIAOTIAN_BIN_DIR`);
     }
   }
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'liaotian-sdk-'));
-  const [natsPort, authPort, gwPort, persisterPort] = [await freePort(), await freePort(), await freePort(), await freePort()];
+  const [natsPort, authPort, persisterPort] = [await freePort(), await freePort(), await freePort()];
+  const gwPorts = [];
+  for (let i = 0; i < gateways; i += 1) gwPorts.push(await freePort());
   const natsUrl = `nats://127.0.0.1:${natsPort}`;
   const authUrl = `http://127.0.0.1:${authPort}`;
   const procs = {
@@ -99,13 +102,6 @@ export async function startStack({ gatewayEnv = {} } = {}) {
       { AUTH_LISTEN: `127.0.0.1:${authPort}`, AUTH_DEV_LOGIN: '1', AUTH_KEY_FILE: path.join(dir, 'signing.key') },
       () => httpOk(`${authUrl}/healthz`),
     ),
-    gateway: new Proc(
-      'gateway',
-      path.join(BIN_DIR, 'gateway'),
-      [],
-      { GATEWAY_LISTEN: `127.0.0.1:${gwPort}`, NATS_URL: natsUrl, GATEWAY_AUTH_URL: authUrl, ...gatewayEnv },
-      () => httpOk(`http://127.0.0.1:${gwPort}/readyz`),
-    ),
     persister: new Proc(
       'persister',
       path.join(BIN_DIR, 'persister'),
@@ -114,16 +110,29 @@ export async function startStack({ gatewayEnv = {} } = {}) {
       () => httpOk(`http://127.0.0.1:${persisterPort}/readyz`),
     ),
   };
+  procs.gateways = gwPorts.map(
+    (port, i) =>
+      new Proc(
+        `gateway-${i}`,
+        path.join(BIN_DIR, 'gateway'),
+        [],
+        { GATEWAY_LISTEN: `127.0.0.1:${port}`, NATS_URL: natsUrl, GATEWAY_AUTH_URL: authUrl, ...gatewayEnv },
+        () => httpOk(`http://127.0.0.1:${port}/readyz`),
+      ),
+  );
+  procs.gateway = procs.gateways[0];
   await procs.nats.start();
   await procs.auth.start();
-  await procs.gateway.start();
+  for (const g of procs.gateways) await g.start();
   await procs.persister.start();
+  const wsUrls = gwPorts.map((port) => `ws://127.0.0.1:${port}/ws`);
   return {
     authUrl,
-    wsUrl: `ws://127.0.0.1:${gwPort}/ws`,
+    wsUrl: wsUrls[0],
+    wsUrls,
     procs,
     async stop() {
-      for (const p of Object.values(procs)) await p.kill();
+      for (const p of [procs.nats, procs.auth, ...procs.gateways, procs.persister]) await p.kill();
       fs.rmSync(dir, { recursive: true, force: true });
     },
   };

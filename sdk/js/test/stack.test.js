@@ -27,11 +27,11 @@ test.afterEach(() => {
   for (const c of clients.splice(0)) c.stop();
 });
 
-function user(stack, name, options = {}) {
+function user(stack, name, options = {}, url = stack.wsUrl) {
   const { transport, sockets } = trackedTransport();
   const auth = new Auth({ transport, authUrl: stack.authUrl, login: { dev_user: name } });
   const client = new Client({
-    url: stack.wsUrl,
+    url,
     transport,
     auth,
     options: { backoffBaseMs: 100, backoffMaxMs: 1000, ...options },
@@ -184,6 +184,46 @@ test('what was sent while a client was stopped is replayed on start, in a room a
     assertOnceInOrder(bob.seqs({ with: 'alice' }), [hello.seq, ...acks.filter((_, i) => i % 2 === 1).map((a) => a.seq)], 'bob, thread');
     alice.client.stop();
     bob.client.stop();
+  } finally {
+    await stack.stop();
+  }
+});
+
+test('a gateway killed for good: its clients move to the other one and resume there without loss', { timeout: 120000 }, async () => {
+  const stack = await startStack({ gateways: 2 });
+  try {
+    const alice = user(stack, 'alice', {}, stack.wsUrls);
+    const bob = user(stack, 'bob', {}, stack.wsUrls);
+    const carol = user(stack, 'carol', {}, [stack.wsUrls[1]]);
+    for (const u of [alice, bob, carol]) u.client.start();
+    await Promise.all([alice, bob, carol].map((u) => opened(u.client)));
+    const g = await alice.client.createGroup({ name: 'Failover', members: ['bob', 'carol'] });
+    const group = { group: g.group };
+    await Promise.all([alice, bob, carol].map((u) => u.client.join(group)));
+    const sends = [];
+    let sending = true;
+    const sender = (async () => {
+      for (let i = 0; sending; i += 1) {
+        sends.push(alice.client.send(group, `f${i}`));
+        sends.push(carol.client.send(group, `c${i}`));
+        await sleep(150);
+      }
+    })();
+    await sleep(1500);
+    await stack.procs.gateways[0].kill(); // alice and bob were on it; it does not come back.
+    await sleep(3000);
+    sending = false;
+    await sender;
+    const acks = await within(60000, Promise.all(sends.map((s) => s.acked)), 'every send acked');
+    const want = acks.map((a) => a.seq);
+    assert.equal(new Set(want).size, sends.length, 'each send stored once');
+    for (const [who, u] of [['alice', alice], ['bob', bob], ['carol', carol]]) {
+      await waitFor(`${who} has every message`, () => u.seqs(group).length >= want.length, 30000).catch(() => {});
+      assertOnceInOrder(u.seqs(group), want, who);
+    }
+    assert.ok(alice.sockets.length >= 2 && bob.sockets.length >= 2, 'alice and bob reconnected');
+    assert.equal(bob.sockets.at(-1).url, stack.wsUrls[1], 'bob is on the live gateway');
+    assert.deepEqual([...alice.gaps, ...bob.gaps, ...carol.gaps], []);
   } finally {
     await stack.stop();
   }

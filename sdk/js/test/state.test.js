@@ -714,3 +714,26 @@ test('a retry past the duplicate window goes under a new id, naming the old one'
   assert.equal((await retried).seq, 9);
   client.stop();
 });
+
+test('with several gateways, a lost connection tries the next one and resumes there', async () => {
+  const transport = fakeTransport();
+  const auth = new Auth({ transport, tokenProvider: async () => 't' });
+  const client = new Client({ url: ['ws://a/ws', 'ws://b/ws'], transport, auth, options: { backoffBaseMs: 5 }, random: () => 0.5 });
+  client.start();
+  const s1 = await transport.socket(1);
+  assert.equal(s1.url, 'ws://a/ws');
+  s1.open();
+  client.join({ room: 'r' });
+  const j = await s1.next('join');
+  s1.recv({ type: 'joined', id: j.id, room: 'r', last_seq: 4 });
+  s1.drop(1006);
+  const s2 = await transport.socket(2);
+  assert.equal(s2.url, 'ws://b/ws');
+  s2.open();
+  assert.equal((await s2.next('join')).since, 4);
+  client.stop();
+  client.start();
+  const s3 = await transport.socket(3);
+  assert.equal(s3.url, 'ws://b/ws', 'a stop and start stays where it was');
+  client.stop();
+});
