@@ -72,6 +72,18 @@ impl Metrics {
             "Time from a content-check request to its answer, by decision: the latency the check adds to a send.",
             "decision",
         );
+        // 1, labelled with the version: which versions run, for a rolling upgrade's dashboard.
+        let build_info = prometheus::IntGaugeVec::new(
+            Opts::new("auth_build_info", "1, labelled with the running version."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry
+            .register(Box::new(build_info))
+            .unwrap_or_else(|e| unreachable!("{e}"));
         Self {
             registry,
             logins,

@@ -496,3 +496,22 @@ async fn keys_rotate_on_reload() {
     let served: Value = served.json().await.unwrap();
     assert_eq!(served["data"]["keys"].as_array().unwrap().len(), 2);
 }
+
+#[tokio::test]
+async fn build_info_names_the_version() {
+    let auth = start().await;
+    let body = auth
+        .http
+        .get(format!("{}/metrics", auth.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let name = format!(
+        "auth_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(testkit::metric_in(&body, &name), Some(1.0), "{body}");
+}

@@ -276,6 +276,19 @@ impl Metrics {
         for code in ErrorCode::ALL {
             m.errors.with_label_values(&[code.as_str()]);
         }
+        // 1, labelled with the version: which versions run, for a rolling upgrade's dashboard.
+        let build_info = prometheus::IntGaugeVec::new(
+            prometheus::Opts::new(
+                "gateway_build_info",
+                "1, labelled with the running version.",
+            ),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable!("{e}"));
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let _ = m.registry.register(Box::new(build_info));
         m
     }
 

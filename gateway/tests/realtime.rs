@@ -828,3 +828,14 @@ async fn a_client_that_keeps_sending_still_gets_its_replies() {
     }
     let _tx = sending.await.unwrap();
 }
+
+#[tokio::test]
+async fn build_info_names_the_version() {
+    let stack = Stack::start();
+    let g = stack.gateway().await;
+    let name = format!(
+        "gateway_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(testkit::metric(g.addr, &name).await.unwrap(), Some(1.0));
+}

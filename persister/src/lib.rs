@@ -54,6 +54,32 @@ pub async fn open_store(config: &Config) -> Result<Arc<dyn Store>, StoreError> {
 
 /// Runs the persister until `shutdown` completes: HTTP on `listener`, the consumer, and the history
 /// service. Dropping (aborting) the returned future stops everything it started, as a crash would.
+/// How often the persister reads stream `CHAT`'s size for its fullness gauges.
+pub const STREAM_WATCH_EVERY: Duration = Duration::from_secs(15);
+
+/// Sets the stream's size gauges every [`STREAM_WATCH_EVERY`] until `stop`; a failed read leaves
+/// them as they were.
+async fn watch_stream(
+    js: async_nats::jetstream::Context,
+    metrics: Arc<metrics::Metrics>,
+    stop: CancellationToken,
+) {
+    loop {
+        if let Ok(mut s) = js.get_stream(protocol::subject::STREAM).await
+            && let Ok(info) = s.info().await
+        {
+            metrics
+                .stream_bytes
+                .set(i64::try_from(info.state.bytes).unwrap_or(i64::MAX));
+            metrics.stream_max_bytes.set(info.config.max_bytes);
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(STREAM_WATCH_EVERY) => {}
+        }
+    }
+}
+
 pub async fn run(
     listener: TcpListener,
     config: Config,
@@ -74,6 +100,7 @@ pub async fn run(
     });
     tracing::info!(addr = %listener.local_addr()?, "persister listening");
     let http = axum::serve(listener, app).with_graceful_shutdown(stop.clone().cancelled_owned());
+    let watch = watch_stream(js.clone(), metrics.clone(), stop.clone());
     let consumer = consumer::run(
         js,
         store.clone(),
@@ -113,10 +140,11 @@ pub async fn run(
                 stop.cancel();
                 r
             },
+            watch,
         )
     };
     tokio::pin!(work);
-    let (http, (), service) = tokio::select! {
+    let (http, (), service, ()) = tokio::select! {
         out = &mut work => out,
         () = shutdown => {
             tracing::info!("shutting down");
@@ -125,7 +153,7 @@ pub async fn run(
                 Ok(out) => out,
                 Err(_) => {
                     tracing::warn!("shutdown grace period over; stopping now");
-                    (Ok(()), (), Ok(()))
+                    (Ok(()), (), Ok(()), ())
                 }
             }
         }

@@ -26,6 +26,12 @@ pub struct Metrics {
     pub store_reads: IntCounter,
     /// Page reads that failed.
     pub store_read_errors: IntCounter,
+    /// Stream `CHAT`'s stored bytes and its `max_bytes`, read every [`crate::STREAM_WATCH_EVERY`]:
+    /// at `max_bytes` the oldest messages go, persisted or not.
+    pub stream_bytes: IntGauge,
+    pub stream_max_bytes: IntGauge,
+    /// 1, labelled with the version: which versions run.
+    pub build_info: prometheus::IntGaugeVec,
 }
 
 fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
@@ -63,6 +69,20 @@ impl Metrics {
         for reason in ["payload", "subject"] {
             poison.with_label_values(&[reason]);
         }
+        let build_info = reg(
+            &r,
+            prometheus::IntGaugeVec::new(
+                Opts::new(
+                    "persister_build_info",
+                    "1, labelled with the running version.",
+                ),
+                &["version"],
+            )
+            .unwrap_or_else(|e| unreachable!("{e}")),
+        );
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Self {
             persisted: counter(
                 "persister_messages_persisted_total",
@@ -105,6 +125,15 @@ impl Metrics {
                 "persister_store_read_errors_total",
                 "History page reads that failed.",
             ),
+            stream_bytes: gauge(
+                "persister_stream_bytes",
+                "Bytes stream CHAT holds (read every 15 s).",
+            ),
+            stream_max_bytes: gauge(
+                "persister_stream_max_bytes",
+                "Stream CHAT's max_bytes: at it, the oldest messages go, persisted or not.",
+            ),
+            build_info,
             registry: r,
         }
     }

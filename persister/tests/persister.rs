@@ -348,3 +348,32 @@ async fn a_store_that_cannot_read_answers_unavailable() {
     }
     p.stop().await.unwrap();
 }
+
+// Proves the persister exports stream CHAT's size against its max_bytes (the "stream nearly full"
+// alert of deploy/prometheus/rules.yml) and its version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_fullness_and_build_info_are_exported() {
+    let nats = testkit::NatsServer::start().unwrap();
+    let dir = testkit::temp_dir("persister-fullness").unwrap();
+    let db = dir.path().join("history.db");
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.unwrap());
+    create_stream(&js).await.unwrap();
+    for n in 0..10 {
+        publish_room(&js, "r", n).await.unwrap();
+    }
+    let p = Running::start(config(&nats.url(), &db)).await.unwrap();
+    wait_until(|| async { p.metric("persister_stream_bytes").await.unwrap_or(0.0) > 100.0 })
+        .await
+        .unwrap();
+    let max = protocol::stream::StreamSettings::default().max_bytes;
+    assert_eq!(
+        p.metric("persister_stream_max_bytes").await.unwrap(),
+        max as f64
+    );
+    let version = format!(
+        "persister_build_info{{version=\"{}\"}}",
+        env!("CARGO_PKG_VERSION")
+    );
+    assert_eq!(p.metric(&version).await.unwrap(), 1.0);
+    p.stop().await.unwrap();
+}

