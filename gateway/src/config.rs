@@ -79,6 +79,9 @@ pub struct Config {
     /// Accept queue depth of that listener (`GATEWAY_LISTEN_BACKLOG`); the kernel caps it at
     /// `net.core.somaxconn`.
     pub listen_backlog: u32,
+    /// `GATEWAY_METRICS_LISTEN`: where `/metrics` is served instead of on the public listener, so
+    /// that it need not face the internet. Unset: on the public listener.
+    pub metrics_listen: Option<String>,
     /// NATS server URL(s), comma separated (`NATS_URL`).
     pub nats_url: String,
     /// Token key source (`GATEWAY_AUTH_URL`).
@@ -165,6 +168,7 @@ impl Default for Config {
         Self {
             listen: DEFAULT_LISTEN.into(),
             listen_backlog: crate::listener::DEFAULT_BACKLOG,
+            metrics_listen: None,
             nats_url: DEFAULT_NATS_URL.into(),
             keys: KeySource::Static,
             issuer: "liaotian".into(),
@@ -213,6 +217,9 @@ impl Config {
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         if let Some(v) = env.string("GATEWAY_LISTEN") {
             c.listen = v;
+        }
+        if let Some(v) = env.string("GATEWAY_METRICS_LISTEN") {
+            c.metrics_listen = Some(v);
         }
         if let Some(n) = env.positive("GATEWAY_LISTEN_BACKLOG") {
             c.listen_backlog = u32::try_from(n).unwrap_or(u32::MAX);

@@ -64,6 +64,18 @@ pub async fn run(
     keys: KeySet,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    run_with_metrics(listener, None, config, keys, shutdown).await
+}
+
+/// [`run`], with `/metrics` on `metrics` instead of on the public `listener` when it is given
+/// (`GATEWAY_METRICS_LISTEN`, bound by `main`).
+pub async fn run_with_metrics(
+    listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
+    config: Config,
+    keys: KeySet,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
     // rustls needs a process-wide crypto provider for both TLS termination and HTTPS key fetches.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let config = Arc::new(config);
@@ -170,9 +182,15 @@ pub async fn run(
         config: config.clone(),
     });
     let sessions = state.sessions.clone();
-    let app = server::router(state);
+    let app = server::router(state.clone(), metrics_listener.is_none());
     let local = listener.local_addr()?;
     let serving = stop.clone().cancelled_owned();
+    if let Some(m) = metrics_listener {
+        tracing::info!(addr = %m.local_addr()?, "metrics listening");
+        let routes = server::metrics_router(state);
+        let done = stop.clone().cancelled_owned();
+        tokio::spawn(async move { axum::serve(m, routes).with_graceful_shutdown(done).await });
+    }
     let server = match (&config.tls_cert, &config.tls_key) {
         (Some(cert), Some(key)) => {
             let tls = tls::TlsListener::new(listener, tls::server_config(cert, key)?)?;

@@ -40,8 +40,16 @@ fn main() -> anyhow::Result<()> {
         let listener = gateway::listener::bind(&config.listen, config.listen_backlog)
             .await
             .with_context(|| format!("binding GATEWAY_LISTEN={}", config.listen))?;
+        let metrics = match &config.metrics_listen {
+            Some(addr) => Some(
+                tokio::net::TcpListener::bind(addr)
+                    .await
+                    .with_context(|| format!("binding GATEWAY_METRICS_LISTEN={addr}"))?,
+            ),
+            None => None,
+        };
         let keys = token::KeySet::new(config.issuer.clone());
-        gateway::run(listener, config, keys, svc::shutdown_signal()).await
+        gateway::run_with_metrics(listener, metrics, config, keys, svc::shutdown_signal()).await
     })
 }
 

@@ -30,14 +30,28 @@ const WRITE_BUFFER: usize = 8 * 1024;
 /// Browsers run an ES module only when it is served as JavaScript.
 const JAVASCRIPT: &str = "text/javascript; charset=utf-8";
 
-pub fn router(state: AppState) -> Router {
-    Router::new()
+/// The public routes; `/metrics` among them unless it has a listener of its own.
+pub fn router(state: AppState, with_metrics: bool) -> Router {
+    let r = Router::new()
         .route("/", get(index))
         .route("/sdk/{file}", get(sdk_module))
         .route("/ws", get(ws_handler))
         .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
+        .route("/readyz", get(readyz));
+    let r = if with_metrics {
+        r.route("/metrics", get(metrics))
+    } else {
+        r
+    };
+    r.with_state(state)
+}
+
+/// The routes of `GATEWAY_METRICS_LISTEN`: `/metrics`, and health for the scraper.
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
         .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
         .with_state(state)
 }
 

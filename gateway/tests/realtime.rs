@@ -839,3 +839,40 @@ async fn build_info_names_the_version() {
     );
     assert_eq!(testkit::metric(g.addr, &name).await.unwrap(), Some(1.0));
 }
+
+#[tokio::test]
+async fn metrics_can_have_a_listener_of_their_own() {
+    // GATEWAY_METRICS_LISTEN: /metrics leaves the public listener, which need not expose it.
+    let stack = Stack::start();
+    let public = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let private = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let (public_addr, private_addr) = (public.local_addr().unwrap(), private.local_addr().unwrap());
+    let keys = token::KeySet::new("liaotian");
+    let signer = token::Signer::generate("liaotian");
+    keys.insert(signer.kid().to_owned(), signer.public_key());
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(gateway::run_with_metrics(
+        public,
+        Some(private),
+        stack.config(),
+        keys,
+        async {
+            let _ = stopped.await;
+        },
+    ));
+    gateway::testing::wait_ready(public_addr).await;
+    let (status, _) = testkit::http_get(&format!("http://{public_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(status, 404, "not on the public listener");
+    let (status, body) = testkit::http_get(&format!("http://{private_addr}/metrics"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert!(
+        testkit::metric_in(&body, "gateway_connections").is_some(),
+        "{body}"
+    );
+    let _ = stop.send(());
+    let _ = task.await;
+}
