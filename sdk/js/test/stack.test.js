@@ -6,7 +6,7 @@ import test from 'node:test';
 import assert from 'node:assert/strict';
 import WebSocket from 'ws';
 import { Client, Auth, webTransport } from '../src/index.js';
-import { startStack, sleep, waitFor } from './stack.js';
+import { startStack, sleep, waitFor } from '../testing/stack.js';
 
 /** `ws` sockets, kept so a test can cut one the way a network does (no close frame). */
 function trackedTransport() {

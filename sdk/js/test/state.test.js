@@ -5,7 +5,7 @@
 import test from 'node:test';
 import assert from 'node:assert/strict';
 import { Client, Auth, memoryStorage } from '../src/index.js';
-import { fakeTransport, sleep, msg } from './fake.js';
+import { fakeTransport, sleep, msg } from '../testing/fake.js';
 
 function setup(opts = {}) {
   const transport = fakeTransport();
