@@ -299,7 +299,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
         .current_dir(&root)
         .env("NATS_SERVER_BIN", &nats_bin)
         .env(CQL_ENV, &cql.host)
-        .args(["test", "--workspace"]))?;
+        // Every test binary runs even after one fails, so a failing run names all its failures.
+        .args(["test", "--workspace", "--no-fail-fast"]))?;
     drop(cql);
     // The same build as `cargo xtask dev`'s; the browser test runs this very xtask binary.
     println!("xtask: building the service binaries for the Node tests");
