@@ -191,3 +191,73 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_acked_message() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_that_isolates_the_leader_for_10_s_loses_no_acked_message() {
+    let cluster = NatsCluster::start_partitionable(3).await.unwrap();
+    let stack = Stack::start();
+    // The gateways know only the two nodes that stay together, as clients on the majority's side
+    // of a real partition would.
+    let g_config = |urls: Vec<String>| {
+        let mut c = stack.config_unlimited();
+        c.nats_url = urls.join(",");
+        c.stream.replicas = 3;
+        c
+    };
+    let first = stack.gateway_with(g_config(vec![cluster.url(0)])).await;
+    let leader = tokio::task::block_in_place(|| {
+        cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20))
+    })
+    .unwrap();
+    drop(first);
+    let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
+    let g1 = stack
+        .gateway_with(g_config(vec![
+            cluster.url(others[0]),
+            cluster.url(others[1]),
+        ]))
+        .await;
+    let g2 = stack
+        .gateway_with(g_config(vec![
+            cluster.url(others[1]),
+            cluster.url(others[0]),
+        ]))
+        .await;
+    let mut alice = stack.connect(&g1, "alice").await;
+    let mut bob = stack.connect(&g2, "bob").await;
+    for c in [&mut alice, &mut bob] {
+        e2e::join(c, "r").await;
+    }
+    let mut acked = Vec::new();
+    let before = phase(&mut alice, 0..10, &mut acked).await;
+    cluster.partition(leader);
+    let cut_at = Instant::now();
+    let mut during = Duration::ZERO;
+    let mut i = 10;
+    while cut_at.elapsed() < Duration::from_secs(10) {
+        during = during.max(phase(&mut alice, i..i + 1, &mut acked).await);
+        i += 1;
+    }
+    cluster.heal();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = phase(&mut alice, i..i + 10, &mut acked).await;
+    let new_leader = cluster.stream_leader("CHAT");
+    eprintln!(
+        "partition of the leader n{leader}: slowest ack before {before:?}, during {during:?}, after {after:?}; {} sends; leader after: {new_leader:?}",
+        acked.len()
+    );
+    let want: HashSet<u64> = acked.iter().copied().collect();
+    assert_eq!(want.len(), acked.len(), "a send stored twice: {acked:?}");
+    let got = receive(&mut bob, &want).await;
+    let seqs: Vec<u64> = got.iter().map(|m| m["seq"].as_u64().unwrap()).collect();
+    let mut sorted = acked.clone();
+    sorted.sort_unstable();
+    assert_eq!(seqs, sorted, "once each, in order");
+    for w in got.windows(2) {
+        assert_eq!(
+            w[1]["prev_seq"], w[0]["seq"],
+            "gap between {} and {}",
+            w[0], w[1]
+        );
+    }
+}

@@ -1,7 +1,8 @@
 //! A real three-node (or N-node) nats-server cluster with JetStream on loopback, for tests of what a
 //! cluster promises: each node can be killed (SIGKILL, keeping its store, as a crash would) and
-//! started again on the same ports and store, and the monitoring endpoint says which node leads
-//! stream `CHAT`.
+//! started again on the same ports and store, the monitoring endpoint says which node leads
+//! stream `CHAT`, and (started with [`NatsCluster::start_partitionable`]) a node can be cut off
+//! from the others: every route runs through a proxy per direction, cut both ways.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -29,6 +30,8 @@ struct Node {
 /// A running cluster. Every node is killed, and the stores removed, on drop.
 pub struct NatsCluster {
     nodes: Vec<Node>,
+    /// `(from, to, proxy)`: node `from`'s route to node `to`, when routes are proxied.
+    links: Vec<(usize, usize, crate::TcpProxy)>,
     _dir: TempDir,
 }
 
@@ -42,15 +45,71 @@ fn free_port() -> anyhow::Result<u16> {
 impl NatsCluster {
     /// Starts `n` nodes (`n0`, `n1`, …) in one cluster, and returns once JetStream has a meta leader.
     pub fn start(n: usize) -> anyhow::Result<Self> {
-        let dir = crate::temp_dir("liaotian-cluster")?;
-        let mut ports = Vec::new();
-        for _ in 0..n {
-            ports.push((free_port()?, free_port()?, free_port()?));
-        }
-        let routes: Vec<String> = ports
-            .iter()
-            .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
+        let ports = Self::ports(n)?;
+        let routes: Vec<Vec<String>> = (0..n)
+            .map(|_| {
+                ports
+                    .iter()
+                    .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
+                    .collect()
+            })
             .collect();
+        Self::launch(&ports, &routes, Vec::new(), false)
+    }
+
+    /// Like [`start`](Self::start), but node `i` reaches node `j` through a proxy of its own (one per
+    /// direction), and the nodes do not gossip their route addresses, so [`partition`](Self::partition)
+    /// can cut a node off from the others both ways.
+    pub async fn start_partitionable(n: usize) -> anyhow::Result<Self> {
+        let ports = Self::ports(n)?;
+        let mut links = Vec::new();
+        let mut routes = vec![Vec::new(); n];
+        for (from, list) in routes.iter_mut().enumerate() {
+            for (to, (_, _, route)) in ports.iter().enumerate() {
+                if from == to {
+                    continue;
+                }
+                let proxy =
+                    crate::TcpProxy::start(std::net::SocketAddr::from(([127, 0, 0, 1], *route)))
+                        .await?;
+                list.push(format!("nats-route://{}", proxy.addr()));
+                links.push((from, to, proxy));
+            }
+        }
+        tokio::task::block_in_place(|| Self::launch(&ports, &routes, links, true))
+    }
+
+    /// Cuts node `i` off from every other node, both ways, until [`heal`](Self::heal). Clients
+    /// connected to it stay connected to it.
+    pub fn partition(&self, i: usize) {
+        for (from, to, proxy) in &self.links {
+            if *from == i || *to == i {
+                proxy.cut();
+            }
+        }
+    }
+
+    /// Restores every route cut by [`partition`](Self::partition).
+    pub fn heal(&self) {
+        for (_, _, proxy) in &self.links {
+            proxy.restore();
+        }
+    }
+
+    fn ports(n: usize) -> anyhow::Result<Vec<(u16, u16, u16)>> {
+        (0..n)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect()
+    }
+
+    fn launch(
+        ports: &[(u16, u16, u16)],
+        routes: &[Vec<String>],
+        links: Vec<(usize, usize, crate::TcpProxy)>,
+        no_advertise: bool,
+    ) -> anyhow::Result<Self> {
+        let dir = crate::temp_dir("liaotian-cluster")?;
+        let n = ports.len();
         let mut nodes = Vec::new();
         for (i, (client, monitor, route)) in ports.iter().enumerate() {
             let name = format!("n{i}");
@@ -61,9 +120,9 @@ impl NatsCluster {
                 format!(
                     "server_name: {name}\nlisten: 127.0.0.1:{client}\nhttp: 127.0.0.1:{monitor}\n\
                      jetstream {{\n  store_dir: \"{}\"\n  max_memory_store: 256MB\n  max_file_store: 1GB\n}}\n\
-                     cluster {{\n  name: liaotian-test\n  listen: 127.0.0.1:{route}\n  routes: [\n    {}\n  ]\n}}\n",
+                     cluster {{\n  name: liaotian-test\n  listen: 127.0.0.1:{route}\n  no_advertise: {no_advertise}\n  routes: [\n    {}\n  ]\n}}\n",
                     store.display(),
-                    routes.join("\n    ")
+                    routes[i].join("\n    ")
                 ),
             )?;
             nodes.push(Node {
@@ -74,7 +133,11 @@ impl NatsCluster {
                 child: None,
             });
         }
-        let mut cluster = Self { nodes, _dir: dir };
+        let mut cluster = Self {
+            nodes,
+            links,
+            _dir: dir,
+        };
         for i in 0..n {
             cluster.spawn(i)?;
         }
