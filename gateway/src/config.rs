@@ -82,6 +82,11 @@ pub struct Config {
     /// `GATEWAY_METRICS_LISTEN`: where `/metrics` is served instead of on the public listener, so
     /// that it need not face the internet. Unset: on the public listener.
     pub metrics_listen: Option<String>,
+    /// `GATEWAY_PERSISTER_CONSUMERS`: the persisters' durable consumers on stream `CHAT`, whose
+    /// ack floors the retention guard reads (comma-separated; default `persister`).
+    pub persister_consumers: Vec<String>,
+    /// How often the retention guard reads the stream (fixed at 1 s outside tests).
+    pub retention_check: Duration,
     /// NATS server URL(s), comma separated (`NATS_URL`).
     pub nats_url: String,
     /// Token key source (`GATEWAY_AUTH_URL`).
@@ -169,6 +174,8 @@ impl Default for Config {
             listen: DEFAULT_LISTEN.into(),
             listen_backlog: crate::listener::DEFAULT_BACKLOG,
             metrics_listen: None,
+            persister_consumers: vec!["persister".to_owned()],
+            retention_check: crate::retention::DEFAULT_CHECK_EVERY,
             nats_url: DEFAULT_NATS_URL.into(),
             keys: KeySource::Static,
             issuer: "liaotian".into(),
@@ -217,6 +224,14 @@ impl Config {
         let usize_of = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
         if let Some(v) = env.string("GATEWAY_LISTEN") {
             c.listen = v;
+        }
+        if let Some(v) = env.string("GATEWAY_PERSISTER_CONSUMERS") {
+            c.persister_consumers = v
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(str::to_owned)
+                .collect();
         }
         if let Some(v) = env.string("GATEWAY_METRICS_LISTEN") {
             c.metrics_listen = Some(v);

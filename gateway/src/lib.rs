@@ -22,6 +22,7 @@ pub mod metrics;
 pub mod presence;
 pub mod publish;
 pub mod ratelimit;
+pub mod retention;
 pub mod sdk;
 pub mod server;
 pub mod session;
@@ -138,7 +139,16 @@ pub async fn run_with_metrics(
         reconnects.clone(),
     )
     .await?;
-    let publisher = publish::Publisher::new(js.clone(), config.publish_budget, metrics.clone());
+    let guard = retention::Guard::default();
+    let retention_watch = tokio::spawn(retention::watch(
+        js.clone(),
+        config.persister_consumers.clone(),
+        config.retention_check,
+        guard.clone(),
+        metrics.clone(),
+    ));
+    let publisher =
+        publish::Publisher::new(js.clone(), config.publish_budget, metrics.clone(), guard);
     let groups = groups::Groups::ensure(
         &js,
         config.stream.replicas,
@@ -230,6 +240,7 @@ pub async fn run_with_metrics(
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     control.abort();
     groups_watch.abort();
+    retention_watch.abort();
     if let Some(shared_dm) = shared_dm {
         shared_dm.abort();
     }

@@ -23,6 +23,7 @@ pub struct Metrics {
     pub content_checks: IntCounterVec,
     pub gap_fills: IntCounter,
     pub typing_dropped: IntCounter,
+    pub retention_guard: IntGauge,
     pub stream_info_reads: IntCounter,
     pub token_cache_hits: IntCounter,
     pub gap_filled_messages: IntCounter,
@@ -177,6 +178,13 @@ impl Metrics {
                 counter(
                     "gateway_stream_info_reads_total",
                     "Reads of stream CHAT's info by joins into conversations the stream holds nothing for.",
+                ),
+            ),
+            retention_guard: reg(
+                &r,
+                gauge(
+                    "gateway_retention_guard",
+                    "1 while sends are refused because stream CHAT is nearly full of messages no persister has stored.",
                 ),
             ),
             typing_dropped: reg(

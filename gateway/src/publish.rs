@@ -30,6 +30,10 @@ const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 pub enum PublishError {
     #[error("JetStream did not store the message within {0:?}")]
     Unavailable(Duration),
+    #[error(
+        "stream CHAT is nearly full of messages no persister has stored yet; resend with the same client_msg_id later"
+    )]
+    Full,
 }
 
 /// The stored result of a publish.
@@ -50,10 +54,16 @@ pub struct Publisher {
     stream: Arc<tokio::sync::OnceCell<stream::Stream>>,
     budget: Duration,
     metrics: Arc<Metrics>,
+    guard: crate::retention::Guard,
 }
 
 impl Publisher {
-    pub fn new(api: jetstream::Context, budget: Duration, metrics: Arc<Metrics>) -> Self {
+    pub fn new(
+        api: jetstream::Context,
+        budget: Duration,
+        metrics: Arc<Metrics>,
+        guard: crate::retention::Guard,
+    ) -> Self {
         // The client's own wait for an ack bounds each attempt: one timer per publish, not two.
         let mut js = api.clone();
         js.set_timeout(ATTEMPT_TIMEOUT);
@@ -63,6 +73,7 @@ impl Publisher {
             stream: Arc::default(),
             budget,
             metrics,
+            guard,
         }
     }
 
@@ -72,6 +83,9 @@ impl Publisher {
         conv: &Conversation,
         msg: &StoredMessage,
     ) -> Result<Stored, PublishError> {
+        if self.guard.closed() {
+            return Err(PublishError::Full);
+        }
         let started = Instant::now();
         let payload = Bytes::from(msg.encode());
         let subject = conv.ingest_subject();

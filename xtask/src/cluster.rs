@@ -119,6 +119,11 @@ pub fn plan(data: &Path) -> Vec<Proc> {
                 ("NATS_URL", nats_urls(i)),
                 ("GATEWAY_AUTH_URL", "http://127.0.0.1:8081".into()),
                 ("CHAT_REPLICAS", REPLICAS.to_string()),
+                // The retention guard reads both persisters' consumers.
+                (
+                    "GATEWAY_PERSISTER_CONSUMERS",
+                    "persister-0,persister-1".into(),
+                ),
             ],
             addr: local(port),
         });
@@ -396,6 +401,19 @@ mod tests {
             .map(|(_, v)| v)
             .collect();
         assert_eq!(consumers.len(), 2, "each persister its own consumer");
+        for p in plan.iter().filter(|p| p.name.starts_with("gateway")) {
+            let guarded = &p
+                .env
+                .iter()
+                .find(|(k, _)| *k == "GATEWAY_PERSISTER_CONSUMERS")
+                .unwrap()
+                .1;
+            let guarded: HashSet<&str> = guarded.split(',').collect();
+            assert!(
+                consumers.iter().all(|c| guarded.contains(c.as_str())),
+                "{p:?}"
+            );
+        }
     }
 
     #[test]
