@@ -18,6 +18,9 @@ use anyhow::{Context, bail};
 use crate::TempDir;
 use crate::nats::nats_server_bin;
 
+/// Starts of a cluster tried before giving up (see [`NatsCluster::start`]).
+const START_ATTEMPTS: usize = 3;
+
 /// One node's ports and files.
 struct Node {
     name: String,
@@ -44,23 +47,38 @@ fn free_port() -> anyhow::Result<u16> {
 
 impl NatsCluster {
     /// Starts `n` nodes (`n0`, `n1`, …) in one cluster, and returns once JetStream has a meta leader.
+    /// The ports are picked free and released before the nodes bind them, so another test may take
+    /// one meanwhile: a start that fails is tried again with new ports.
     pub fn start(n: usize) -> anyhow::Result<Self> {
-        let ports = Self::ports(n)?;
-        let routes: Vec<Vec<String>> = (0..n)
-            .map(|_| {
-                ports
-                    .iter()
-                    .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
-                    .collect()
-            })
-            .collect();
-        Self::launch(&ports, &routes, Vec::new(), false)
+        crate::retry(START_ATTEMPTS, Duration::from_millis(100), || {
+            let ports = Self::ports(n)?;
+            let routes: Vec<Vec<String>> = (0..n)
+                .map(|_| {
+                    ports
+                        .iter()
+                        .map(|(_, _, route)| format!("nats-route://127.0.0.1:{route}"))
+                        .collect()
+                })
+                .collect();
+            Self::launch(&ports, &routes, Vec::new(), false)
+        })
     }
 
     /// Like [`start`](Self::start), but node `i` reaches node `j` through a proxy of its own (one per
     /// direction), and the nodes do not gossip their route addresses, so [`partition`](Self::partition)
     /// can cut a node off from the others both ways.
     pub async fn start_partitionable(n: usize) -> anyhow::Result<Self> {
+        let mut last = None;
+        for _ in 0..START_ATTEMPTS {
+            match Self::try_partitionable(n).await {
+                Ok(c) => return Ok(c),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.unwrap_or_else(|| anyhow::anyhow!("no attempt made")))
+    }
+
+    async fn try_partitionable(n: usize) -> anyhow::Result<Self> {
         let ports = Self::ports(n)?;
         let mut links = Vec::new();
         let mut routes = vec![Vec::new(); n];
