@@ -32,6 +32,48 @@ pub async fn ask(
     }
 }
 
+/// The next frame other than `pong` within `t`, if any: for checks that nothing arrives.
+pub async fn next_within(c: &mut testkit::WsClient, t: Duration) -> Option<serde_json::Value> {
+    let until = tokio::time::Instant::now() + t;
+    loop {
+        let left = until.saturating_duration_since(tokio::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        match c.recv_timeout(left).await {
+            Ok(v) if v["type"] == "pong" => {}
+            Ok(v) => return Some(v),
+            Err(_) => return None,
+        }
+    }
+}
+
+/// The `seq` of every stored message of the thread with `with`, paged forward from the start.
+pub async fn thread_seqs(c: &mut testkit::WsClient, with: &str) -> Vec<u64> {
+    let mut seqs = Vec::new();
+    let mut after = 0u64;
+    loop {
+        let h = ask(
+            c,
+            serde_json::json!({"type":"history","with":with,"after":after,"limit":100,"id":"h"}),
+            "history",
+        )
+        .await;
+        assert_eq!(h["type"], "history", "{h}");
+        let page: Vec<u64> = h["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|m| m["seq"].as_u64().unwrap())
+            .collect();
+        after = page.last().copied().unwrap_or(after);
+        seqs.extend(page);
+        if h["more"] != true {
+            return seqs;
+        }
+    }
+}
+
 /// The error code of a reply, or `"none"` when it is not an `error`.
 pub fn code(v: &serde_json::Value) -> &str {
     if v["type"] == "error" {

@@ -41,6 +41,26 @@ async fn send_acked(c: &mut WsClient, room: &str, cmid: &str) -> (u64, Duration)
     }
 }
 
+/// A gateway config on `urls` (in that order), stream `CHAT` and the buckets at three replicas.
+fn gateway_with_urls(stack: &Stack, urls: &[String]) -> gateway::Config {
+    let mut c = stack.config_unlimited();
+    c.nats_url = urls.join(",");
+    c.stream.replicas = 3;
+    c
+}
+
+/// A gateway config listing node `node` first, then the others: gateways made for different nodes
+/// sit on different nodes.
+fn gateway_on(stack: &Stack, cluster: &NatsCluster, node: usize) -> gateway::Config {
+    let mut urls = vec![cluster.url(node)];
+    urls.extend(
+        (0..cluster.len())
+            .filter(|&i| i != node)
+            .map(|i| cluster.url(i)),
+    );
+    gateway_with_urls(stack, &urls)
+}
+
 /// Sends messages `m<i>` for `range` one after another; returns the slowest ack.
 async fn phase(c: &mut WsClient, range: std::ops::Range<usize>, acked: &mut Vec<u64>) -> Duration {
     let mut worst = Duration::ZERO;
@@ -76,21 +96,8 @@ async fn receive(c: &mut WsClient, want: &HashSet<u64>) -> Vec<Value> {
 async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() {
     let mut cluster = tokio::task::block_in_place(|| NatsCluster::start(3)).unwrap();
     let stack = Stack::start();
-    let config = |node: usize| {
-        let mut c = stack.config_unlimited();
-        // Each gateway lists its own node first, so the two sit on different nodes.
-        let mut urls = vec![cluster.url(node)];
-        urls.extend(
-            (0..cluster.len())
-                .filter(|&i| i != node)
-                .map(|i| cluster.url(i)),
-        );
-        c.nats_url = urls.join(",");
-        c.stream.replicas = 3;
-        c
-    };
-    let g1 = stack.gateway_with(config(0)).await;
-    let g2 = stack.gateway_with(config(1)).await;
+    let g1 = stack.gateway_with(gateway_on(&stack, &cluster, 0)).await;
+    let g2 = stack.gateway_with(gateway_on(&stack, &cluster, 1)).await;
     let leader = tokio::task::block_in_place(|| {
         cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20))
     })
@@ -141,20 +148,8 @@ async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() 
 async fn a_rolling_restart_of_all_three_nodes_loses_no_acked_message() {
     let mut cluster = tokio::task::block_in_place(|| NatsCluster::start(3)).unwrap();
     let stack = Stack::start();
-    let config = |node: usize| {
-        let mut c = stack.config_unlimited();
-        let mut urls = vec![cluster.url(node)];
-        urls.extend(
-            (0..cluster.len())
-                .filter(|&i| i != node)
-                .map(|i| cluster.url(i)),
-        );
-        c.nats_url = urls.join(",");
-        c.stream.replicas = 3;
-        c
-    };
-    let g1 = stack.gateway_with(config(0)).await;
-    let g2 = stack.gateway_with(config(2)).await;
+    let g1 = stack.gateway_with(gateway_on(&stack, &cluster, 0)).await;
+    let g2 = stack.gateway_with(gateway_on(&stack, &cluster, 2)).await;
     tokio::task::block_in_place(|| cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20)))
         .unwrap();
     let mut alice = stack.connect(&g1, "alice").await;
@@ -198,13 +193,9 @@ async fn a_partition_that_isolates_the_leader_for_10_s_loses_no_acked_message() 
     let stack = Stack::start();
     // The gateways know only the two nodes that stay together, as clients on the majority's side
     // of a real partition would.
-    let g_config = |urls: Vec<String>| {
-        let mut c = stack.config_unlimited();
-        c.nats_url = urls.join(",");
-        c.stream.replicas = 3;
-        c
-    };
-    let first = stack.gateway_with(g_config(vec![cluster.url(0)])).await;
+    let first = stack
+        .gateway_with(gateway_with_urls(&stack, &[cluster.url(0)]))
+        .await;
     let leader = tokio::task::block_in_place(|| {
         cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20))
     })
@@ -212,16 +203,16 @@ async fn a_partition_that_isolates_the_leader_for_10_s_loses_no_acked_message() 
     drop(first);
     let others: Vec<usize> = (0..3).filter(|&i| i != leader).collect();
     let g1 = stack
-        .gateway_with(g_config(vec![
-            cluster.url(others[0]),
-            cluster.url(others[1]),
-        ]))
+        .gateway_with(gateway_with_urls(
+            &stack,
+            &[cluster.url(others[0]), cluster.url(others[1])],
+        ))
         .await;
     let g2 = stack
-        .gateway_with(g_config(vec![
-            cluster.url(others[1]),
-            cluster.url(others[0]),
-        ]))
+        .gateway_with(gateway_with_urls(
+            &stack,
+            &[cluster.url(others[1]), cluster.url(others[0])],
+        ))
         .await;
     let mut alice = stack.connect(&g1, "alice").await;
     let mut bob = stack.connect(&g2, "bob").await;

@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use e2e::{Persister, Stack, ask, code};
+use e2e::{Persister, Stack, ask, code, next_within};
 use serde_json::{Value, json};
 use testkit::WsClient;
 
@@ -81,22 +81,6 @@ async fn history(c: &mut WsClient, group: &str, n: usize) -> Vec<Value> {
     }
 }
 
-/// Nothing but pings reaches `c` for `t`.
-async fn silent(c: &mut WsClient, t: Duration) -> Option<Value> {
-    let until = tokio::time::Instant::now() + t;
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        match c.recv_timeout(left).await {
-            Ok(v) if v["type"] == "pong" => {}
-            Ok(v) => return Some(v),
-            Err(_) => return None,
-        }
-    }
-}
-
 #[tokio::test]
 async fn non_members_cannot_join_send_read_or_query_a_group_on_either_gateway() {
     let stack = Stack::start();
@@ -135,7 +119,10 @@ async fn non_members_cannot_join_send_read_or_query_a_group_on_either_gateway() 
         // The group's id is not an open room either.
         let reply = ask(&mut eve, json!({"type":"join","room":"team"}), "joined").await;
         assert_eq!(code(&reply), "forbidden", "{reply}");
-        assert_eq!(silent(&mut eve, Duration::from_millis(300)).await, None);
+        assert_eq!(
+            next_within(&mut eve, Duration::from_millis(300)).await,
+            None
+        );
     }
     // Taken ids: a group's, and an open room's that has messages.
     let again = ask(
@@ -306,7 +293,7 @@ async fn a_removed_member_is_told_and_refused_everywhere_within_a_second() {
     // Their sockets stop receiving the group.
     send_group(&mut alice, "club", "after").await;
     for c in [&mut phone, &mut desk] {
-        assert_eq!(silent(c, Duration::from_millis(500)).await, None);
+        assert_eq!(next_within(c, Duration::from_millis(500)).await, None);
     }
     // And the group is closed to them on every path.
     for c in [&mut phone, &mut desk] {
@@ -686,9 +673,12 @@ async fn users_put_in_a_group_are_told_on_every_connection_and_no_one_else_is() 
             "an unsolicited group frame has no id: {told}"
         );
     }
-    assert_eq!(silent(&mut carol, Duration::from_millis(500)).await, None);
     assert_eq!(
-        silent(&mut alice, Duration::from_millis(300)).await,
+        next_within(&mut carol, Duration::from_millis(500)).await,
+        None
+    );
+    assert_eq!(
+        next_within(&mut alice, Duration::from_millis(300)).await,
         None,
         "the connection that made the change has its answer only"
     );
@@ -703,7 +693,7 @@ async fn users_put_in_a_group_are_told_on_every_connection_and_no_one_else_is() 
     assert_eq!(told["group"], "told");
     assert_eq!(told["member_count"], 3);
     assert_eq!(
-        silent(&mut bob, Duration::from_millis(500)).await,
+        next_within(&mut bob, Duration::from_millis(500)).await,
         None,
         "bob was a member already"
     );

@@ -39,34 +39,6 @@ async fn persister(
     (task, tx)
 }
 
-/// The whole thread with `with`, paged forward from the start.
-async fn thread(c: &mut WsClient, with: &str) -> Vec<u64> {
-    let mut seqs = Vec::new();
-    let mut after = 0u64;
-    loop {
-        let h = ask(
-            c,
-            json!({"type":"history","with":with,"after":after,"limit":100,"id":"h"}),
-            "history",
-        )
-        .await;
-        assert_eq!(h["type"], "history", "{h}");
-        let page: Vec<u64> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
-        if let Some(&last) = page.last() {
-            after = last;
-        }
-        seqs.extend(page);
-        if h["more"] != true {
-            return seqs;
-        }
-    }
-}
-
 /// Bob's unread count in his thread with alice, once the index has it at `want` (or the deadline).
 async fn unread(c: &mut WsClient, want: u64) -> u64 {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -118,7 +90,7 @@ async fn one_of_two_persisters_killed_mid_stream_loses_nothing_and_counts_nothin
     // persister-0 comes back on its consumer: it redelivers and rewrites what persister-1 stored.
     let (_p0, _stop0b) = persister(&stack, &db, "persister-0").await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let seqs = thread(&mut bob, "alice").await;
+    let seqs = e2e::thread_seqs(&mut bob, "alice").await;
     assert_eq!(seqs.len(), 300, "each message stored once");
     assert_eq!(seqs.iter().copied().collect::<HashSet<_>>(), acked);
     assert_eq!(

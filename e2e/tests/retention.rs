@@ -77,36 +77,11 @@ async fn a_stream_full_of_unpersisted_messages_refuses_sends_until_a_persister_c
     let mut bob = stack.connect(&g, "bob").await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
-        let stored = stored_thread(&mut bob).await;
+        let stored = e2e::thread_seqs(&mut bob, "alice").await;
         if stored.len() >= acked.len() || tokio::time::Instant::now() > deadline {
             assert_eq!(stored, acked, "every acked message stored, once, in order");
             return;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-/// Bob's whole thread with alice in the store, by `seq`.
-async fn stored_thread(bob: &mut testkit::WsClient) -> Vec<u64> {
-    let mut stored = Vec::new();
-    let mut after = 0;
-    loop {
-        let h = ask(
-            bob,
-            json!({"type":"history","with":"alice","after":after,"limit":100,"id":"h"}),
-            "history",
-        )
-        .await;
-        let page: Vec<u64> = h["messages"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|m| m["seq"].as_u64().unwrap())
-            .collect();
-        after = page.last().copied().unwrap_or(after);
-        stored.extend(page);
-        if h["more"] != true {
-            return stored;
-        }
     }
 }

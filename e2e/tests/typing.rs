@@ -4,25 +4,8 @@
 
 use std::time::Duration;
 
-use e2e::{Persister, Stack, ask, code};
-use serde_json::{Value, json};
-use testkit::WsClient;
-
-/// The next frame other than `pong` within `t`, if any.
-async fn next_within(c: &mut WsClient, t: Duration) -> Option<Value> {
-    let until = tokio::time::Instant::now() + t;
-    loop {
-        let left = until.saturating_duration_since(tokio::time::Instant::now());
-        if left.is_zero() {
-            return None;
-        }
-        match c.recv_timeout(left).await {
-            Ok(v) if v["type"] == "pong" => {}
-            Ok(v) => return Some(v),
-            Err(_) => return None,
-        }
-    }
-}
+use e2e::{Persister, Stack, ask, code, next_within};
+use serde_json::json;
 
 #[tokio::test]
 async fn typing_reaches_the_other_side_once_per_interval_and_is_never_stored() {

@@ -14,24 +14,12 @@ use crate::Config;
 /// Creates stream `CHAT` with `config`'s settings, or updates it to them, and prints what changed.
 pub async fn apply(config: &Config) -> anyhow::Result<()> {
     let js = connect(config).await?;
-    let before = match js.get_stream(config.stream.name()).await {
-        Ok(mut s) => Some(
-            s.info()
-                .await
-                .context("reading stream CHAT")?
-                .config
-                .clone(),
-        ),
-        Err(_) => None,
-    };
+    let before = svc::nats::chat_stream_differences(&js, &config.stream).await?;
     svc::nats::apply_chat_stream(&js, &config.stream).await?;
     match before {
         None => println!("stream CHAT created"),
-        Some(before) => {
-            let changes = svc::nats::settings_differences(&before, &config.stream);
-            if changes.is_empty() {
-                println!("stream CHAT already had these settings");
-            }
+        Some(changes) if changes.is_empty() => println!("stream CHAT already had these settings"),
+        Some(changes) => {
             for c in changes {
                 println!("changed {c}");
             }
@@ -43,22 +31,14 @@ pub async fn apply(config: &Config) -> anyhow::Result<()> {
 /// Says whether stream `CHAT` has `config`'s settings; fails when it does not.
 pub async fn check(config: &Config) -> anyhow::Result<()> {
     let js = connect(config).await?;
-    let mut stream = js
-        .get_stream(config.stream.name())
-        .await
-        .context("stream CHAT does not exist")?;
-    let have = stream
-        .info()
-        .await
-        .context("reading stream CHAT")?
-        .config
-        .clone();
-    let differences = svc::nats::settings_differences(&have, &config.stream);
-    if differences.is_empty() {
-        println!("stream CHAT has these settings");
-        return Ok(());
+    match svc::nats::chat_stream_differences(&js, &config.stream).await? {
+        None => anyhow::bail!("stream CHAT does not exist"),
+        Some(d) if d.is_empty() => {
+            println!("stream CHAT has these settings");
+            Ok(())
+        }
+        Some(d) => anyhow::bail!("stream CHAT differs: {}", d.join("; ")),
     }
-    anyhow::bail!("stream CHAT differs: {}", differences.join("; "))
 }
 
 async fn connect(config: &Config) -> anyhow::Result<async_nats::jetstream::Context> {

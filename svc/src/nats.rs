@@ -176,6 +176,20 @@ pub async fn open_chat_stream(
     Ok((stream, settings_differences(&have, settings)))
 }
 
+/// How stream `CHAT` differs from `settings` (see [`settings_differences`]), without creating or
+/// changing it; `None` when there is no stream.
+pub async fn chat_stream_differences(
+    js: &jetstream::Context,
+    settings: &StreamSettings,
+) -> anyhow::Result<Option<Vec<String>>> {
+    use anyhow::Context;
+    let Ok(mut stream) = js.get_stream(settings.name()).await else {
+        return Ok(None);
+    };
+    let have = &stream.info().await.context("reading stream CHAT")?.config;
+    Ok(Some(settings_differences(have, settings)))
+}
+
 /// The operator settings (`CHAT_*`) in which stream config `have` differs from `want`, each as
 /// `name: stream has X, settings say Y`.
 pub fn settings_differences(have: &stream::Config, want: &StreamSettings) -> Vec<String> {

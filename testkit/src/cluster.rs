@@ -4,11 +4,10 @@
 //! stream `CHAT`, and (started with [`NatsCluster::start_partitionable`]) a node can be cut off
 //! from the others: every route runs through a proxy per direction, cut both ways.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -283,23 +282,9 @@ fn spawn_node(conf: &Path) -> anyhow::Result<Child> {
         .with_context(|| {
             format!("starting `{bin}` (install nats-server >= 2.11 or set NATS_SERVER_BIN)")
         })?;
-    let stderr = child.stderr.take().context("nats-server stderr")?;
-    let (tx, rx) = mpsc::channel();
-    // Drain the log for the life of the process; say when the server is ready. Route errors while
-    // peers come up are expected and not fatal.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if line.contains("Server is ready") {
-                let _ = tx.send(true);
-            }
-            if line.contains("[FTL]") {
-                let _ = tx.send(false);
-            }
-        }
-    });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(true) => Ok(child),
-        _ => {
+    match crate::nats::ready(&mut child, false)? {
+        Some(_) => Ok(child),
+        None => {
             let _ = child.kill();
             let _ = child.wait();
             bail!("nats-server node {} did not become ready", conf.display())

@@ -81,9 +81,23 @@ fn spawn(store: &std::path::Path, port: Option<u16>) -> anyhow::Result<(Child, u
         .with_context(|| {
             format!("starting `{bin}` (install nats-server >= 2.11 or set NATS_SERVER_BIN)")
         })?;
+    match ready(&mut child, true)? {
+        Some(port) => Ok((child, port)),
+        None => {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("nats-server did not become ready")
+        }
+    }
+}
+
+/// Drains the log of `child` (a nats-server with piped stderr) for the life of the process, so the
+/// pipe never fills, and waits up to 20 s for "Server is ready": `Some(client port)` then (0 when
+/// the log named none), `None` on a fatal error (`[FTL]`, and `[ERR]` when `err_is_fatal`) or the
+/// timeout. A cluster node passes false: route errors while its peers come up are expected.
+pub(crate) fn ready(child: &mut Child, err_is_fatal: bool) -> anyhow::Result<Option<u16>> {
     let stderr = child.stderr.take().context("nats-server stderr")?;
     let (tx, rx) = mpsc::channel();
-    // Drain the log for the life of the process so the pipe never fills; report the port once known.
     std::thread::spawn(move || {
         let mut port = None;
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -94,19 +108,12 @@ fn spawn(store: &std::path::Path, port: Option<u16>) -> anyhow::Result<(Child, u
                     .and_then(|p| p.trim().parse::<u16>().ok());
             }
             if line.contains("Server is ready") {
-                let _ = tx.send(port);
+                let _ = tx.send(Some(port.unwrap_or(0)));
             }
-            if line.contains("[FTL]") || line.contains("[ERR]") {
+            if line.contains("[FTL]") || (err_is_fatal && line.contains("[ERR]")) {
                 let _ = tx.send(None);
             }
         }
     });
-    match rx.recv_timeout(Duration::from_secs(20)) {
-        Ok(Some(port)) => Ok((child, port)),
-        _ => {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("nats-server did not become ready")
-        }
-    }
+    Ok(rx.recv_timeout(Duration::from_secs(20)).ok().flatten())
 }
