@@ -112,12 +112,21 @@ pub struct Check {
     pub out_of_order: u64,
 }
 
+/// The store's contents checked, and how long each history page took to come back.
+#[derive(Debug, Clone, Default)]
+pub struct Verified {
+    pub check: Check,
+    /// Per history page of [`MAX_LIMIT`] (request sent → reply), µs, one requester at a time.
+    pub pages: Histogram,
+}
+
 /// Pages every room of the backlog through the history service and checks it message by message.
 pub async fn verify(
     nats: &async_nats::Client,
     rooms: &[String],
     published: &Published,
-) -> anyhow::Result<Check> {
+) -> anyhow::Result<Verified> {
+    let mut pages = Histogram::default();
     let mut c = Check {
         expected: published.total(),
         ..Check::default()
@@ -133,6 +142,7 @@ pub async fn verify(
                 after: Some(after),
                 limit: MAX_LIMIT,
             };
+            let asked = Instant::now();
             let reply = tokio::time::timeout(
                 HISTORY_TIMEOUT,
                 nats.request(HISTORY_SUBJECT, serde_json::to_vec(&req)?.into()),
@@ -140,6 +150,7 @@ pub async fn verify(
             .await
             .context("history request timed out")?
             .context("history request")?;
+            pages.record(asked.elapsed().as_micros() as u64);
             let (messages, more) = match serde_json::from_slice::<HistoryReply>(&reply.payload)? {
                 HistoryReply::Page { messages, more } => (messages, more),
                 HistoryReply::Error { code, message } => {
@@ -169,7 +180,7 @@ pub async fn verify(
         }
     }
     c.lost = c.expected - c.found;
-    Ok(c)
+    Ok(Verified { check: c, pages })
 }
 
 /// Reads one unlabelled metric from `http://<addr>/metrics` (plain HTTP/1.0, no client crate).

@@ -10,7 +10,9 @@
 //! bench run presence-churn    --rate 200 --duration 20 [--watchers 10] [--up 1] [--grace-ms 10000] [--ping-on-open]
 //! bench run persister-catchup --messages 200000 --rooms 100
 //! bench run idle      --attach 127.0.0.1:8080 --pids gateway=1234   (servers started by hand)
-//! (every run: --gw-env K=V,… for the gateways, --nats-env K=V,… for nats-server, e.g. GOGC=100)
+//! (every run: --gw-env K=V,… for the gateways, --nats-env K=V,… for nats-server, e.g. GOGC=100,
+//!  --nats-nodes 3 for a 3-node cluster at 3 replicas, --nats-sync always for JetStream's
+//!  sync_interval, --store cql for the persister on a Cassandra node started for the run)
 //! bench table bench/results/*.jsonl
 //! bench worker        (internal: one worker process, driven by `run` over stdin/stdout)
 //! ```
@@ -337,6 +339,13 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
             plan.grace_ms.to_string(),
         ));
     }
+    // `--store cql`: the persister on the ScyllaDB store, against a Cassandra node started for
+    // this run (testkit's, the one the tests use), kept until the run ends.
+    let cql = match f.str("store") {
+        None | Some("sqlite") => None,
+        Some("cql") => Some(testkit::cassandra::CassandraServer::start()?),
+        Some(other) => bail!("--store {other:?}: sqlite or cql"),
+    };
     let stack_opts = StackOptions {
         gateways,
         gateway_bin,
@@ -351,6 +360,11 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
         // The catch-up starts its persister itself, after the backlog.
         persister_bin: (needs_persister && name != "persister-catchup")
             .then(|| persister_bin.clone()),
+        nats_nodes: f.get("nats-nodes", 1usize)?,
+        nats_sync: f.str("nats-sync").map(str::to_owned),
+        persister_store: cql
+            .as_ref()
+            .map(|c| format!("scylla://{}/bench_{}", c.host(), std::process::id())),
     };
     // What the bench started its servers with, for the results; none when attached to servers
     // started by hand.
@@ -580,6 +594,13 @@ fn append(path: &PathBuf, r: &RunResult, stack: Option<&StackOptions>) -> anyhow
         };
         row["gateway_env"] = with_defaults(bench::stack::GATEWAY_BENCH_ENV, &stack.gateway_env);
         row["nats_env"] = with_defaults(bench::stack::NATS_BENCH_ENV, &stack.nats_env);
+        row["nats_nodes"] = stack.nats_nodes.into();
+        row["nats_sync"] = stack.nats_sync.as_deref().unwrap_or("default").into();
+        row["store"] = match &stack.persister_store {
+            Some(_) => "cql",
+            None => "sqlite",
+        }
+        .into();
     }
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

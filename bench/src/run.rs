@@ -321,7 +321,8 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
         "caught up; checking the store"
     );
     let verify_started = tokio::time::Instant::now();
-    let check = crate::catchup::verify(&nats, &rooms, &published).await?;
+    let verified = crate::catchup::verify(&nats, &rooms, &published).await?;
+    let check = verified.check;
     let verify_s = verify_started.elapsed().as_secs_f64();
 
     let servers: Vec<ServerUsage> = stack
@@ -371,6 +372,9 @@ pub async fn run_catchup(stack: &mut Stack, o: &CatchupOptions) -> anyhow::Resul
         ("catch_up_s", took),
         ("catch_up_msgs_per_sec", n as f64 / took.max(1e-9)),
         ("verify_s", verify_s),
+        ("pages", verified.pages.count() as f64),
+        ("page_p50_ms", verified.pages.quantile(0.5) as f64 / 1000.0),
+        ("page_p99_ms", verified.pages.quantile(0.99) as f64 / 1000.0),
         ("sqlite_mib", db_bytes as f64 / 1048576.0),
     ]
     .into_iter()

@@ -50,6 +50,14 @@ pub struct StackOptions {
     pub issuer: String,
     /// The persister binary, started with the stack when set (see [`Stack::start_persister`]).
     pub persister_bin: Option<PathBuf>,
+    /// nats-server nodes: 1, or a cluster of 3 (or more) with stream `CHAT` and the buckets at that
+    /// many replicas, gateway `i` connected to node `i % nodes` first.
+    pub nats_nodes: usize,
+    /// JetStream's `sync_interval` (`always`, or a duration such as `2m`); `None` keeps
+    /// nats-server's default (2 minutes).
+    pub nats_sync: Option<String>,
+    /// The persister's store URI; `None` for a fresh SQLite file in the stack's directory.
+    pub persister_store: Option<String>,
 }
 
 /// Environment the bench gives the persister: quiet logs; everything else is its default.
@@ -79,8 +87,10 @@ pub struct Stack {
     pub nats_url: String,
     /// The persister's HTTP listener (`/metrics`), once it runs.
     pub persister_http: Option<SocketAddr>,
-    /// The persister's SQLite file, once it runs.
+    /// The persister's SQLite file, once it runs on SQLite.
     pub persister_db: Option<PathBuf>,
+    /// The persister's store URI when it is not a fresh SQLite file.
+    persister_store: Option<String>,
     server_cpus: Option<String>,
     keys: Option<tokio::task::JoinHandle<()>>,
     _dir: Option<testkit::TempDir>,
@@ -97,28 +107,42 @@ impl Drop for Stack {
 impl Stack {
     pub async fn start(o: &StackOptions) -> anyhow::Result<Stack> {
         let dir = testkit::temp_dir("liaotian-bench")?;
-        let nats_port = free_port()?;
-        let store = dir.path().join("js");
-        let nats = spawn(
-            "nats-server",
-            &o.server_cpus,
-            Command::new(pinned_prog(&o.server_cpus, &o.nats_bin))
-                .args(pinned_args(&o.server_cpus, &o.nats_bin))
-                .args([
-                    "-js",
-                    "-a",
-                    "127.0.0.1",
-                    "-p",
-                    &nats_port.to_string(),
-                    "-sd",
-                ])
-                .arg(&store)
-                .envs(NATS_BENCH_ENV.iter().copied())
-                .envs(o.nats_env.iter().map(|(k, v)| (k, v))),
-            &dir.path().join("nats.log"),
-        )?;
-        wait_tcp(([127, 0, 0, 1], nats_port).into()).await?;
-        let nats_url = format!("nats://127.0.0.1:{nats_port}");
+        let nodes = o.nats_nodes.max(1);
+        let ports: Vec<(u16, u16, u16)> = (0..nodes)
+            .map(|_| Ok((free_port()?, free_port()?, free_port()?)))
+            .collect::<anyhow::Result<_>>()?;
+        let mut nats_servers = Vec::new();
+        for (i, _) in ports.iter().enumerate() {
+            let name = if nodes == 1 {
+                "nats-server".to_owned()
+            } else {
+                format!("nats-server-{i}")
+            };
+            let conf = dir.path().join(format!("{name}.conf"));
+            std::fs::write(&conf, nats_conf(i, &ports, &dir.path().join(&name), o))?;
+            nats_servers.push(spawn(
+                &name,
+                &o.server_cpus,
+                Command::new(pinned_prog(&o.server_cpus, &o.nats_bin))
+                    .args(pinned_args(&o.server_cpus, &o.nats_bin))
+                    .arg("-c")
+                    .arg(&conf)
+                    .envs(NATS_BENCH_ENV.iter().copied())
+                    .envs(o.nats_env.iter().map(|(k, v)| (k, v))),
+                &dir.path().join(format!("{name}.log")),
+            )?);
+        }
+        for (port, _, _) in &ports {
+            wait_tcp(([127, 0, 0, 1], *port).into()).await?;
+        }
+        let urls: Vec<String> = ports
+            .iter()
+            .map(|(p, _, _)| format!("nats://127.0.0.1:{p}"))
+            .collect();
+        let nats_url = urls[0].clone();
+        if nodes > 1 {
+            wait_meta_leader(&urls[0]).await?;
+        }
 
         let signer = token::Signer::from_seed(&o.seed, o.issuer.clone());
         let body = serde_json::json!({
@@ -140,9 +164,10 @@ impl Stack {
             cmd.args(pinned_args(&o.server_cpus, &bin))
                 .envs(GATEWAY_BENCH_ENV.iter().copied())
                 .env("GATEWAY_LISTEN", addr.to_string())
-                .env("NATS_URL", &nats_url)
+                .env("NATS_URL", rotated(&urls, i))
                 .env("GATEWAY_AUTH_URL", &auth_url)
                 .env("GATEWAY_JWT_ISSUER", &o.issuer)
+                .env("CHAT_REPLICAS", nodes.to_string())
                 .envs(o.gateway_env.iter().map(|(k, v)| (k, v)));
             let name = format!("gateway{i}");
             let log = dir.path().join(format!("{name}.log"));
@@ -152,7 +177,7 @@ impl Stack {
             })?;
             gateway_addrs.push(addr);
         }
-        let mut servers = vec![nats];
+        let mut servers = nats_servers;
         servers.extend(gateways);
         let mut stack = Stack {
             servers,
@@ -160,6 +185,7 @@ impl Stack {
             nats_url,
             persister_http: None,
             persister_db: None,
+            persister_store: o.persister_store.clone(),
             server_cpus: o.server_cpus.clone(),
             keys: Some(keys),
             _dir: Some(dir),
@@ -171,8 +197,9 @@ impl Stack {
         Ok(stack)
     }
 
-    /// Spawns the persister (`persister` binary) with a fresh SQLite store in the stack's directory,
-    /// pinned like the other servers; it does not wait for it to be ready.
+    /// Spawns the persister (`persister` binary) with the stack's store (by default a fresh SQLite
+    /// file in the stack's directory), pinned like the other servers; it does not wait for it to be
+    /// ready.
     pub fn start_persister(&mut self, bin: &Path) -> anyhow::Result<()> {
         let dir = self
             ._dir
@@ -182,13 +209,24 @@ impl Stack {
             .to_owned();
         let http: SocketAddr = ([127, 0, 0, 1], free_port()?).into();
         let db = dir.join("history.db");
+        let store = match &self.persister_store {
+            Some(uri) => uri.clone(),
+            None => format!("sqlite://{}", db.display()),
+        };
         let bin = bin.to_string_lossy().into_owned();
         let mut cmd = Command::new(pinned_prog(&self.server_cpus, &bin));
         cmd.args(pinned_args(&self.server_cpus, &bin))
             .envs(PERSISTER_BENCH_ENV.iter().copied())
             .env("PERSISTER_LISTEN", http.to_string())
             .env("NATS_URL", &self.nats_url)
-            .env("PERSISTER_STORE", format!("sqlite://{}", db.display()));
+            .env("PERSISTER_STORE", &store);
+        if store.starts_with("scylla://") && std::env::var_os("SCYLLA_REPLICATION").is_none() {
+            // The bench's CQL server is one node: one replica, or LOCAL_QUORUM cannot be met.
+            cmd.env(
+                "SCYLLA_REPLICATION",
+                "{'class': 'SimpleStrategy', 'replication_factor': 1}",
+            );
+        }
         let server = spawn(
             "persister",
             &self.server_cpus,
@@ -197,7 +235,7 @@ impl Stack {
         )?;
         self.servers.push(server);
         self.persister_http = Some(http);
-        self.persister_db = Some(db);
+        self.persister_db = self.persister_store.is_none().then_some(db);
         Ok(())
     }
 
@@ -225,6 +263,7 @@ impl Stack {
             nats_url: String::new(),
             persister_http: None,
             persister_db: None,
+            persister_store: None,
             server_cpus: None,
             keys: None,
             _dir: None,
@@ -235,6 +274,57 @@ impl Stack {
     pub fn servers(&self) -> impl Iterator<Item = &Server> {
         self.servers.iter()
     }
+}
+
+/// Node `i`'s configuration: loopback ports (client, route, monitoring), its own store, the stack's
+/// `sync_interval`, and, in a cluster, routes to every node. The monitoring port (`/subsz`,
+/// `/jsz`) is for looking at a run from outside; the bench does not read it.
+fn nats_conf(i: usize, ports: &[(u16, u16, u16)], store: &Path, o: &StackOptions) -> String {
+    let mut conf = format!(
+        "server_name: n{i}\nlisten: 127.0.0.1:{}\nhttp: 127.0.0.1:{}\njetstream {{\n  store_dir: \"{}\"\n",
+        ports[i].0,
+        ports[i].2,
+        store.display()
+    );
+    if let Some(sync) = &o.nats_sync {
+        conf.push_str(&format!("  sync_interval: {sync}\n"));
+    }
+    conf.push_str("}\n");
+    if ports.len() > 1 {
+        let routes: Vec<String> = ports
+            .iter()
+            .map(|(_, r, _)| format!("nats-route://127.0.0.1:{r}"))
+            .collect();
+        conf.push_str(&format!(
+            "cluster {{\n  name: liaotian-bench\n  listen: 127.0.0.1:{}\n  routes: [{}]\n}}\n",
+            ports[i].1,
+            routes.join(", ")
+        ));
+    }
+    conf
+}
+
+/// The node URLs with node `i % n` first: a gateway's `NATS_URL`, so gateways spread over nodes.
+fn rotated(urls: &[String], i: usize) -> String {
+    let n = urls.len();
+    (0..n)
+        .map(|k| urls[(i + k) % n].as_str())
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// Waits until the cluster has a JetStream meta leader: account info answers only then.
+async fn wait_meta_leader(url: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + START_TIMEOUT;
+    let client = async_nats::connect(url).await?;
+    let js = async_nats::jetstream::new(client);
+    while tokio::time::Instant::now() < deadline {
+        if js.query_account().await.is_ok() {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    bail!("the nats cluster elected no JetStream leader within {START_TIMEOUT:?}")
 }
 
 fn pinned_prog(cpus: &Option<String>, bin: &str) -> String {

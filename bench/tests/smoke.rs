@@ -265,11 +265,12 @@ async fn persister_catches_up_a_backlog_exactly_once() {
     .await
     .unwrap();
     assert_eq!(progress.stored.count(), 2_000);
-    let check = bench::catchup::verify(&client, &rooms, &published)
+    let verified = bench::catchup::verify(&client, &rooms, &published)
         .await
         .unwrap();
+    assert!(verified.pages.count() > 0, "every room was paged");
     assert_eq!(
-        check,
+        verified.check,
         bench::catchup::Check {
             expected: 2_000,
             found: 2_000,

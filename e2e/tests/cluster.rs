@@ -102,6 +102,12 @@ async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() 
         cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20))
     })
     .unwrap();
+    // Each gateway is on the node its NATS_URL lists first (svc keeps the order given).
+    for node in [0, 1] {
+        let names = cluster.client_names(node).unwrap();
+        let gateways = names.iter().filter(|n| *n == "liaotian-gateway").count();
+        assert_eq!(gateways, 1, "node {node}'s clients: {names:?}");
+    }
     let mut alice = stack.connect(&g1, "alice").await;
     let mut bob = stack.connect(&g2, "bob").await;
     for c in [&mut alice, &mut bob] {

@@ -145,7 +145,11 @@ async fn a_persister_stopped_under_load_near_max_bytes_loses_no_acked_message() 
     let mut i = 0;
     while i < 150 {
         let (seq, refused) = send_until_acked(&mut alice, frame(i)).await;
-        assert_eq!(refused, Duration::ZERO, "m{i} refused with the persister running");
+        assert_eq!(
+            refused,
+            Duration::ZERO,
+            "m{i} refused with the persister running"
+        );
         acked.push(seq);
         i += 1;
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -172,7 +176,10 @@ async fn a_persister_stopped_under_load_near_max_bytes_loses_no_acked_message() 
         if r["type"] == "ack" {
             acked.push(r["seq"].as_u64().unwrap());
             i += 1;
-            assert!(stopped_at.elapsed() < Duration::from_secs(30), "never refused");
+            assert!(
+                stopped_at.elapsed() < Duration::from_secs(30),
+                "never refused"
+            );
             tokio::time::sleep(Duration::from_millis(20)).await;
             continue;
         }
@@ -210,10 +217,17 @@ async fn a_persister_stopped_under_load_near_max_bytes_loses_no_acked_message() 
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = stop.send(());
     let (mut bob, got) = reader.await.unwrap();
-    let seqs: Vec<u64> = got.iter().map(|(m, _)| m["seq"].as_u64().unwrap()).collect();
+    let seqs: Vec<u64> = got
+        .iter()
+        .map(|(m, _)| m["seq"].as_u64().unwrap())
+        .collect();
     assert_eq!(seqs, acked, "every acked message delivered once, in order");
     for w in got.windows(2) {
-        assert_eq!(w[1].0["prev_seq"], w[0].0["seq"], "gap: {} then {}", w[0].0, w[1].0);
+        assert_eq!(
+            w[1].0["prev_seq"], w[0].0["seq"],
+            "gap: {} then {}",
+            w[0].0, w[1].0
+        );
     }
     let pause = got
         .windows(2)

@@ -1,5 +1,7 @@
 //! The one way the services connect to NATS, so they all behave alike when NATS is away: each
-//! accepts a comma-separated list of servers, keeps trying when NATS is not up at start
+//! accepts a comma-separated list of servers and tries them in the order given (the first is the
+//! service's home node in a cluster; async-nats would otherwise pick one at random, so two gateways
+//! meant for different nodes could share one), keeps trying when NATS is not up at start
 //! (`retry_on_initial_connect`), reconnects without limit with a backoff of 100 ms doubling up to
 //! [`MAX_RECONNECT_DELAY`], jittered so that a fleet does not reconnect in step, and logs
 //! `NATS disconnected` / `NATS connected`.
@@ -55,6 +57,7 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
     let tx = Arc::new(tx);
     let client = async_nats::ConnectOptions::new()
         .name(name)
+        .retain_servers_order()
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let tx = tx.clone();

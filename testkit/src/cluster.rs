@@ -202,6 +202,20 @@ impl NatsCluster {
         crate::retry(50, Duration::from_millis(100), || self.spawn(i))
     }
 
+    /// The names of the clients connected to node `i` now (`/connz`), e.g. `liaotian-gateway`.
+    pub fn client_names(&self, i: usize) -> anyhow::Result<Vec<String>> {
+        let connz = http_get(self.nodes[i].monitor, "/connz?limit=1024")?;
+        let v: serde_json::Value = serde_json::from_str(&connz)?;
+        Ok(v["connections"]
+            .as_array()
+            .map(|cs| {
+                cs.iter()
+                    .filter_map(|c| c["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
     /// The index of the node that leads stream `stream` (of the default account), as the first live
     /// node's monitoring endpoint reports it; `None` while there is none.
     pub fn stream_leader(&self, stream: &str) -> Option<usize> {

@@ -58,7 +58,9 @@ fn nats_urls(first: u16) -> String {
         .join(",")
 }
 
-/// Node `i`'s configuration file.
+/// Node `i`'s configuration file. JetStream keeps its default `sync_interval` (2 minutes): an ack
+/// means two of the three nodes hold the message, and the docs say what that needs (separate
+/// failure domains) and when to set `always` instead (docs/operations.md).
 pub fn nats_conf(i: u16, data: &Path) -> String {
     let routes: Vec<String> = (0..NODES)
         .map(|j| format!("    nats-route://127.0.0.1:{}", 6222 + j))
@@ -413,6 +415,22 @@ mod tests {
                 consumers.iter().all(|c| guarded.contains(c.as_str())),
                 "{p:?}"
             );
+        }
+    }
+
+    // Proves the decision in docs/operations.md ("What an ack means on disk"): the single node
+    // of `cargo xtask dev` syncs every write, the cluster's nodes keep JetStream's default.
+    #[test]
+    fn the_single_node_syncs_every_write_and_the_cluster_keeps_the_default() {
+        let single = include_str!("../../nats.conf");
+        let settings: Vec<&str> = single
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.starts_with('#'))
+            .collect();
+        assert!(settings.contains(&"sync_interval: always"), "{single}");
+        for i in 0..NODES {
+            assert!(!nats_conf(i, Path::new("/d")).contains("sync_interval"));
         }
     }
 
