@@ -130,6 +130,16 @@ impl Persister {
         Self::launch(stack, dir, store).await
     }
 
+    /// A persister on a fresh SQLite file, consuming through the NATS servers in `nats_url`
+    /// (comma-separated) instead of a stack's own nats-server: a cluster's.
+    pub async fn start_on_nats(nats_url: &str) -> Persister {
+        let dir = testkit::temp_dir("liaotian-history").unwrap();
+        let store = persister::config::StoreConfig::Sqlite {
+            path: dir.path().join("history.db"),
+        };
+        Self::launch_on(nats_url, dir, store).await
+    }
+
     /// Stops this persister and starts another on the same store, as a restart would.
     pub async fn restart(mut self, stack: &Stack) -> Persister {
         let dir = std::mem::replace(&mut self.dir, testkit::temp_dir("liaotian-gone").unwrap());
@@ -153,9 +163,17 @@ impl Persister {
         dir: testkit::TempDir,
         store: persister::config::StoreConfig,
     ) -> Persister {
+        Self::launch_on(&stack.nats.url(), dir, store).await
+    }
+
+    async fn launch_on(
+        nats_url: &str,
+        dir: testkit::TempDir,
+        store: persister::config::StoreConfig,
+    ) -> Persister {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let config = persister::Config {
-            nats_url: stack.nats.url(),
+            nats_url: nats_url.to_owned(),
             store: store.clone(),
             scylla_replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             batch_wait: Duration::from_millis(20),
@@ -165,7 +183,7 @@ impl Persister {
         let task = tokio::spawn(persister::run(listener, config, async {
             let _ = rx.await;
         }));
-        wait_for_services(stack).await;
+        wait_for_services(nats_url).await;
         Persister {
             dir,
             store,
@@ -177,8 +195,9 @@ impl Persister {
 
 /// Waits until a persister answers the history and conversation services, so a test's first
 /// request does not meet "no responders".
-async fn wait_for_services(stack: &Stack) {
-    let nats = async_nats::connect(stack.nats.url()).await.unwrap();
+async fn wait_for_services(nats_url: &str) {
+    let first = nats_url.split(',').next().unwrap_or(nats_url);
+    let nats = async_nats::connect(first).await.unwrap();
     let probes = [
         (
             protocol::history::HISTORY_SUBJECT,

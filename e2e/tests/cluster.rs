@@ -2,7 +2,8 @@
 //! replicas, two gateways on different nodes, under a steady load of sends, while nodes are killed
 //! (SIGKILL, as a crash) and started again: every message that got an `ack` reaches the other
 //! gateway's member once, in order, with no gap; a send that was not acked in time is resent with
-//! its `client_msg_id` and stored at most once. It also measures how long sends waited for their
+//! its `client_msg_id` and stored at most once; a persister on the cluster has each acked message in
+//! the history store once. It also measures how long sends waited for their
 //! ack across a leader's death (docs/operations.md).
 
 use std::collections::HashSet;
@@ -92,6 +93,46 @@ async fn receive(c: &mut WsClient, want: &HashSet<u64>) -> Vec<Value> {
     got
 }
 
+/// Pages room `r`'s history through `c` (the gateway asks the persister) until it holds every seq
+/// of `acked`, or 20 s pass; asserts the store has each acked message once, in order.
+async fn assert_stored_once(c: &mut WsClient, acked: &[u64]) {
+    let mut want = acked.to_vec();
+    want.sort_unstable();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let mut stored = Vec::new();
+        let mut after = 0u64;
+        loop {
+            let h = e2e::ask(
+                c,
+                json!({"type":"history","room":"r","after":after,"limit":100,"id":"h"}),
+                "history",
+            )
+            .await;
+            assert_eq!(h["type"], "history", "{h}");
+            let page: Vec<u64> = h["messages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|m| m["seq"].as_u64().unwrap())
+                .collect();
+            after = page.last().copied().unwrap_or(after);
+            stored.extend(page);
+            if h["more"] != true {
+                break;
+            }
+        }
+        if stored.len() >= want.len() || Instant::now() > deadline {
+            assert_eq!(
+                stored, want,
+                "every acked message in the history store, once"
+            );
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() {
     let mut cluster = tokio::task::block_in_place(|| NatsCluster::start(3)).unwrap();
@@ -102,6 +143,7 @@ async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() 
         cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20))
     })
     .unwrap();
+    let _persister = e2e::Persister::start_on_nats(&cluster.urls()).await;
     // Each gateway is on the node its NATS_URL lists first (svc keeps the order given).
     for node in [0, 1] {
         let names = cluster.client_names(node).unwrap();
@@ -148,6 +190,7 @@ async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() 
             w[0], w[1]
         );
     }
+    assert_stored_once(&mut bob, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -158,6 +201,7 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_acked_message() {
     let g2 = stack.gateway_with(gateway_on(&stack, &cluster, 2)).await;
     tokio::task::block_in_place(|| cluster.wait_for_stream_leader("CHAT", Duration::from_secs(20)))
         .unwrap();
+    let _persister = e2e::Persister::start_on_nats(&cluster.urls()).await;
     let mut alice = stack.connect(&g1, "alice").await;
     let mut bob = stack.connect(&g2, "bob").await;
     for c in [&mut alice, &mut bob] {
@@ -191,6 +235,7 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_acked_message() {
             w[0], w[1]
         );
     }
+    assert_stored_once(&mut bob, &acked).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -220,6 +265,13 @@ async fn a_partition_that_isolates_the_leader_for_10_s_loses_no_acked_message() 
             &[cluster.url(others[1]), cluster.url(others[0])],
         ))
         .await;
+    // The persister, like the gateways, on the majority's side.
+    let _persister = e2e::Persister::start_on_nats(&format!(
+        "{},{}",
+        cluster.url(others[0]),
+        cluster.url(others[1])
+    ))
+    .await;
     let mut alice = stack.connect(&g1, "alice").await;
     let mut bob = stack.connect(&g2, "bob").await;
     for c in [&mut alice, &mut bob] {
@@ -257,4 +309,5 @@ async fn a_partition_that_isolates_the_leader_for_10_s_loses_no_acked_message() 
             w[0], w[1]
         );
     }
+    assert_stored_once(&mut bob, &acked).await;
 }

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use crate::group::{GroupEvent, MAX_USERS_PER_FRAME, Role};
 use crate::ids::{ClientMsgId, ConnId, FrameId, GroupId, IdError, RoomId, UserId};
 
+mod encode;
+
 /// The error codes of `error` frames. The set is closed; clients can switch on it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

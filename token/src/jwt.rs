@@ -243,7 +243,7 @@ impl KeySet {
         let key = crate::cache::key(token);
         let (cached, generation) = {
             let mut verified = self.verified.lock().unwrap_or_else(|e| e.into_inner());
-            let hit = verified.get(&key, |exp| exp + CLOCK_SKEW_SECS > now);
+            let hit = verified.get(&key, |exp| exp.saturating_add(CLOCK_SKEW_SECS) > now);
             (hit, verified.generation())
         };
         if let Some((user, exp)) = cached {
@@ -287,10 +287,11 @@ impl KeySet {
         if claims.iss != self.issuer {
             return Err(VerifyError::Issuer);
         }
-        if claims.exp + CLOCK_SKEW_SECS <= now {
+        // Saturating: `exp` and `iat` are whatever the token says, up to `u64::MAX`.
+        if claims.exp.saturating_add(CLOCK_SKEW_SECS) <= now {
             return Err(VerifyError::Expired);
         }
-        if claims.iat > now + CLOCK_SKEW_SECS {
+        if claims.iat > now.saturating_add(CLOCK_SKEW_SECS) {
             return Err(VerifyError::IssuedInFuture);
         }
         let user = UserId::parse(claims.sub).map_err(|_| VerifyError::Subject)?;
@@ -473,6 +474,26 @@ mod tests {
             keys.verify(&empty, 1000).unwrap_err(),
             VerifyError::Malformed
         );
+    }
+
+    // Proves a signed token whose `exp` is near `u64::MAX` is accepted without overflow, also from
+    // the cache: the fuzz target `token_verify` found `exp + skew` panicking on it.
+    #[test]
+    fn expiry_at_the_end_of_time_does_not_overflow() {
+        let (signer, keys, alice) = setup();
+        let claims = |exp| Claims {
+            sub: alice.to_string(),
+            iat: 1000,
+            exp,
+            iss: "liaotian".into(),
+            kid: signer.kid().to_owned(),
+        };
+        for exp in [u64::MAX - CLOCK_SKEW_SECS + 1, u64::MAX] {
+            let t = signer.sign(&claims(exp));
+            let first = keys.verify(&t, 1000).unwrap();
+            assert_eq!((first.exp(), first.from_cache()), (exp, false));
+            assert!(keys.verify(&t, 1000).unwrap().from_cache());
+        }
     }
 
     /// RFC 8037, appendix A.1: the Ed25519 private key `d` and its public key `x`.
