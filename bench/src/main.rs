@@ -343,7 +343,10 @@ async fn run(name: &str, f: &Flags) -> anyhow::Result<()> {
     // this run (testkit's, the one the tests use), kept until the run ends.
     let cql = match f.str("store") {
         None | Some("sqlite") => None,
-        Some("cql") => Some(testkit::cassandra::CassandraServer::start()?),
+        Some("cql") => Some(
+            tokio::task::block_in_place(testkit::cassandra::CassandraServer::start)
+                .context("starting the Cassandra node for --store cql")?,
+        ),
         Some(other) => bail!("--store {other:?}: sqlite or cql"),
     };
     let stack_opts = StackOptions {

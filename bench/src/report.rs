@@ -231,7 +231,8 @@ impl RunResult {
         let nats_cpu: f64 = self
             .servers
             .iter()
-            .filter(|s| s.name == "nats-server")
+            // One node is `nats-server`, a cluster's are `nats-server-<i>`.
+            .filter(|s| s.name.starts_with("nats-server"))
             .map(|s| s.cpu_s)
             .sum();
         let gw_hwm: u64 = self

@@ -119,7 +119,8 @@ impl Stack {
                 format!("nats-server-{i}")
             };
             let conf = dir.path().join(format!("{name}.conf"));
-            std::fs::write(&conf, nats_conf(i, &ports, &dir.path().join(&name), o))?;
+            std::fs::write(&conf, nats_conf(i, &ports, &dir.path().join(&name), o))
+                .with_context(|| format!("writing {}", conf.display()))?;
             nats_servers.push(spawn(
                 &name,
                 &o.server_cpus,

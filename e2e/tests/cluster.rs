@@ -133,6 +133,8 @@ async fn assert_stored_once(c: &mut WsClient, acked: &[u64]) {
     }
 }
 
+// Proves that killing a follower, then the stream's leader, and starting each again loses and
+// duplicates no acked message, live or in the store.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() {
     let mut cluster = tokio::task::block_in_place(|| NatsCluster::start(3)).unwrap();
@@ -193,6 +195,7 @@ async fn killing_a_follower_and_then_the_stream_leader_loses_no_acked_message() 
     assert_stored_once(&mut bob, &acked).await;
 }
 
+// Proves the same across a rolling restart of all three nodes, one at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rolling_restart_of_all_three_nodes_loses_no_acked_message() {
     let mut cluster = tokio::task::block_in_place(|| NatsCluster::start(3)).unwrap();
@@ -238,6 +241,7 @@ async fn a_rolling_restart_of_all_three_nodes_loses_no_acked_message() {
     assert_stored_once(&mut bob, &acked).await;
 }
 
+// Proves the same when the leader is cut off from both other nodes for 10 s, then healed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_partition_that_isolates_the_leader_for_10_s_loses_no_acked_message() {
     let cluster = NatsCluster::start_partitionable(3).await.unwrap();

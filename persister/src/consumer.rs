@@ -4,6 +4,13 @@
 //! poison, write the records in one `write_batch`, set the poison aside, and only then ack. A crash at
 //! any point leaves the unacked messages to be redelivered, and the idempotent write keeps one copy.
 //! A failed write is retried with capped backoff and never acked, so nothing is skipped.
+//!
+//! The committed messages stay a prefix of the stream, as the conversation index needs (it takes a
+//! message at or below its conversation's last seq for a redelivery). A delivery lost in transit, as
+//! when the NATS node the persister is connected to dies mid-fetch, would otherwise come back only
+//! after `ack_wait`, behind later messages already stored: so a batch that skips stream sequences
+//! after the last committed one reads the skipped ones from the stream leader (`STREAM.MSG.GET`)
+//! and writes them with it, in order. Their own redelivery later is an idempotent rewrite.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -31,6 +38,9 @@ pub const LAG_WARN_FRACTION: f64 = 0.5;
 pub const LAG_WARN_INTERVAL: Duration = Duration::from_secs(10);
 /// Unacked messages the server lets the consumer hold; a few batches' worth.
 pub const MAX_ACK_PENDING_BATCHES: usize = 4;
+/// Most skipped sequences a batch reads from the stream; a larger jump (a purge, `max_age` expiry
+/// while the persister was away) is taken as it is, with a warning.
+pub const MAX_GAP_FILL: u64 = 1024;
 
 /// How the consumer is set up.
 #[derive(Debug, Clone)]
@@ -98,8 +108,16 @@ pub async fn run(
     ready: Arc<AtomicBool>,
     stop: CancellationToken,
 ) {
-    let Some((consumer, max_age)) = setup(&js, &settings, &stop).await else {
+    let Some((stream, consumer, max_age)) = setup(&js, &settings, &stop).await else {
         return;
+    };
+    // The next stream sequence the store needs, after the consumer's contiguous acks.
+    let mut next = match consumer.clone().info().await {
+        Ok(info) => Some(info.ack_floor.stream_sequence + 1),
+        Err(e) => {
+            tracing::warn!(error = %e, "consumer info failed; gap fill starts with the first batch");
+            None
+        }
     };
     ready.store(true, Ordering::Relaxed);
     tracing::info!(consumer = %settings.name, ?max_age, "persisting stream CHAT");
@@ -130,7 +148,7 @@ pub async fn run(
         }
         observe_lag(&msgs, max_age, &metrics, &mut last_warn);
         let span = tracing::info_span!("batch", n = msgs.len());
-        if persist(&msgs, store.as_ref(), &metrics, &stop)
+        if persist(&msgs, &stream, &mut next, store.as_ref(), &metrics, &stop)
             .instrument(span)
             .await
             .is_err()
@@ -146,7 +164,7 @@ async fn setup(
     js: &jetstream::Context,
     settings: &ConsumerSettings,
     stop: &CancellationToken,
-) -> Option<(consumer::PullConsumer, Duration)> {
+) -> Option<(jetstream::stream::Stream, consumer::PullConsumer, Duration)> {
     let mut backoff = Backoff::new();
     loop {
         let attempt = async {
@@ -178,7 +196,7 @@ async fn setup(
                 )
                 .await
                 .map_err(|e| format!("consumer {}: {e}", settings.name))?;
-            Ok::<_, String>((consumer, max_age))
+            Ok::<_, String>((stream, consumer, max_age))
         };
         match attempt.await {
             Ok(ok) => return Some(ok),
@@ -206,8 +224,12 @@ async fn fetch(
 }
 
 /// Writes one batch and acks it; retries the write until it commits. `Err` only on shutdown.
+/// `next` is the first stream sequence not yet committed, if known; sequences the batch skips after
+/// it are read from the stream and written too (see the module docs), and it moves past the batch.
 async fn persist(
     msgs: &[jetstream::Message],
+    stream: &jetstream::stream::Stream,
+    next: &mut Option<u64>,
     store: &dyn Store,
     metrics: &Metrics,
     stop: &CancellationToken,
@@ -246,6 +268,15 @@ async fn persist(
         }
     }
 
+    let seen: std::collections::HashSet<u64> = msgs
+        .iter()
+        .filter_map(|m| m.info().ok().map(|i| i.stream_sequence))
+        .collect();
+    if let (Some(from), Some(&to)) = (*next, seen.iter().max()) {
+        records.extend(fill_gap(stream, from, to, &seen, metrics).await);
+    }
+    records.sort_by_key(|r| r.seq);
+
     let mut backoff = Backoff::new();
     while let Err(e) = store.write_batch(&records).await {
         metrics.write_errors.inc();
@@ -263,6 +294,9 @@ async fn persist(
     }
     metrics.batches.inc();
     metrics.persisted.inc_by(records.len() as u64);
+    if let Some(&max) = seen.iter().max() {
+        *next = Some(next.map_or(max + 1, |n| n.max(max + 1)));
+    }
 
     // Committed: now, and only now, ack. A lost ack means a redelivery, which the store absorbs.
     for i in good {
@@ -276,6 +310,59 @@ async fn persist(
         }
     }
     Ok(())
+}
+
+/// The records of the stream sequences in `from..to` that the batch (`seen`) lacks, read from the
+/// stream's leader. A sequence the stream no longer has (deleted, expired) is skipped; so is one
+/// that cannot be read now, or is poison (its redelivery sets it aside), with a warning.
+async fn fill_gap(
+    stream: &jetstream::stream::Stream,
+    from: u64,
+    to: u64,
+    seen: &std::collections::HashSet<u64>,
+    metrics: &Metrics,
+) -> Vec<Record> {
+    use async_nats::jetstream::stream::RawMessageErrorKind;
+    let missing: Vec<u64> = (from..to).filter(|s| !seen.contains(s)).collect();
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    if missing.len() as u64 > MAX_GAP_FILL {
+        tracing::warn!(
+            from,
+            to,
+            missing = missing.len(),
+            "the batch skips too many sequences to read them; taken as it is"
+        );
+        return Vec::new();
+    }
+    let mut records = Vec::new();
+    for seq in missing {
+        match stream.get_raw_message(seq).await {
+            Ok(m) => match classify(m.subject.as_str(), &m.payload) {
+                Ok((conv, msg)) => records.push(Record { conv, seq, msg }),
+                Err(p) => tracing::warn!(
+                    seq,
+                    reason = p.reason,
+                    "a skipped sequence is poison; its redelivery sets it aside"
+                ),
+            },
+            Err(e) if e.kind() == RawMessageErrorKind::NoMessageFound => {}
+            Err(e) => {
+                tracing::warn!(seq, error = %e, "reading a skipped sequence failed; it is stored on its redelivery")
+            }
+        }
+    }
+    if !records.is_empty() {
+        metrics.gap_filled.inc_by(records.len() as u64);
+        tracing::info!(
+            n = records.len(),
+            from,
+            to,
+            "stored sequences the batch skipped, read from the stream"
+        );
+    }
+    records
 }
 
 /// Tells the server the batch is still being worked on, so a long retry does not trigger redelivery.

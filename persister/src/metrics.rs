@@ -8,6 +8,8 @@ pub struct Metrics {
     pub persisted: IntCounter,
     /// Batches written.
     pub batches: IntCounter,
+    /// Messages a batch skipped, read from the stream and written with it in order.
+    pub gap_filled: IntCounter,
     /// Failed batch writes (each is retried).
     pub write_errors: IntCounter,
     /// Messages set aside as dead letters, by reason (`payload` or `subject`).
@@ -91,6 +93,10 @@ impl Metrics {
             batches: counter(
                 "persister_batches_total",
                 "Batches written to the history store.",
+            ),
+            gap_filled: counter(
+                "persister_gap_filled_total",
+                "Messages a batch skipped (a delivery lost in transit), read from the stream and written in order.",
             ),
             write_errors: counter(
                 "persister_write_errors_total",

@@ -377,3 +377,68 @@ async fn stream_fullness_and_build_info_are_exported() {
     assert_eq!(p.metric(&version).await.unwrap(), 1.0);
     p.stop().await.unwrap();
 }
+
+// Proves that a delivery lost in transit (fetched, never acked, so redelivered only after
+// ack_wait) does not leave the store out of stream order: the next batch, which skips it, reads it
+// from the stream and stores it first, long before its redelivery.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_lost_in_transit_is_stored_in_order_before_its_redelivery() {
+    use async_nats::jetstream::consumer;
+    use futures_util::StreamExt;
+    let nats = testkit::NatsServer::start().unwrap();
+    let client = async_nats::connect(nats.url()).await.unwrap();
+    let js = async_nats::jetstream::new(client);
+    create_stream(&js).await.unwrap();
+    let mut seqs = Vec::new();
+    for i in 0..5 {
+        seqs.push(publish_room(&js, "gap", i).await.unwrap());
+    }
+    // The persister's durable consumer, with a redelivery far beyond this test's patience: its
+    // first delivery is taken and dropped, as a dying NATS node drops one.
+    let ack_wait = Duration::from_secs(120);
+    let stream = js.get_stream(protocol::subject::STREAM).await.unwrap();
+    let durable: consumer::PullConsumer = stream
+        .get_or_create_consumer(
+            persister::config::DEFAULT_CONSUMER,
+            consumer::pull::Config {
+                durable_name: Some(persister::config::DEFAULT_CONSUMER.into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait,
+                filter_subject: protocol::subject::INGEST_WILDCARD.into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let mut lost = durable.fetch().max_messages(1).messages().await.unwrap();
+    let dropped = lost.next().await.unwrap().unwrap();
+    assert_eq!(dropped.info().unwrap().stream_sequence, seqs[0]);
+    drop(lost);
+
+    let dir = testkit::temp_dir("persister-gap").unwrap();
+    let db = dir.path().join("history.db");
+    let persister = Running::start(Config {
+        ack_wait,
+        ..config(&nats.url(), &db)
+    })
+    .await
+    .unwrap();
+    let reader = SqliteStore::open(&db).await.unwrap();
+    let conv = room("gap");
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        wait_until(|| async { reader.count(&conv).await.unwrap() >= 5 }),
+    )
+    .await
+    .expect("the dropped delivery was stored before its redelivery")
+    .unwrap();
+    assert_eq!(all_seqs(&reader, &conv).await, seqs);
+    assert_eq!(
+        persister
+            .metric("persister_gap_filled_total")
+            .await
+            .unwrap(),
+        1.0
+    );
+    persister.stop().await.unwrap();
+}

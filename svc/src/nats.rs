@@ -16,6 +16,8 @@ use tokio::sync::watch;
 
 /// Longest pause between reconnect attempts.
 pub const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(2);
+/// Longest wait for one server to accept a connection before the next one in the list is tried.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// First pause between reconnect attempts; it doubles up to [`MAX_RECONNECT_DELAY`].
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 
@@ -58,6 +60,9 @@ pub async fn connect(url: &str, name: &str) -> Result<Connection, ConnectError> 
     let client = async_nats::ConnectOptions::new()
         .name(name)
         .retain_servers_order()
+        // Kept order means a reconnect tries the lost home node first; a host that is gone
+        // without resetting connections must not cost async-nats's default 5 s per attempt.
+        .connection_timeout(CONNECT_TIMEOUT)
         .reconnect_delay_callback(reconnect_delay)
         .event_callback(move |event| {
             let tx = tx.clone();
