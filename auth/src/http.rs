@@ -238,6 +238,46 @@ async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> 
     }
 }
 
+/// Writes `user`'s access record with `not_before` = now, so tokens issued before are refused at
+/// every gateway's handshake (`protocol::access`). Its TTL is an access token's life (plus the clock
+/// skew the verifier allows): after that every token it refuses has expired anyway. A banned
+/// user's record is kept banned.
+async fn revoke_access(
+    nats: &async_nats::Client,
+    user: &UserId,
+    access_ttl_secs: u64,
+) -> anyhow::Result<()> {
+    use protocol::access::{BUCKET, Record, key, key_subject};
+    let js = async_nats::jetstream::new(nats.clone());
+    let kv = js.get_key_value(BUCKET).await?;
+    let banned = match kv.get(key(user)).await? {
+        Some(v) => serde_json::from_slice::<Record>(&v).is_ok_and(|r| r.banned),
+        None => false,
+    };
+    let record = Record {
+        not_before: now_secs(),
+        banned,
+    };
+    let mut headers = async_nats::HeaderMap::new();
+    if !banned {
+        headers.insert(
+            "Nats-TTL",
+            format!("{}s", access_ttl_secs + token::CLOCK_SKEW_SECS).as_str(),
+        );
+    }
+    let ack = tokio::time::timeout(Duration::from_secs(2), async {
+        js.publish_with_headers(
+            key_subject(user),
+            headers,
+            serde_json::to_vec(&record)?.into(),
+        )
+        .await?
+        .await?;
+        anyhow::Ok(())
+    });
+    ack.await.map_err(|_| anyhow::anyhow!("timed out"))?
+}
+
 /// `POST /api/logout` with `Authorization: Bearer <access token>` or `{"refresh_token"}`: revokes every
 /// refresh token family of the user and closes the user's sockets on every gateway.
 async fn logout(
@@ -298,6 +338,14 @@ async fn logout(
         })?;
         match &state.nats {
             Some(nats) => {
+                // First the revocation, so the access token stops working at the next handshake on
+                // every gateway; then the command that closes the sockets open now.
+                revoke_access(nats, &uid, state.config.access_ttl_secs)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "logout: writing the revocation failed");
+                        ApiError::unavailable("the token could not be revoked; try again")
+                    })?;
                 let subject = protocol::subject::user_control_subject(&uid);
                 let body = serde_json::to_vec(&UserControl::Logout).unwrap_or_default();
                 let sent = async {

@@ -23,6 +23,8 @@ pub mod close_code {
     pub const IDLE: u16 = 4000;
     /// The token was revoked or the user logged out.
     pub const LOGGED_OUT: u16 = 4001;
+    /// The user was banned (`protocol::access`).
+    pub const BANNED: u16 = 4003;
     /// The outbound queue was full.
     pub const SLOW_CONSUMER: u16 = 4008;
 }

@@ -326,6 +326,22 @@ impl Hub {
         }))
     }
 
+    /// Closes every local connection of `user` with `code`; returns how many there were.
+    pub fn close_user(&self, user: &UserId, code: u16, reason: &'static str) -> usize {
+        let members = self
+            .topics
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&TopicKey::User(user.clone()))
+            .map(|t| t.members.clone());
+        let Some(members) = members else { return 0 };
+        let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for m in snapshot.iter() {
+            m.outbox.shared.close(code, reason);
+        }
+        snapshot.len()
+    }
+
     /// Number of topics (rooms and users with local connections) on this gateway.
     pub fn topic_count(&self) -> usize {
         self.topics.lock().unwrap_or_else(|e| e.into_inner()).len()

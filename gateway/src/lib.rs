@@ -9,6 +9,7 @@
 //! fan-out), [`publish`] (JetStream publish and the stream definition), [`conn`] (the per-connection
 //! queue), [`keys`] (token keys from the auth service), [`tls`] (rustls termination).
 
+pub mod access;
 pub mod backlog;
 pub mod config;
 pub mod conn;
@@ -166,7 +167,11 @@ pub async fn run_with_metrics(
     let shared_dm = hub.start_dm(config.dm_subscription);
     // Logout and other per-user commands: one subscription for the whole gateway, routed locally.
     let control = hub.start_control().await?;
+    // Revocations and bans: read once before serving, then followed.
+    let (access, access_watch) =
+        access::Access::start(&js, config.stream.replicas, hub.clone()).await?;
     let state = state::AppState::new(state::AppStateInner {
+        access,
         hub,
         backlog,
         presence,
@@ -239,6 +244,7 @@ pub async fn run_with_metrics(
     }
     let _ = tokio::time::timeout(Duration::from_secs(1), server).await;
     control.abort();
+    access_watch.abort();
     groups_watch.abort();
     retention_watch.abort();
     if let Some(shared_dm) = shared_dm {

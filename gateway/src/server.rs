@@ -114,6 +114,25 @@ fn accept(
     if claims.from_cache() {
         state.metrics.token_cache_hits.inc();
     }
+    match state.access.refusal(claims.user(), claims.iat()) {
+        Some(crate::access::Refusal::Banned) => {
+            return Err((
+                "banned",
+                ApiError::new(StatusCode::FORBIDDEN, Reason::Banned, "this user is banned"),
+            ));
+        }
+        Some(crate::access::Refusal::Revoked) => {
+            return Err((
+                "unauthorized",
+                ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    Reason::TokenRevoked,
+                    "the token was revoked (logout): log in again",
+                ),
+            ));
+        }
+        None => {}
+    }
     let upgrade = upgrade.map_err(|e| {
         (
             "bad_request",

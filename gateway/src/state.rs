@@ -35,6 +35,8 @@ impl std::ops::Deref for AppState {
 pub struct AppStateInner {
     pub config: Arc<Config>,
     pub keys: KeySet,
+    /// Revocations and bans (`access.rs`), checked at each handshake.
+    pub access: crate::access::Access,
     pub hub: Hub,
     pub publisher: Publisher,
     pub backlog: crate::backlog::Backlog,

@@ -52,6 +52,10 @@ pub enum Reason {
     InvalidRefreshToken,
     /// The access token is malformed, expired, or signed by a key not served.
     InvalidToken,
+    /// The access token was issued before the user logged out or was revoked: log in again.
+    TokenRevoked,
+    /// The user is banned (`protocol::access`).
+    Banned,
     /// WeChat's risk control refused the login (40226).
     LoginBlocked,
     /// No access token was sent.
@@ -87,6 +91,8 @@ impl Reason {
             Reason::InvalidId => "invalid_id",
             Reason::InvalidRefreshToken => "invalid_refresh_token",
             Reason::InvalidToken => "invalid_token",
+            Reason::TokenRevoked => "token_revoked",
+            Reason::Banned => "banned",
             Reason::LoginBlocked => "login_blocked",
             Reason::MissingToken => "missing_token",
             Reason::NotWebsocket => "not_websocket",

@@ -4,9 +4,10 @@
 //! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), stream `CHAT` ([`stream`]), the
 //! MessagePack payload stored in JetStream ([`stored`]), the id newtypes that carry their own
 //! validation ([`ids`]), the presence key schema ([`presence`]), the rules and record of private groups ([`group`]), and the conversation list and read state service ([`conv`]), the HTTP envelope and login
-//! replies of the services ([`api`]).
+//! replies of the services ([`api`]), and who may hold a connection ([`access`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
+pub mod access;
 pub mod api;
 pub mod control;
 pub mod conv;

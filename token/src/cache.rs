@@ -21,6 +21,7 @@ type Key = [u8; 32];
 struct Entry {
     user: UserId,
     exp: u64,
+    iat: u64,
 }
 
 #[derive(Debug)]
@@ -54,15 +55,16 @@ impl Verified {
         }
     }
 
-    /// The user and expiry of a token verified before, if it is held and `still_valid(exp)`.
+    /// The user, expiry and issue time of a token verified before, if it is held and
+    /// `still_valid(exp)`.
     pub(crate) fn get(
         &mut self,
         key: &Key,
         still_valid: impl Fn(u64) -> bool,
-    ) -> Option<(UserId, u64)> {
+    ) -> Option<(UserId, u64, u64)> {
         let e = self.entries.get(key)?;
         if still_valid(e.exp) {
-            return Some((e.user.clone(), e.exp));
+            return Some((e.user.clone(), e.exp, e.iat));
         }
         // Expired: its slot in `order` goes when it reaches the front.
         self.entries.remove(key);
@@ -74,11 +76,11 @@ impl Verified {
     }
 
     /// Holds a verified token, unless the keys changed since `generation` was read.
-    pub(crate) fn insert(&mut self, generation: u64, key: Key, user: UserId, exp: u64) {
+    pub(crate) fn insert(&mut self, generation: u64, key: Key, user: UserId, exp: u64, iat: u64) {
         if generation != self.generation {
             return;
         }
-        if self.entries.insert(key, Entry { user, exp }).is_some() {
+        if self.entries.insert(key, Entry { user, exp, iat }).is_some() {
             return;
         }
         self.order.push_back(key);

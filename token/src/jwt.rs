@@ -39,6 +39,7 @@ struct Header {
 pub struct VerifiedClaims {
     user: UserId,
     exp: u64,
+    iat: u64,
     /// Answered from the cache of tokens verified before (see [`crate::cache`]).
     cached: bool,
 }
@@ -51,6 +52,12 @@ impl VerifiedClaims {
     /// Expiry, in seconds since the Unix epoch.
     pub fn exp(&self) -> u64 {
         self.exp
+    }
+
+    /// Issue time, in seconds since the Unix epoch: what a revocation's "not before" is checked
+    /// against.
+    pub fn iat(&self) -> u64 {
+        self.iat
     }
 
     /// Whether the token was verified before and this answer came from the cache.
@@ -246,10 +253,11 @@ impl KeySet {
             let hit = verified.get(&key, |exp| exp.saturating_add(CLOCK_SKEW_SECS) > now);
             (hit, verified.generation())
         };
-        if let Some((user, exp)) = cached {
+        if let Some((user, exp, iat)) = cached {
             return Ok(VerifiedClaims {
                 user,
                 exp,
+                iat,
                 cached: true,
             });
         }
@@ -257,7 +265,7 @@ impl KeySet {
         self.verified
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(generation, key, claims.user.clone(), claims.exp);
+            .insert(generation, key, claims.user.clone(), claims.exp, claims.iat);
         Ok(claims)
     }
 
@@ -298,6 +306,7 @@ impl KeySet {
         Ok(VerifiedClaims {
             user,
             exp: claims.exp,
+            iat: claims.iat,
             cached: false,
         })
     }
