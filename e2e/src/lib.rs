@@ -50,15 +50,18 @@ pub async fn next_within(c: &mut testkit::WsClient, t: Duration) -> Option<serde
 
 /// The `seq` of every stored message of the thread with `with`, paged forward from the start.
 pub async fn thread_seqs(c: &mut testkit::WsClient, with: &str) -> Vec<u64> {
+    history_seqs(c, "with", with).await
+}
+
+/// The `seq` of every stored message of the conversation `field: name` (`with`, `room` or
+/// `group`), paged forward from the start through the gateway's `history`.
+pub async fn history_seqs(c: &mut testkit::WsClient, field: &str, name: &str) -> Vec<u64> {
     let mut seqs = Vec::new();
     let mut after = 0u64;
     loop {
-        let h = ask(
-            c,
-            serde_json::json!({"type":"history","with":with,"after":after,"limit":100,"id":"h"}),
-            "history",
-        )
-        .await;
+        let mut frame = serde_json::json!({"type":"history","after":after,"limit":100,"id":"h"});
+        frame[field] = name.into();
+        let h = ask(c, frame, "history").await;
         assert_eq!(h["type"], "history", "{h}");
         let page: Vec<u64> = h["messages"]
             .as_array()

@@ -100,28 +100,7 @@ async fn assert_stored_once(c: &mut WsClient, acked: &[u64]) {
     want.sort_unstable();
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let mut stored = Vec::new();
-        let mut after = 0u64;
-        loop {
-            let h = e2e::ask(
-                c,
-                json!({"type":"history","room":"r","after":after,"limit":100,"id":"h"}),
-                "history",
-            )
-            .await;
-            assert_eq!(h["type"], "history", "{h}");
-            let page: Vec<u64> = h["messages"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|m| m["seq"].as_u64().unwrap())
-                .collect();
-            after = page.last().copied().unwrap_or(after);
-            stored.extend(page);
-            if h["more"] != true {
-                break;
-            }
-        }
+        let stored = e2e::history_seqs(c, "room", "r").await;
         if stored.len() >= want.len() || Instant::now() > deadline {
             assert_eq!(
                 stored, want,
