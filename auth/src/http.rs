@@ -1,7 +1,6 @@
 //! The HTTP API: routes and handlers.
 
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
 
 use axum::extract::{ConnectInfo, FromRequestParts, State};
 use axum::http::request::Parts;
@@ -11,7 +10,6 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use prometheus::{Encoder, TextEncoder};
 use protocol::UserId;
-use protocol::control::UserControl;
 use serde::Deserialize;
 use serde_json::json;
 use tower_http::cors::CorsLayer;
@@ -166,6 +164,13 @@ fn dev_login(state: &AppState, name: String) -> Result<TokenReply, ApiError> {
     }
     let user = UserId::parse(name)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, Reason::InvalidId, e.to_string()))?;
+    if user.is_system() {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            Reason::InvalidId,
+            "`system` is the server's own account; no one logs in as it",
+        ));
+    }
     let now = now_secs();
     let token = state
         .keys
@@ -238,46 +243,6 @@ async fn refresh(State(state): State<AppState>, body: JsonBody<RefreshBody>) -> 
     }
 }
 
-/// Writes `user`'s access record with `not_before` = now, so tokens issued before are refused at
-/// every gateway's handshake (`protocol::access`). Its TTL is an access token's life (plus the clock
-/// skew the verifier allows): after that every token it refuses has expired anyway. A banned
-/// user's record is kept banned.
-async fn revoke_access(
-    nats: &async_nats::Client,
-    user: &UserId,
-    access_ttl_secs: u64,
-) -> anyhow::Result<()> {
-    use protocol::access::{BUCKET, Record, key, key_subject};
-    let js = async_nats::jetstream::new(nats.clone());
-    let kv = js.get_key_value(BUCKET).await?;
-    let banned = match kv.get(key(user)).await? {
-        Some(v) => serde_json::from_slice::<Record>(&v).is_ok_and(|r| r.banned),
-        None => false,
-    };
-    let record = Record {
-        not_before: now_secs(),
-        banned,
-    };
-    let mut headers = async_nats::HeaderMap::new();
-    if !banned {
-        headers.insert(
-            "Nats-TTL",
-            format!("{}s", access_ttl_secs + token::CLOCK_SKEW_SECS).as_str(),
-        );
-    }
-    let ack = tokio::time::timeout(Duration::from_secs(2), async {
-        js.publish_with_headers(
-            key_subject(user),
-            headers,
-            serde_json::to_vec(&record)?.into(),
-        )
-        .await?
-        .await?;
-        anyhow::Ok(())
-    });
-    ack.await.map_err(|_| anyhow::anyhow!("timed out"))?
-}
-
 /// `POST /api/logout` with `Authorization: Bearer <access token>` or `{"refresh_token"}`: revokes every
 /// refresh token family of the user and closes the user's sockets on every gateway.
 async fn logout(
@@ -340,34 +305,18 @@ async fn logout(
             Some(nats) => {
                 // First the revocation, so the access token stops working at the next handshake on
                 // every gateway; then the command that closes the sockets open now.
-                revoke_access(nats, &uid, state.config.access_ttl_secs)
+                crate::access::revoke(nats, &uid, state.config.access_ttl_secs)
                     .await
                     .map_err(|e| {
                         tracing::warn!(error = %e, "logout: writing the revocation failed");
                         ApiError::unavailable("the token could not be revoked; try again")
                     })?;
-                let subject = protocol::subject::user_control_subject(&uid);
-                let body = serde_json::to_vec(&UserControl::Logout).unwrap_or_default();
-                let sent = async {
-                    nats.publish(subject, body.into()).await?;
-                    nats.flush().await?;
-                    anyhow::Ok(())
-                };
-                match tokio::time::timeout(Duration::from_secs(2), sent).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(e)) => {
-                        tracing::warn!(error = %e, "logout: NATS publish failed");
-                        return Err(ApiError::unavailable(
-                            "sockets could not be closed; try again",
-                        ));
-                    }
-                    Err(_) => {
-                        tracing::warn!("logout: NATS publish timed out");
-                        return Err(ApiError::unavailable(
-                            "sockets could not be closed; try again",
-                        ));
-                    }
-                }
+                crate::access::close_sockets(nats, &uid)
+                    .await
+                    .map_err(|e| {
+                        tracing::warn!(error = %e, "logout: closing the sockets failed");
+                        ApiError::unavailable("sockets could not be closed; try again")
+                    })?;
             }
             None => tracing::warn!("logout without AUTH_NATS_URL: open sockets stay open"),
         }

@@ -9,6 +9,7 @@
 //! The development login (`POST /api/login {"dev_user": …}`) is only there when the service is started
 //! with the explicit dev flag. See `docs/wechat.md`.
 
+pub mod access;
 pub mod config;
 pub mod content;
 pub mod exchange;

@@ -434,6 +434,10 @@ async fn dev_login_is_off_next_to_wechat_unless_flagged() {
             .status,
         200
     );
+    // The server's own account is never issued a token.
+    let r = b.post("/api/login", json!({"dev_user": "system"})).await;
+    assert_eq!(r.status, 400);
+    assert_eq!(r.body["data"]["reason"], "invalid_id");
 }
 
 #[tokio::test]

@@ -114,6 +114,17 @@ fn accept(
     if claims.from_cache() {
         state.metrics.token_cache_hits.inc();
     }
+    // The server's own account sends through the admin API only, even with a token someone signed.
+    if claims.user().as_str() == protocol::ids::SYSTEM_USER {
+        return Err((
+            "unauthorized",
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                Reason::InvalidToken,
+                "`system` is the server's own account and cannot connect",
+            ),
+        ));
+    }
     match state.access.refusal(claims.user(), claims.iat()) {
         Some(crate::access::Refusal::Banned) => {
             return Err((

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// `{"code": 0, "message": "ok", "data": …}`, or an error's `{"code": 40100, "message": …,
 /// "data": {"reason": …}}`.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Envelope<T> {
     /// 0 for success, else the HTTP status × 100.
@@ -33,12 +34,14 @@ impl<T> Envelope<T> {
 }
 
 /// The `data` of an error envelope.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ErrorData {
     pub reason: Reason,
 }
 
 /// The `data.reason` of an error envelope: stable and machine-readable, for clients to act on.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Reason {
@@ -76,6 +79,12 @@ pub enum Reason {
     TooManyConnections,
     /// WeChat login is not configured on this server.
     WechatLoginDisabled,
+    /// The admin API's server key is missing or wrong (a client's token never works there).
+    InvalidKey,
+    /// The group (admin API) does not exist.
+    NotFound,
+    /// The change conflicts with what exists (an id already taken).
+    Conflict,
     /// A fault of the server; its log has the details.
     Internal,
     /// A dependency (Redis, WeChat, NATS) cannot be reached: try again.
@@ -103,6 +112,9 @@ impl Reason {
             Reason::ShuttingDown => "shutting_down",
             Reason::TooManyConnections => "too_many_connections",
             Reason::WechatLoginDisabled => "wechat_login_disabled",
+            Reason::InvalidKey => "invalid_key",
+            Reason::NotFound => "not_found",
+            Reason::Conflict => "conflict",
             Reason::Internal => "internal",
             Reason::Unavailable => "unavailable",
         }

@@ -39,6 +39,7 @@ pub fn group_of_key(key: &str) -> Option<GroupId> {
 }
 
 /// A member's role.
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -249,8 +250,11 @@ impl Record {
         change: Change,
         max_members: usize,
     ) -> Result<(Record, GroupEvent), RuleError> {
-        let Some(my_role) = self.role_of(by) else {
-            return Err(RuleError::NotMember);
+        // The server (the admin API) acts with the owner's rights without being a member.
+        let my_role = match self.role_of(by) {
+            Some(role) => role,
+            None if by.is_system() && change != Change::Quit => Role::Owner,
+            None => return Err(RuleError::NotMember),
         };
         let manager = || {
             if my_role.manages() {
@@ -328,6 +332,12 @@ impl Record {
                 }
                 match self.role_of(&user) {
                     None => return Err(RuleError::Invalid(format!("{user} is not a member"))),
+                    // Only the server reaches this: an owner's own role was refused above.
+                    Some(Role::Owner) if role != Role::Owner => {
+                        return Err(RuleError::Invalid(
+                            "the owner's role changes only by passing ownership on".into(),
+                        ));
+                    }
                     Some(current) if current == role => {
                         return Err(RuleError::Invalid(format!("{user} already has that role")));
                     }
@@ -629,6 +639,64 @@ mod tests {
             .unwrap_err()
             .code(),
             ErrorCode::BadRequest
+        );
+    }
+
+    // Proves the server acts with the owner's rights without being a member, and still cannot
+    // quit, leave a group ownerless, or remove its owner.
+    #[test]
+    fn the_system_account_manages_like_the_owner() {
+        let sys = UserId::system();
+        let g = group();
+        let (g, e) = g.decide(&sys, Change::Add(users(&["dave"])), 500).unwrap();
+        assert_eq!(e.kind, EventKind::Added);
+        assert!(g.is_member(&u("dave")) && !g.is_member(&sys));
+        let admin = Change::Role {
+            user: u("bob"),
+            role: Role::Admin,
+        };
+        let (g, _) = g.decide(&sys, admin, 500).unwrap();
+        assert_eq!(g.role_of(&u("bob")), Some(Role::Admin));
+        // Only the owner may remove an admin, and the server counts as one.
+        let (g, _) = g
+            .decide(&sys, Change::Remove(users(&["bob"])), 500)
+            .unwrap();
+        assert!(!g.is_member(&u("bob")));
+        assert_eq!(
+            g.decide(&sys, Change::Remove(users(&["alice"])), 500)
+                .unwrap_err(),
+            RuleError::RemoveOwner
+        );
+        let demote = Change::Role {
+            user: u("alice"),
+            role: Role::Member,
+        };
+        assert_eq!(
+            g.decide(&sys, demote, 500).unwrap_err().code(),
+            ErrorCode::BadRequest
+        );
+        let (g, e) = g
+            .decide(
+                &sys,
+                Change::Role {
+                    user: u("carol"),
+                    role: Role::Owner,
+                },
+                500,
+            )
+            .unwrap();
+        assert_eq!(e.owner, Some(u("carol")));
+        assert_eq!(g.owner(), Some(&u("carol")));
+        assert_eq!(g.role_of(&u("alice")), Some(Role::Admin));
+        assert_eq!(
+            g.decide(&sys, Change::Quit, 500).unwrap_err(),
+            RuleError::NotMember
+        );
+        // Any other non-member is refused as before.
+        assert_eq!(
+            g.decide(&u("zed"), Change::Add(users(&["x"])), 500)
+                .unwrap_err(),
+            RuleError::NotMember
         );
     }
 

@@ -118,6 +118,22 @@ id_type!(
     "conn id"
 );
 
+/// The reserved user id of the server itself: the sender of messages and group changes made through
+/// the admin API. No token is issued for it, and no gateway accepts one (`docs/protocol.md`).
+pub const SYSTEM_USER: &str = "system";
+
+impl UserId {
+    /// The server's own account, [`SYSTEM_USER`].
+    pub fn system() -> Self {
+        Self(SYSTEM_USER.to_owned())
+    }
+
+    /// Whether this is [`SYSTEM_USER`], which no client may log in as.
+    pub fn is_system(&self) -> bool {
+        self.0 == SYSTEM_USER
+    }
+}
+
 impl GroupId {
     /// The same id as a [`RoomId`], for the presence keys a group shares with rooms (`room.<id>.…`):
     /// a group and an open room never share an id, so their keys never mix.

@@ -4,10 +4,11 @@
 //! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), stream `CHAT` ([`stream`]), the
 //! MessagePack payload stored in JetStream ([`stored`]), the id newtypes that carry their own
 //! validation ([`ids`]), the presence key schema ([`presence`]), the rules and record of private groups ([`group`]), and the conversation list and read state service ([`conv`]), the HTTP envelope and login
-//! replies of the services ([`api`]), and who may hold a connection ([`access`]).
+//! replies of the services ([`api`]), who may hold a connection ([`access`]), and the server API's bodies ([`admin`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
 pub mod access;
+pub mod admin;
 pub mod api;
 pub mod control;
 pub mod conv;

@@ -32,6 +32,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+mod apicheck;
 mod cluster;
 mod deploy;
 
@@ -51,9 +52,11 @@ fn main() -> ExitCode {
         Some("cluster") => cluster::cluster(&args[1..]),
         Some("test") => test(&args[1..]),
         Some("nats-server") => ensure_nats_server().map(|p| println!("{}", p.display())),
+        // The admin API check alone, on binaries `dev` or `test` built.
+        Some("apicheck") => ensure_nats_server().and_then(|n| apicheck::schemathesis(&root(), &n)),
         _ => {
             eprintln!(
-                "usage: cargo xtask <dev [--no-build] | cluster [--no-build] | cluster restart <name> | test [--no-browser] | nats-server>"
+                "usage: cargo xtask <dev [--no-build] | cluster [--no-build] | cluster restart <name> | test [--no-browser] | apicheck | nats-server>"
             );
             return ExitCode::from(2);
         }
@@ -79,7 +82,7 @@ fn env_or(var: &str, default: &str) -> String {
 }
 
 /// The packages whose binaries the dev stack and the Node suites run.
-const SERVICES: [&str; 3] = ["auth", "gateway", "persister"];
+const SERVICES: [&str; 4] = ["auth", "gateway", "persister", "admin"];
 
 /// Builds the service binaries: the one build that `dev` and `test` share (see the module doc).
 fn build_services(root: &Path) -> anyhow::Result<()> {
@@ -104,6 +107,9 @@ fn dev(args: &[String]) -> anyhow::Result<()> {
     let auth_addr: SocketAddr = env_or("LIAOTIAN_AUTH_ADDR", "127.0.0.1:8081")
         .parse()
         .context("LIAOTIAN_AUTH_ADDR")?;
+    let admin_addr: SocketAddr = env_or("LIAOTIAN_ADMIN_ADDR", "127.0.0.1:8090")
+        .parse()
+        .context("LIAOTIAN_ADMIN_ADDR")?;
     let nats_port: u16 = env_or("LIAOTIAN_NATS_PORT", "4222")
         .parse()
         .context("LIAOTIAN_NATS_PORT")?;
@@ -125,7 +131,7 @@ fn dev(args: &[String]) -> anyhow::Result<()> {
             }
         }
     } else {
-        println!("xtask: building auth, gateway and persister");
+        println!("xtask: building auth, gateway, persister and admin");
         build_services(&root)?;
     }
 
@@ -181,6 +187,15 @@ fn dev(args: &[String]) -> anyhow::Result<()> {
                 ),
             persister_addr,
         )?;
+        let admin_key = dev_admin_key(&data)?;
+        stack.start(
+            "admin",
+            Command::new(bin.join("admin"))
+                .env("ADMIN_LISTEN", admin_addr.to_string())
+                .env("ADMIN_KEYS", &admin_key)
+                .env("NATS_URL", format!("nats://{nats_addr}")),
+            admin_addr,
+        )?;
         println!(
             "xtask: nats-server on nats://{nats_addr} (JetStream data in {})",
             data.join("nats").display()
@@ -190,6 +205,10 @@ fn dev(args: &[String]) -> anyhow::Result<()> {
         println!(
             "xtask: persister on http://{persister_addr} (history in {})",
             data.join("history.db").display()
+        );
+        println!(
+            "xtask: admin API on http://{admin_addr} (server key in {}, OpenAPI at /openapi.json)",
+            data.join("admin.key").display()
         );
         println!("xtask: open http://{gateway_addr} in two tabs; Ctrl-C stops everything");
         loop {
@@ -204,6 +223,23 @@ fn dev(args: &[String]) -> anyhow::Result<()> {
     })();
     stack.stop_all();
     result
+}
+
+/// The dev stack's admin server key: `$ADMIN_KEYS` when set, else the one in `<data>/admin.key`,
+/// made from 24 random bytes the first time.
+fn dev_admin_key(data: &Path) -> anyhow::Result<String> {
+    if let Ok(k) = std::env::var("ADMIN_KEYS") {
+        return Ok(k);
+    }
+    let path = data.join("admin.key");
+    if let Ok(k) = std::fs::read_to_string(&path) {
+        return Ok(k.trim().to_owned());
+    }
+    let mut bytes = [0u8; 24];
+    std::io::Read::read_exact(&mut std::fs::File::open("/dev/urandom")?, &mut bytes)?;
+    let key: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(&path, &key).with_context(|| format!("writing {}", path.display()))?;
+    Ok(key)
 }
 
 /// The services started by `dev` and `cluster`, stopped in reverse order.
@@ -305,6 +341,8 @@ fn test(args: &[String]) -> anyhow::Result<()> {
     // The same build as `cargo xtask dev`'s; the browser test runs this very xtask binary.
     println!("xtask: building the service binaries for the Node tests");
     build_services(&root)?;
+    // The admin API against its own OpenAPI document, on a dev stack of these binaries.
+    apicheck::schemathesis(&root, &nats_bin)?;
     // The client SDK: its state machine against a scripted socket, and against the real stack with
     // faults. Built first: the mini-program below requires its CommonJS build.
     node_suite(&root, &nats_bin, "sdk/js", "esbuild", &[], &["test/"])?;

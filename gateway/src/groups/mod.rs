@@ -250,9 +250,21 @@ impl Groups {
         name: String,
         members: Vec<UserId>,
     ) -> Result<(GroupId, Record), GroupError> {
+        self.create_for(by, by.clone(), id, name, members).await
+    }
+
+    /// Creates a group owned by `owner` on behalf of `by` (the admin API's system account), whose
+    /// `created` event is then `from` `by`.
+    pub async fn create_for(
+        &self,
+        by: &UserId,
+        owner: UserId,
+        id: Option<GroupId>,
+        name: String,
+        members: Vec<UserId>,
+    ) -> Result<(GroupId, Record), GroupError> {
         let now = now_ms();
-        let (mut record, event) =
-            Record::create(name, by.clone(), members, self.limits.members, now)?;
+        let (mut record, event) = Record::create(name, owner, members, self.limits.members, now)?;
         self.check_per_user(&event.users).await?;
         let id = match id {
             Some(id) => id,
