@@ -70,6 +70,8 @@ pub const GATEWAY_BENCH_ENV: &[(&str, &str)] = &[
     ("RUST_LOG", "warn"),
     ("GATEWAY_RATE_PER_SEC", "100000"),
     ("GATEWAY_RATE_BURST", "100000"),
+    ("GATEWAY_USER_SENDS_PER_SEC", "100000"),
+    ("GATEWAY_USER_SEND_BURST", "100000"),
     ("GATEWAY_PRESENCE_PRIVACY", "open"),
 ];
 

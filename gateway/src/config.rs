@@ -18,6 +18,12 @@ pub const DEFAULT_MAX_ROOMS_PER_CONN: usize = 50;
 pub const DEFAULT_RATE_PER_SEC: f64 = 20.0;
 /// Token bucket size.
 pub const DEFAULT_RATE_BURST: f64 = 40.0;
+/// Open connections one user may hold across the cluster.
+pub const DEFAULT_MAX_CONNS_PER_USER: usize = 10;
+/// Sends one user may make per second across all their connections and gateways.
+pub const DEFAULT_USER_SENDS_PER_SEC: f64 = 20.0;
+/// The burst of the per-user send bucket.
+pub const DEFAULT_USER_SEND_BURST: f64 = 40.0;
 /// Connections one gateway accepts at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 /// Frames queued for one connection before it counts as a slow consumer.
@@ -115,6 +121,12 @@ pub struct Config {
     pub rate_burst: f64,
     /// `GATEWAY_MAX_CONNECTIONS`.
     pub max_connections: usize,
+    /// `GATEWAY_MAX_CONNS_PER_USER`: open connections per user, across gateways.
+    pub max_conns_per_user: usize,
+    /// `GATEWAY_USER_SENDS_PER_SEC`: sends per user per second, across connections and gateways.
+    pub user_sends_per_sec: f64,
+    /// `GATEWAY_USER_SEND_BURST`.
+    pub user_send_burst: f64,
     /// `GATEWAY_OUTBOUND_QUEUE`.
     pub outbound_queue: usize,
     /// `GATEWAY_HEARTBEAT_MS`.
@@ -190,6 +202,9 @@ impl Default for Config {
             rate_per_sec: DEFAULT_RATE_PER_SEC,
             rate_burst: DEFAULT_RATE_BURST,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_conns_per_user: DEFAULT_MAX_CONNS_PER_USER,
+            user_sends_per_sec: DEFAULT_USER_SENDS_PER_SEC,
+            user_send_burst: DEFAULT_USER_SEND_BURST,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             heartbeat: DEFAULT_HEARTBEAT,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
@@ -282,6 +297,17 @@ impl Config {
         if let Some(n) = env.positive("GATEWAY_MAX_CONNECTIONS") {
             c.max_connections = usize_of(n);
         }
+        if let Some(n) = env.positive("GATEWAY_MAX_CONNS_PER_USER") {
+            c.max_conns_per_user = usize_of(n);
+        }
+        // Unless set, the per-user limit is at least the per-connection one: an operator who
+        // lifts that (a load test, a platform of bots) lifts this with it.
+        c.user_sends_per_sec = env
+            .positive("GATEWAY_USER_SENDS_PER_SEC")
+            .map_or(c.rate_per_sec.max(DEFAULT_USER_SENDS_PER_SEC), |n| n as f64);
+        c.user_send_burst = env
+            .positive("GATEWAY_USER_SEND_BURST")
+            .map_or(c.rate_burst.max(DEFAULT_USER_SEND_BURST), |n| n as f64);
         if let Some(n) = env.positive("GATEWAY_OUTBOUND_QUEUE") {
             c.outbound_queue = usize_of(n);
         }
@@ -369,6 +395,28 @@ mod tests {
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
         Config::from_lookup(|k| m.get(k).cloned())
+    }
+
+    #[test]
+    fn the_per_user_send_limit_follows_a_raised_connection_limit_unless_set() {
+        let c = cfg(&[]).unwrap();
+        assert_eq!((c.user_sends_per_sec, c.user_send_burst), (20.0, 40.0));
+        assert_eq!(c.max_conns_per_user, 10);
+        let c = cfg(&[
+            ("GATEWAY_RATE_PER_SEC", "1000"),
+            ("GATEWAY_RATE_BURST", "2000"),
+        ])
+        .unwrap();
+        assert_eq!((c.user_sends_per_sec, c.user_send_burst), (1000.0, 2000.0));
+        let c = cfg(&[
+            ("GATEWAY_RATE_PER_SEC", "1000"),
+            ("GATEWAY_USER_SENDS_PER_SEC", "5"),
+            ("GATEWAY_USER_SEND_BURST", "5"),
+            ("GATEWAY_MAX_CONNS_PER_USER", "3"),
+        ])
+        .unwrap();
+        assert_eq!((c.user_sends_per_sec, c.user_send_burst), (5.0, 5.0));
+        assert_eq!(c.max_conns_per_user, 3);
     }
 
     #[test]

@@ -297,7 +297,10 @@ impl Hub {
 
     /// Subscribes every user's control subject once for this gateway, and routes each command to the
     /// local connections of its user. Returns once the server has registered the subscription.
-    pub async fn start_control(&self) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    pub async fn start_control(
+        &self,
+        on_recount: impl Fn(&UserId) + Send + 'static,
+    ) -> anyhow::Result<tokio::task::JoinHandle<()>> {
         use anyhow::Context;
         let mut sub = self
             .nats
@@ -314,13 +317,24 @@ impl Hub {
                 let Some(user) = protocol::subject::user_of_control_subject(&msg.subject) else {
                     continue;
                 };
+                let cmd = match serde_json::from_slice::<UserControl>(&msg.payload) {
+                    Ok(UserControl::Recount) => {
+                        on_recount(&user);
+                        continue;
+                    }
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored");
+                        continue;
+                    }
+                };
                 let members = topics
                     .lock()
                     .unwrap_or_else(|e| e.into_inner())
                     .get(&TopicKey::User(user))
                     .map(|t| t.members.clone());
                 if let Some(members) = members {
-                    control(&members, &msg);
+                    control(&members, &msg.subject, cmd);
                 }
             }
         }))
@@ -689,9 +703,9 @@ impl TopicTask {
 }
 
 /// Applies a control command to every local connection of a user.
-fn control(members: &Members, msg: &async_nats::Message) {
-    match serde_json::from_slice::<UserControl>(&msg.payload) {
-        Ok(UserControl::Deliver { frame, except }) => {
+fn control(members: &Members, subject: &str, cmd: UserControl) {
+    match cmd {
+        UserControl::Deliver { frame, except } => {
             let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
             let frame = Utf8Bytes::from(frame);
             for m in snapshot.iter() {
@@ -703,16 +717,14 @@ fn control(members: &Members, msg: &async_nats::Message) {
                 }
             }
         }
-        Ok(UserControl::Logout) => {
+        UserControl::Logout => {
             let snapshot = members.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            tracing::info!(conns = snapshot.len(), subject = %msg.subject, "logout: closing the user's sockets");
+            tracing::info!(conns = snapshot.len(), %subject, "logout: closing the user's sockets");
             for m in snapshot.iter() {
                 m.outbox.shared.close(close_code::LOGGED_OUT, "logged out");
             }
         }
-        Err(e) => {
-            tracing::warn!(subject = %msg.subject, error = %e, "unknown control command ignored")
-        }
+        UserControl::Recount => {}
     }
 }
 

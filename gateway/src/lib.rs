@@ -30,6 +30,7 @@ pub mod session;
 pub mod state;
 pub mod stream_admin;
 pub mod tls;
+pub mod userlimit;
 pub mod writer;
 
 #[cfg(feature = "test-support")]
@@ -165,14 +166,27 @@ pub async fn run_with_metrics(
     let mut hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
     hub.set_departure_hook(presence.departure_hook());
     let shared_dm = hub.start_dm(config.dm_subscription);
+    let user_limits = userlimit::UserLimits::new(
+        nats.clone(),
+        userlimit::Settings {
+            max_connections: config.max_conns_per_user,
+            sends_per_sec: config.user_sends_per_sec,
+            send_burst: config.user_send_burst,
+        },
+    );
     // Logout and other per-user commands: one subscription for the whole gateway, routed locally.
-    let control = hub.start_control().await?;
+    let control = {
+        let limits = user_limits.clone();
+        hub.start_control(move |user| limits.on_recount(user))
+            .await?
+    };
     // Revocations and bans: read once before serving, then followed.
     let (access, access_watch) =
         access::Access::start(&js, config.stream.replicas, hub.clone()).await?;
     let state = state::AppState::new(state::AppStateInner {
         access,
         hub,
+        user_limits,
         backlog,
         presence,
         groups,

@@ -1,4 +1,4 @@
-//! A token bucket per connection.
+//! A token bucket: per connection (every frame), and per user (`userlimit.rs`, every send).
 
 use std::time::Duration;
 
@@ -34,6 +34,18 @@ impl TokenBucket {
         }
     }
 
+    /// Changes the rate and burst from `now` on, keeping the tokens earned so far (up to the new
+    /// burst): a per-user bucket whose share of the user's rate changed.
+    pub fn resize(&mut self, rate: f64, burst: f64, now: Instant) {
+        let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * self.rate)
+            .min(self.burst)
+            .min(burst);
+        self.last = now;
+        self.rate = rate;
+        self.burst = burst;
+    }
+
     /// Takes one token if there is one.
     pub fn try_take(&mut self, now: Instant) -> bool {
         let elapsed = now.saturating_duration_since(self.last).as_secs_f64();
@@ -63,6 +75,17 @@ mod tests {
         // A long pause refills no more than the burst.
         let t2 = t1 + Duration::from_secs(60);
         assert_eq!((0..100).filter(|_| b.try_take(t2)).count(), 40);
+    }
+
+    #[test]
+    fn resize_keeps_earned_tokens_up_to_the_new_burst() {
+        let t0 = Instant::now();
+        let mut b = TokenBucket::new(20.0, 40.0, t0);
+        b.resize(10.0, 20.0, t0);
+        assert_eq!((0..50).filter(|_| b.try_take(t0)).count(), 20);
+        // The new rate applies from the resize on: a second refills ten.
+        let t1 = t0 + Duration::from_secs(1);
+        assert_eq!((0..50).filter(|_| b.try_take(t1)).count(), 10);
     }
 
     #[test]

@@ -66,7 +66,7 @@ async fn ws_handler(
     Query(query): Query<TokenQuery>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    match accept(&state, &headers, query, upgrade) {
+    match accept(&state, &headers, query, upgrade).await {
         Ok(resp) => resp,
         Err((reason, e)) => {
             state
@@ -79,7 +79,7 @@ async fn ws_handler(
     }
 }
 
-fn accept(
+async fn accept(
     state: &AppState,
     headers: &HeaderMap,
     query: TokenQuery,
@@ -170,11 +170,25 @@ fn accept(
             ),
         )
     })?;
+    let user = claims.user().clone();
+    let counted = state.user_limits.check(&user).await.map_err(|t| {
+        (
+            "user_limit",
+            ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                Reason::TooManyConnections,
+                format!(
+                    "this user has {} open connections, the most allowed; close one first",
+                    t.open
+                ),
+            )
+            .retry_after(5),
+        )
+    })?;
     let limit = state
         .config
         .max_frame_bytes
         .saturating_mul(TUNGSTENITE_LIMIT_FACTOR);
-    let user = claims.user().clone();
     let state = state.clone();
     Ok(upgrade
         .protocols([protocol::SUBPROTOCOL])
@@ -185,7 +199,7 @@ fn accept(
         .on_upgrade(move |socket| {
             let sessions = state.sessions.clone();
             sessions.track_future(async move {
-                crate::session::run(socket, user, state).await;
+                crate::session::run(socket, user, counted, state).await;
                 drop(permit);
             })
         }))

@@ -38,6 +38,8 @@ pub struct AppStateInner {
     /// Revocations and bans (`access.rs`), checked at each handshake.
     pub access: crate::access::Access,
     pub hub: Hub,
+    /// Connections and sends per user, across gateways (`userlimit.rs`).
+    pub user_limits: crate::userlimit::UserLimits,
     pub publisher: Publisher,
     pub backlog: crate::backlog::Backlog,
     pub presence: crate::presence::Presence,

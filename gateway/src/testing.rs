@@ -61,6 +61,8 @@ impl Stack {
         crate::Config {
             rate_per_sec: 100_000.0,
             rate_burst: 100_000.0,
+            user_sends_per_sec: 100_000.0,
+            user_send_burst: 100_000.0,
             ..self.config()
         }
     }

@@ -449,6 +449,8 @@ async fn slow_consumer_is_closed_with_4008_while_others_keep_receiving() {
             outbound_queue: 16,
             rate_per_sec: 10_000.0,
             rate_burst: 10_000.0,
+            user_sends_per_sec: 10_000.0,
+            user_send_burst: 10_000.0,
             ..stack.config()
         })
         .await;

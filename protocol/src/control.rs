@@ -12,6 +12,9 @@ use crate::ids::UserId;
 pub enum UserControl {
     /// The user logged out or was revoked: every gateway closes the user's sockets with 4001.
     Logout,
+    /// The user's connections changed on some gateway while they span several: each gateway with
+    /// a connection of theirs counts them again, for its share of the user's send rate.
+    Recount,
     /// Pushes `frame`, a server frame's JSON (`read_state`, `receipt`), to every connection of the
     /// user but `except`, the one that caused it.
     Deliver {

@@ -62,6 +62,8 @@ async fn main() -> anyhow::Result<()> {
             content_check: check,
             rate_per_sec: 100_000.0,
             rate_burst: 100_000.0,
+            user_sends_per_sec: 100_000.0,
+            user_send_burst: 100_000.0,
             ..gateway::Config::default()
         };
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;

@@ -351,6 +351,8 @@ async fn reads(rate: u64, secs: u64) -> anyhow::Result<()> {
         nats_url: nats.url(),
         rate_per_sec: 100_000.0,
         rate_burst: 100_000.0,
+        user_sends_per_sec: 100_000.0,
+        user_send_burst: 100_000.0,
         ..gateway::Config::default()
     };
     let (_gw_stop, gw_rx) = oneshot::channel::<()>();

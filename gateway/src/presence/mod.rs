@@ -35,6 +35,7 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
+pub mod count;
 mod feed;
 mod state;
 mod watch_task;

@@ -60,14 +60,23 @@ enum SendOutcome {
 type Inflight = FuturesUnordered<Pin<Box<dyn Future<Output = Done> + Send>>>;
 
 /// Runs a connection from the upgrade until it is closed and cleaned up.
-pub async fn run(socket: WebSocket, user: UserId, state: AppState) {
+/// `counted` is the user's connection count read at the handshake (`userlimit.rs`).
+pub async fn run(socket: WebSocket, user: UserId, counted: Option<usize>, state: AppState) {
     let conn = ConnId::parse(nuid::next().to_string())
         .unwrap_or_else(|_| unreachable!("a NUID is alphanumeric"));
     let span = tracing::info_span!("conn", conn_id = %conn, user = %user);
-    run_inner(socket, conn, user, state).instrument(span).await;
+    run_inner(socket, conn, user, counted, state)
+        .instrument(span)
+        .await;
 }
 
-async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppState) {
+async fn run_inner(
+    socket: WebSocket,
+    conn: ConnId,
+    user: UserId,
+    counted: Option<usize>,
+    state: AppState,
+) {
     let metrics = state.metrics.clone();
     metrics.connections.inc();
     metrics.connections_accepted.inc();
@@ -115,7 +124,12 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     }
     // The presence key is stored before the welcome, so a client that has its welcome is online
     // for every watch that reads the bucket afterwards.
+    let spans = session.state.user_limits.open(&user, counted);
     Box::pin(session.state.presence.put_conn(&user, &shared.conn)).await;
+    if spans {
+        // Now that its key is written, the user's other gateways count it in their share.
+        session.state.user_limits.announce(&user);
+    }
     session.reply(ServerFrame::Welcome {
         user: user.clone(),
         conn: shared.conn.clone(),
@@ -180,6 +194,7 @@ async fn run_inner(socket: WebSocket, conn: ConnId, user: UserId, state: AppStat
     }
     session.state.hub.leave(&user_topic, &shared.conn);
     Box::pin(presence.delete_conn(&user, &shared.conn)).await;
+    session.state.user_limits.release(&user);
     metrics.connections.dec();
     tracing::debug!(close = ?shared.close_reason(), "session closed");
 }

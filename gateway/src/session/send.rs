@@ -106,6 +106,20 @@ impl Session {
             );
         }
         let me = self.outbox.shared.user.clone();
+        // The user's send rate, shared with their other connections here and on other gateways.
+        if let Err(wait) = self
+            .state
+            .user_limits
+            .try_send(&me, tokio::time::Instant::now())
+        {
+            self.state.metrics.error(ErrorCode::RateLimited);
+            return self.reply(ServerFrame::Error {
+                id,
+                code: ErrorCode::RateLimited,
+                message: "this user sends too fast across their connections; slow down".into(),
+                retry_after_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1)),
+            });
+        }
         let conv = match &target {
             Target::Room(room) if !self.joined.contains(room) => {
                 return self.error(
