@@ -1,7 +1,7 @@
 //! Prometheus metrics of the admin service. Labels are bounded: route templates and status codes,
 //! never ids.
 
-use prometheus::{IntCounter, IntCounterVec, Opts, Registry};
+use prometheus::{IntCounter, IntCounterVec, IntGaugeVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -27,9 +27,18 @@ impl Metrics {
             "Messages stored through the admin API.",
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        let build = IntGaugeVec::new(
+            Opts::new("admin_build_info", "1, labelled with the running version."),
+            &["version"],
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        build
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(published.clone()),
+            Box::new(build),
         ] {
             registry.register(m).unwrap_or_else(|e| unreachable!("{e}"));
         }
