@@ -32,9 +32,7 @@ impl Metrics {
             &["version"],
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
-        build
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(published.clone()),

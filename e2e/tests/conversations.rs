@@ -464,3 +464,74 @@ async fn presence_is_shown_only_to_those_who_share_a_thread_or_a_group() {
     assert_eq!(q["users"][0], json!({"user":"dave","online":false}), "{q}");
     assert_eq!(q["users"][1]["online"], true, "{q}");
 }
+
+// Proves `conversation_mute` marks a thread and a group `muted` in the list, and unmuting clears
+// it; that only a member mutes a group; and that the mute is the user's own (the other side's
+// list is unchanged).
+#[tokio::test]
+async fn muted_conversations_are_marked_in_the_list() {
+    let stack = Stack::start();
+    let _p = Persister::start(&stack).await;
+    let g = stack.gateway().await;
+    let mut alice = stack.connect(&g, "alice").await;
+    let mut bob = stack.connect(&g, "bob").await;
+    send_to(&mut alice, ("to", "bob"), "m1").await;
+    let grp = ask(
+        &mut alice,
+        json!({"type":"group_create","group":"team","name":"Team","members":["bob"],"id":"c"}),
+        "group",
+    )
+    .await;
+    assert_eq!(grp["type"], "group", "{grp}");
+    let muted = ask(
+        &mut bob,
+        json!({"type":"conversation_mute","with":"alice","muted":true,"id":"m"}),
+        "conversation_muted",
+    )
+    .await;
+    assert_eq!(
+        muted,
+        json!({"type":"conversation_muted","id":"m","with":"alice","muted":true})
+    );
+    let muted = ask(
+        &mut bob,
+        json!({"type":"conversation_mute","group":"team","muted":true,"id":"m2"}),
+        "conversation_muted",
+    )
+    .await;
+    assert_eq!(muted["muted"], true, "{muted}");
+    let items = list_until(&mut bob, |items| {
+        find(items, "with", "alice").is_some() && find(items, "group", "team").is_some()
+    })
+    .await;
+    assert_eq!(find(&items, "with", "alice").unwrap()["muted"], true);
+    assert_eq!(find(&items, "group", "team").unwrap()["muted"], true);
+    let theirs = list_until(&mut alice, |items| find(items, "with", "bob").is_some()).await;
+    assert_eq!(find(&theirs, "with", "bob").unwrap().get("muted"), None);
+
+    ask(
+        &mut bob,
+        json!({"type":"conversation_mute","with":"alice","muted":false,"id":"u"}),
+        "conversation_muted",
+    )
+    .await;
+    let items = list_until(&mut bob, |items| find(items, "with", "alice").is_some()).await;
+    assert_eq!(find(&items, "with", "alice").unwrap().get("muted"), None);
+    assert_eq!(find(&items, "group", "team").unwrap()["muted"], true);
+
+    let mut carol = stack.connect(&g, "carol").await;
+    let refused = ask(
+        &mut carol,
+        json!({"type":"conversation_mute","group":"team","muted":true,"id":"x"}),
+        "conversation_muted",
+    )
+    .await;
+    assert_eq!(code(&refused), "forbidden", "{refused}");
+    let bad = ask(
+        &mut carol,
+        json!({"type":"conversation_mute","with":"alice","id":"y"}),
+        "conversation_muted",
+    )
+    .await;
+    assert_eq!(code(&bad), "bad_request", "{bad}");
+}

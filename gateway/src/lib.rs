@@ -20,6 +20,7 @@ pub mod hub;
 pub mod keys;
 pub mod listener;
 pub mod metrics;
+pub mod mutes;
 pub mod presence;
 pub mod publish;
 pub mod ratelimit;
@@ -163,6 +164,7 @@ pub async fn run_with_metrics(
     )
     .await?;
     let groups_watch = groups.start_watch(reconnects.clone());
+    let mutes = mutes::Mutes::ensure(&js, config.stream.replicas).await?;
     let mut hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
     hub.set_departure_hook(presence.departure_hook());
     let shared_dm = hub.start_dm(config.dm_subscription);
@@ -190,6 +192,7 @@ pub async fn run_with_metrics(
         backlog,
         presence,
         groups,
+        mutes,
         publisher,
         content: config.content_check.then(|| {
             content::ContentChecker::new(

@@ -193,6 +193,7 @@ pub fn stored_message(
         protocol::Target::User(u) => (None, Some(u.clone()), None),
     };
     StoredMessage {
+        mentions: Vec::new(),
         from,
         room,
         to,

@@ -44,6 +44,8 @@ pub struct AppStateInner {
     pub backlog: crate::backlog::Backlog,
     pub presence: crate::presence::Presence,
     pub groups: crate::groups::Groups,
+    /// Muted conversations (`mutes.rs`).
+    pub mutes: crate::mutes::Mutes,
     /// Set when `GATEWAY_CONTENT_CHECK` is on.
     pub content: Option<crate::content::ContentChecker>,
     pub metrics: Arc<Metrics>,

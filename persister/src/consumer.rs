@@ -476,6 +476,7 @@ mod tests {
 
     fn msg(from: &str, room: Option<&str>, to: Option<&str>) -> StoredMessage {
         StoredMessage {
+            mentions: Vec::new(),
             from: UserId::parse(from).unwrap(),
             room: room.map(|r| RoomId::parse(r).unwrap()),
             to: to.map(|t| UserId::parse(t).unwrap()),

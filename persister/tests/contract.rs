@@ -38,6 +38,7 @@ fn record(conv: &Conversation, seq: u64) -> Record {
         conv: conv.clone(),
         seq,
         msg: StoredMessage {
+            mentions: Vec::new(),
             from,
             room,
             to,
@@ -255,6 +256,7 @@ fn item(conv: &Conversation, seq: u64, from: &str, event: Option<GroupEvent>) ->
         conv: conv.clone(),
         seq,
         msg: StoredMessage {
+            mentions: Vec::new(),
             from: u(from),
             room: None,
             to,

@@ -82,6 +82,10 @@ pub struct ConvItem {
     /// A group's member count.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub members: Option<usize>,
+    /// The reader muted it (`conversation_mute`): no offline notification for it. Filled in by
+    /// the gateway from bucket `notify`, not by the store.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub muted: bool,
 }
 
 /// The answer to a [`ConvRequest`].

@@ -135,6 +135,9 @@ pub enum ClientFrame {
         target: Target,
         text: String,
         client_msg_id: ClientMsgId,
+        /// Members a group message mentions (at most [`MAX_MENTIONS`]; checked against the
+        /// members by the gateway): each may be notified while offline.
+        mentions: Vec<UserId>,
     },
     Ping,
     /// A new group; the id is chosen by the server when absent.
@@ -179,6 +182,11 @@ pub enum ClientFrame {
     ConversationHide {
         target: ConvTarget,
     },
+    /// Mutes a conversation (no offline notification for it) or unmutes it.
+    ConversationMute {
+        target: ConvTarget,
+        muted: bool,
+    },
     GroupReceipts {
         group: GroupId,
         seq: u64,
@@ -188,6 +196,9 @@ pub enum ClientFrame {
         target: ConvTarget,
     },
 }
+
+/// Most users one `send` may mention.
+pub const MAX_MENTIONS: usize = 50;
 
 /// Least time between two `typing` frames of one connection that are passed on; those between are
 /// dropped without an answer.
@@ -283,6 +294,8 @@ struct SendBody {
     to: Option<String>,
     text: String,
     client_msg_id: String,
+    #[serde(default)]
+    mentions: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -322,6 +335,7 @@ struct ConvBody {
     group: Option<String>,
     with: Option<String>,
     seq: Option<u64>,
+    muted: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -476,10 +490,19 @@ impl ClientFrame {
                     _ => return Err(one_of("`room`, `group` and `to`")),
                 };
                 let client_msg_id = ClientMsgId::parse(b.client_msg_id).map_err(invalid)?;
+                if !b.mentions.is_empty() && !matches!(target, Target::Group(_)) {
+                    return Err(bad(
+                        ErrorCode::BadRequest,
+                        "`mentions` is for group messages".into(),
+                    ));
+                }
+                let mentions = parse_users_max(b.mentions, MAX_MENTIONS)
+                    .map_err(|m| bad(ErrorCode::BadRequest, m))?;
                 ClientFrame::Send {
                     target,
                     text: b.text,
                     client_msg_id,
+                    mentions,
                 }
             }
             "ping" => ClientFrame::Ping,
@@ -539,6 +562,21 @@ impl ClientFrame {
                     _ => return Err(one_of("`group` and `with`")),
                 };
                 ClientFrame::Typing { target }
+            }
+            "conversation_mute" => {
+                let b: ConvBody = serde_json::from_str(text).map_err(body)?;
+                let target = match (b.group, b.with) {
+                    (Some(g), None) => ConvTarget::Group(group(g)?),
+                    (None, Some(w)) => ConvTarget::With(user(w)?),
+                    _ => return Err(one_of("`group` and `with`")),
+                };
+                let Some(muted) = b.muted else {
+                    return Err(bad(
+                        ErrorCode::BadRequest,
+                        "conversation_mute needs `muted`".into(),
+                    ));
+                };
+                ClientFrame::ConversationMute { target, muted }
             }
             "read" | "conversation_hide" => {
                 let b: ConvBody = serde_json::from_str(text).map_err(body)?;
@@ -752,6 +790,16 @@ pub enum ServerFrame {
         #[serde(skip_serializing_if = "Option::is_none")]
         with: Option<UserId>,
     },
+    /// The answer to `conversation_mute`.
+    ConversationMuted {
+        #[serde(skip_serializing_if = "Option::is_none")]
+        id: Option<FrameId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        group: Option<GroupId>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        with: Option<UserId>,
+        muted: bool,
+    },
     GroupReceipts {
         #[serde(skip_serializing_if = "Option::is_none")]
         id: Option<FrameId>,
@@ -902,6 +950,9 @@ pub struct MessageFrame {
     pub prev_seq: u64,
     pub ts: u64,
     pub client_msg_id: ClientMsgId,
+    /// The members a group message mentions.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
 }
 
 impl MessageFrame {
@@ -916,6 +967,7 @@ impl MessageFrame {
             prev_seq,
             ts: m.ts,
             client_msg_id: m.client_msg_id,
+            mentions: m.mentions,
         }
     }
 }
@@ -950,6 +1002,7 @@ mod tests {
     #[test]
     fn json_with_capacity_is_the_same_text() {
         let frame = ServerFrame::Message(MessageFrame {
+            mentions: Vec::new(),
             room: Some(RoomId::parse("general").unwrap()),
             group: None,
             to: None,
@@ -1180,6 +1233,7 @@ mod tests {
     #[test]
     fn items_round_trip() {
         let stored = crate::StoredMessage {
+            mentions: Vec::new(),
             from: UserId::parse("alice").unwrap(),
             room: None,
             to: None,

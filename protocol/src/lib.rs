@@ -4,7 +4,7 @@
 //! gateway ([`frame`]), the NATS subjects and headers ([`subject`]), stream `CHAT` ([`stream`]), the
 //! MessagePack payload stored in JetStream ([`stored`]), the id newtypes that carry their own
 //! validation ([`ids`]), the presence key schema ([`presence`]), the rules and record of private groups ([`group`]), and the conversation list and read state service ([`conv`]), the HTTP envelope and login
-//! replies of the services ([`api`]), who may hold a connection ([`access`]), and the server API's bodies ([`admin`]).
+//! replies of the services ([`api`]), who may hold a connection ([`access`]), muted conversations ([`mute`]), and the server API's bodies ([`admin`]).
 //! This crate does no I/O and depends on no runtime, so every service and test agrees on one definition.
 
 pub mod access;
@@ -16,6 +16,7 @@ pub mod frame;
 pub mod group;
 pub mod history;
 pub mod ids;
+pub mod mute;
 pub mod presence;
 pub mod stored;
 pub mod stream;

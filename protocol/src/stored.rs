@@ -30,6 +30,10 @@ pub struct StoredMessage {
     pub client_msg_id: ClientMsgId,
     /// Milliseconds since the Unix epoch, taken by the gateway that accepted the message.
     pub ts: u64,
+    /// The members a group message mentions, checked by the gateway: the notifier tells them
+    /// while they are offline.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mentions: Vec<UserId>,
 }
 
 /// Why a stored payload could not be read.
@@ -64,6 +68,7 @@ mod tests {
     #[test]
     fn round_trips_and_rejects_garbage() {
         let m = StoredMessage {
+            mentions: Vec::new(),
             from: UserId::parse("alice").unwrap(),
             room: Some(RoomId::parse("general").unwrap()),
             to: None,
@@ -83,6 +88,7 @@ mod tests {
     #[test]
     fn events_round_trip_and_old_payloads_read() {
         let m = StoredMessage {
+            mentions: Vec::new(),
             from: UserId::parse("alice").unwrap(),
             room: None,
             to: None,

@@ -77,7 +77,7 @@ fn the_documented_client_frames_round_trip() {
 }
 
 /// Every client frame type of docs/protocol.md.
-const CLIENT_TYPES: [&str; 21] = [
+const CLIENT_TYPES: [&str; 22] = [
     "join",
     "resume",
     "leave",
@@ -97,6 +97,7 @@ const CLIENT_TYPES: [&str; 21] = [
     "conversations",
     "read",
     "conversation_hide",
+    "conversation_mute",
     "group_receipts",
     "typing",
 ];
@@ -206,7 +207,7 @@ fn role() -> impl Strategy<Value = Role> {
     prop::sample::select(vec![Role::Owner, Role::Admin, Role::Member])
 }
 
-/// A frame of any of the 21 types.
+/// A frame of any of the 22 types.
 fn client_frame() -> impl Strategy<Value = ClientFrame> {
     let watched = protocol::frame::MAX_WATCHED;
     let members = MAX_USERS_PER_FRAME;
@@ -235,13 +236,25 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
                 limit
             }),
         channel().prop_map(|channel| ClientFrame::Leave { channel }),
-        (target(), text(), client_msg_id()).prop_map(|(target, text, client_msg_id)| {
-            ClientFrame::Send {
-                target,
-                text,
-                client_msg_id,
-            }
-        }),
+        (
+            target(),
+            text(),
+            client_msg_id(),
+            users(protocol::frame::MAX_MENTIONS)
+        )
+            .prop_map(|(target, text, client_msg_id, mentions)| {
+                // Only a group message may mention.
+                let mentions = match target {
+                    protocol::Target::Group(_) => mentions,
+                    _ => Vec::new(),
+                };
+                ClientFrame::Send {
+                    target,
+                    text,
+                    client_msg_id,
+                    mentions,
+                }
+            }),
         Just(ClientFrame::Ping),
         (prop::option::of(group()), text(), users(members)).prop_map(|(group, name, members)| {
             ClientFrame::GroupCreate {
@@ -265,6 +278,8 @@ fn client_frame() -> impl Strategy<Value = ClientFrame> {
             .prop_map(|(limit, before)| ClientFrame::Conversations { limit, before }),
         (conv_target(), seq()).prop_map(|(target, seq)| ClientFrame::Read { target, seq }),
         conv_target().prop_map(|target| ClientFrame::ConversationHide { target }),
+        (conv_target(), any::<bool>())
+            .prop_map(|(target, muted)| ClientFrame::ConversationMute { target, muted }),
         (group(), seq()).prop_map(|(group, seq)| ClientFrame::GroupReceipts { group, seq }),
         conv_target().prop_map(|target| ClientFrame::Typing { target }),
     ]
@@ -365,7 +380,7 @@ fn edit() -> impl Strategy<Value = Edit> {
 }
 
 /// The body field names of the client frames, `type` and `id`, and two that no frame has.
-const FIELDS: [&str; 20] = [
+const FIELDS: [&str; 22] = [
     "type",
     "id",
     "room",
@@ -385,6 +400,8 @@ const FIELDS: [&str; 20] = [
     "client_msg_id",
     "role",
     "target",
+    "mentions",
+    "muted",
     "extra",
 ];
 

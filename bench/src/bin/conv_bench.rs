@@ -63,6 +63,7 @@ fn message(conv: &Conversation, seq: u64, from: &UserId) -> Record {
         conv: conv.clone(),
         seq,
         msg: StoredMessage {
+            mentions: Vec::new(),
             from: from.clone(),
             room: None,
             to,
@@ -80,6 +81,7 @@ fn created(group: &GroupId, seq: u64, users: Vec<UserId>) -> Record {
         conv: Conversation::Group(group.clone()),
         seq,
         msg: StoredMessage {
+            mentions: Vec::new(),
             from: users[0].clone(),
             room: None,
             to: None,

@@ -112,6 +112,7 @@ async fn metric(addr: SocketAddr, name: &str) -> anyhow::Result<f64> {
 
 fn room_msg(room: &RoomId, i: u64) -> StoredMessage {
     StoredMessage {
+        mentions: Vec::new(),
         from: UserId::parse(format!("u{}", i % 1000)).expect("valid user"),
         room: Some(room.clone()),
         to: None,

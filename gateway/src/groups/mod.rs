@@ -360,6 +360,7 @@ impl Groups {
             return Ok(record);
         };
         let msg = StoredMessage {
+            mentions: Vec::new(),
             from: p.by,
             room: None,
             to: None,

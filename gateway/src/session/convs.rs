@@ -112,12 +112,13 @@ impl Session {
             let frame = match frame {
                 ClientFrame::Conversations { limit, before } => {
                     let req = ConvRequest::List {
-                        user: me,
+                        user: me.clone(),
                         limit,
                         before,
                     };
                     match convs::ask(&state.nats, &req, CONV_TIMEOUT).await {
-                        Ok(ConvReply::List { items, more }) => {
+                        Ok(ConvReply::List { mut items, more }) => {
+                            state.mutes.mark(&me, &mut items).await;
                             ServerFrame::Conversations { id, items, more }
                         }
                         Ok(_) => unexpected(id),
@@ -156,6 +157,26 @@ impl Session {
                                 Err(e) => conv_error(id, &e),
                             }
                         }
+                        Err(e) => e,
+                    }
+                }
+                // A user mutes only their own conversations: a group they are in, any thread.
+                ClientFrame::ConversationMute { target, muted } => {
+                    match resolve(&state, &id, &me, target.clone()).await {
+                        Ok(r) => match state.mutes.set(&me, &target, muted).await {
+                            Ok(()) => ServerFrame::ConversationMuted {
+                                id,
+                                group: r.group,
+                                with: r.with,
+                                muted,
+                            },
+                            Err(e) => ServerFrame::Error {
+                                id,
+                                code: ErrorCode::Unavailable,
+                                message: format!("the mute was not stored: {e}; try again"),
+                                retry_after_ms: None,
+                            },
+                        },
                         Err(e) => e,
                     }
                 }

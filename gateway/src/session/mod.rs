@@ -423,7 +423,8 @@ impl Session {
                 target,
                 text,
                 client_msg_id,
-            } => self.send(id, target, text, client_msg_id),
+                mentions,
+            } => self.send(id, target, text, client_msg_id, mentions),
             frame @ (ClientFrame::GroupCreate { .. }
             | ClientFrame::GroupAdd { .. }
             | ClientFrame::GroupRemove { .. }
@@ -434,6 +435,7 @@ impl Session {
             frame @ (ClientFrame::Conversations { .. }
             | ClientFrame::Read { .. }
             | ClientFrame::ConversationHide { .. }
+            | ClientFrame::ConversationMute { .. }
             | ClientFrame::GroupReceipts { .. }) => self.conv_frame(id, frame),
             ClientFrame::Typing { target } => self.typing(id, target),
             frame => return Some(Step::Async(id, frame)),

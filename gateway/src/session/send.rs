@@ -92,6 +92,7 @@ impl Session {
         target: Target,
         text: String,
         cmid: protocol::ClientMsgId,
+        mentions: Vec<protocol::UserId>,
     ) {
         let cfg = &self.state.config;
         if text.is_empty() {
@@ -151,7 +152,19 @@ impl Session {
             }
             // Membership is checked against the gateway's copy of the group: no round trip.
             Target::Group(group) => match self.state.groups.cached_record(group) {
-                Some(Some(record)) if record.is_member(&me) => Conversation::Group(group.clone()),
+                Some(Some(record)) if record.is_member(&me) => {
+                    // Mentions name members: anyone else would be told of a group they are not in.
+                    if let Some(stranger) = mentions.iter().find(|u| !record.is_member(u)) {
+                        return self.error(
+                            id,
+                            ErrorCode::BadRequest,
+                            format!(
+                                "{stranger} is not a member of this group; mention members only"
+                            ),
+                        );
+                    }
+                    Conversation::Group(group.clone())
+                }
                 _ => {
                     return self.error(id, ErrorCode::Forbidden, "not a member of this group");
                 }
@@ -167,7 +180,8 @@ impl Session {
                 }
             },
         };
-        let msg = stored_message(me, &target, text, cmid.clone());
+        let mut msg = stored_message(me, &target, text, cmid.clone());
+        msg.mentions = mentions;
         // The future holds the shared state (one pointer), not clones of the publisher and the
         // checker (half a kilobyte), and boxes the content check and the publish's retry and
         // duplicate paths: at about 650 bytes it stays within glibc's per-thread cache (1 KiB); at

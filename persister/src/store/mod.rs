@@ -334,6 +334,7 @@ impl MessageColumns {
     pub fn into_msg(self) -> Result<StoredMessage, StoreError> {
         let bad = |e: protocol::IdError| StoreError::Corrupt(e.to_string());
         Ok(StoredMessage {
+            mentions: Vec::new(),
             from: UserId::parse(self.sender).map_err(bad)?,
             room: self.room.map(RoomId::parse).transpose().map_err(bad)?,
             to: self.recipient.map(UserId::parse).transpose().map_err(bad)?,

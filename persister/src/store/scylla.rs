@@ -624,6 +624,7 @@ mod tests {
             conv,
             seq,
             msg: StoredMessage {
+                mentions: Vec::new(),
                 from: UserId::parse("alice").unwrap(),
                 room: room.map(|r| RoomId::parse(r).unwrap()),
                 to: to.map(|t| UserId::parse(t).unwrap()),

@@ -460,6 +460,7 @@ mod tests {
             owner: None,
         };
         let msg = protocol::StoredMessage {
+            mentions: Vec::new(),
             from: UserId::parse("alice").unwrap(),
             room: None,
             to: None,

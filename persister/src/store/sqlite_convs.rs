@@ -388,6 +388,7 @@ pub fn list(
         let is_group = group.is_some();
         items.push(ConvItem {
             group,
+            muted: false,
             with,
             name: if is_group { row.name } else { None },
             last: Some(last),

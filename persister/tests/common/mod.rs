@@ -23,6 +23,7 @@ pub async fn create_stream(js: &jetstream::Context) -> anyhow::Result<()> {
 /// A room message from `from` with client id `cmid`.
 pub fn room_msg(room: &str, from: &str, cmid: &str) -> StoredMessage {
     StoredMessage {
+        mentions: Vec::new(),
         from: UserId::parse(from).unwrap(),
         room: Some(RoomId::parse(room).unwrap()),
         to: None,

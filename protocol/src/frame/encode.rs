@@ -34,6 +34,7 @@ impl ClientFrame {
             ClientFrame::Conversations { .. } => "conversations",
             ClientFrame::Read { .. } => "read",
             ClientFrame::ConversationHide { .. } => "conversation_hide",
+            ClientFrame::ConversationMute { .. } => "conversation_mute",
             ClientFrame::GroupReceipts { .. } => "group_receipts",
             ClientFrame::Typing { .. } => "typing",
         }
@@ -94,6 +95,7 @@ impl ClientFrame {
                 target,
                 text,
                 client_msg_id,
+                mentions,
             } => {
                 match target {
                     Target::Room(r) => put("room", json!(r)),
@@ -102,6 +104,9 @@ impl ClientFrame {
                 }
                 put("text", json!(text));
                 put("client_msg_id", json!(client_msg_id));
+                if !mentions.is_empty() {
+                    put("mentions", users_json(mentions));
+                }
             }
             ClientFrame::Ping => {}
             ClientFrame::GroupCreate {
@@ -143,6 +148,10 @@ impl ClientFrame {
             }
             ClientFrame::ConversationHide { target } | ClientFrame::Typing { target } => {
                 put_conv(&mut put, target);
+            }
+            ClientFrame::ConversationMute { target, muted } => {
+                put_conv(&mut put, target);
+                put("muted", json!(muted));
             }
             ClientFrame::GroupReceipts { group, seq } => {
                 put("group", json!(group));

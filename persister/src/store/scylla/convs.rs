@@ -757,6 +757,7 @@ impl ScyllaStore {
             let is_group = group.is_some();
             items.push(ConvItem {
                 group,
+                muted: false,
                 with,
                 name: if is_group { head.name.clone() } else { None },
                 last,
@@ -799,6 +800,7 @@ mod tests {
             conv: conv.clone(),
             seq,
             msg: StoredMessage {
+                mentions: Vec::new(),
                 from: u(from),
                 room: None,
                 to,
