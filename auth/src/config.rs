@@ -98,6 +98,93 @@ pub struct ContentCheck {
     pub fail: FailPolicy,
 }
 
+/// What a notification is about, and so which template it uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum NotifyKind {
+    /// A direct message.
+    Dm,
+    /// A group message that mentions the user.
+    Mention,
+}
+
+/// What a template data field is filled with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldSource {
+    /// The sender's user id.
+    Sender,
+    /// The message text, scrubbed and cut to the field's limit.
+    Text,
+    /// When it was sent, `YYYY-MM-DD HH:MM` in China Standard Time.
+    Time,
+    /// The group's name for a mention, the sender for a direct message.
+    Conversation,
+}
+
+/// One subscribe-message template and how its data fields are filled.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Template {
+    pub kind: NotifyKind,
+    pub id: String,
+    /// `(key, source)`, for example `("thing1", Sender)`.
+    pub fields: Vec<(String, FieldSource)>,
+}
+
+/// Default field mapping of a template: `thing1=sender,thing2=text,time3=time`.
+pub const DEFAULT_NOTIFY_FIELDS: &str = "thing1=sender,thing2=text,time3=time";
+/// Default time without a connection before a user is notified.
+pub const DEFAULT_NOTIFY_OFFLINE_AFTER_SECS: u64 = 30;
+/// Default page a notification opens.
+pub const DEFAULT_NOTIFY_PAGE: &str = "pages/chat/chat";
+
+/// Offline notifications through WeChat subscribe messages (`notify`).
+#[derive(Debug, Clone)]
+pub struct Notify {
+    /// One per kind configured.
+    pub templates: Vec<Template>,
+    /// `NOTIFY_OFFLINE_AFTER_SECS`: how long a user must have had no connection.
+    pub offline_after: Duration,
+    /// `AUTH_NOTIFY_PAGE`: the mini-program page a notification opens, given `?with=` or `?group=`.
+    pub page: String,
+    /// `AUTH_NOTIFY_MINIPROGRAM_STATE`: `formal` (default), `trial` or `developer`.
+    pub miniprogram_state: String,
+}
+
+impl Notify {
+    pub fn template(&self, kind: NotifyKind) -> Option<&Template> {
+        self.templates.iter().find(|t| t.kind == kind)
+    }
+}
+
+/// Parses `thing1=sender,thing2=text,time3=time`.
+pub fn parse_fields(v: &str) -> Result<Vec<(String, FieldSource)>, String> {
+    let mut out = Vec::new();
+    for pair in v.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (key, source) = pair
+            .split_once('=')
+            .ok_or_else(|| format!("expected key=source, got {pair:?}"))?;
+        let key = key.trim();
+        if key.is_empty() || !key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+            return Err(format!("{key:?} is not a template data key"));
+        }
+        let source = match source.trim() {
+            "sender" => FieldSource::Sender,
+            "text" => FieldSource::Text,
+            "time" => FieldSource::Time,
+            "conversation" => FieldSource::Conversation,
+            other => {
+                return Err(format!(
+                    "unknown source {other:?}: use sender, text, time or conversation"
+                ));
+            }
+        };
+        out.push((key.to_owned(), source));
+    }
+    if out.is_empty() {
+        return Err("map at least one field".into());
+    }
+    Ok(out)
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
     /// Address `main` binds (`AUTH_LISTEN`).
@@ -141,6 +228,9 @@ pub struct Config {
     pub trust_forwarded_for: bool,
     /// The content-check service (`AUTH_CONTENT_CHECK=1`); needs WeChat credentials and NATS.
     pub content_check: Option<ContentCheck>,
+    /// Offline notifications, on when a template is configured (`AUTH_NOTIFY_DM_TEMPLATE`,
+    /// `AUTH_NOTIFY_MENTION_TEMPLATE`); needs WeChat credentials, Redis and NATS.
+    pub notify: Option<Notify>,
 }
 
 /// The configuration variables that cannot be used, each named.
@@ -166,6 +256,7 @@ impl Default for Config {
             login_per_code: DEFAULT_LOGIN_PER_CODE,
             trust_forwarded_for: false,
             content_check: None,
+            notify: None,
         }
     }
 }
@@ -284,6 +375,52 @@ impl Config {
                 fail,
             });
         }
+        let mut templates = Vec::new();
+        for (kind, id_var, fields_var) in [
+            (
+                NotifyKind::Dm,
+                "AUTH_NOTIFY_DM_TEMPLATE",
+                "AUTH_NOTIFY_DM_FIELDS",
+            ),
+            (
+                NotifyKind::Mention,
+                "AUTH_NOTIFY_MENTION_TEMPLATE",
+                "AUTH_NOTIFY_MENTION_FIELDS",
+            ),
+        ] {
+            let fields = env
+                .with(fields_var, parse_fields)
+                .unwrap_or_else(|| parse_fields(DEFAULT_NOTIFY_FIELDS).unwrap_or_default());
+            if let Some(id) = env.string(id_var) {
+                templates.push(Template {
+                    kind,
+                    id: id.trim().to_owned(),
+                    fields,
+                });
+            }
+        }
+        let offline_after = env
+            .unsigned("NOTIFY_OFFLINE_AFTER_SECS")
+            .unwrap_or(DEFAULT_NOTIFY_OFFLINE_AFTER_SECS);
+        let page = env
+            .string("AUTH_NOTIFY_PAGE")
+            .unwrap_or_else(|| DEFAULT_NOTIFY_PAGE.into());
+        let state = match env.mode(
+            "AUTH_NOTIFY_MINIPROGRAM_STATE",
+            &["formal", "trial", "developer"],
+        ) {
+            Some(1) => "trial",
+            Some(2) => "developer",
+            _ => "formal",
+        };
+        if !templates.is_empty() {
+            c.notify = Some(Notify {
+                templates,
+                offline_after: Duration::from_secs(offline_after),
+                page: page.trim_start_matches('/').to_owned(),
+                miniprogram_state: state.to_owned(),
+            });
+        }
         // The checks across variables only mean something once each variable was readable.
         let c = env.finish(c)?;
         c.validate()?;
@@ -303,6 +440,24 @@ impl Config {
                 return Err(ConfigError::one(
                     "AUTH_USER_ID_SECRET",
                     "WeChat login derives user ids with this key; set it (at least 16 bytes)",
+                ));
+            }
+        }
+        if self.notify.is_some() {
+            let missing = if self.wechat.is_none() {
+                Some("AUTH_WECHAT_APPID")
+            } else if self.redis_url.is_none() {
+                Some("AUTH_REDIS_URL")
+            } else if self.nats_url.is_none() {
+                Some("AUTH_NATS_URL")
+            } else {
+                None
+            };
+            if let Some(var) = missing {
+                return Err(ConfigError::one(
+                    var,
+                    "offline notifications send through WeChat, count grants in Redis and read \
+                     the stream over NATS; set it",
                 ));
             }
         }

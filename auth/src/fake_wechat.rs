@@ -16,6 +16,11 @@
 //! `stable_token` hands out `tok-1`, `tok-2`, …; `msg_sec_check` answers `40001` for a token revoked with
 //! [`FakeWeChat::revoke_token`], else by the text: `risky`, `review`, `apifail` (`-1`), `quota` (`45009`),
 //! otherwise `pass`. Every call is counted.
+//!
+//! `subscribeMessage.send` (`/cgi-bin/message/subscribe/send`) answers `40001` for a revoked token;
+//! otherwise the next answer scripted for the `touser` with [`FakeWeChat::script_send`] (an
+//! errcode, or [`HTTP_502`] for a gateway error with an HTML body), and `ok` when none is left.
+//! Every send it answers `ok` is kept ([`FakeWeChat::sent`]).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -30,6 +35,10 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{Value, json};
 
+/// A scripted answer of `subscribe/send` that is not an errcode: HTTP 502 with an HTML body, as a
+/// proxy in front of WeChat failing.
+pub const HTTP_502: i64 = 502;
+
 /// Part of every session_key the fake hands out, so tests can look for it in logs and bodies.
 pub const SESSION_KEY_MARK: &str = "FAKESESSIONKEY";
 
@@ -40,6 +49,9 @@ struct Fake {
     check_calls: AtomicUsize,
     revoked: Mutex<HashSet<String>>,
     last_check: Mutex<Option<Value>>,
+    send_script: Mutex<HashMap<String, std::collections::VecDeque<i64>>>,
+    sent: Mutex<Vec<Value>>,
+    send_calls: AtomicUsize,
 }
 
 pub struct FakeWeChat {
@@ -61,6 +73,7 @@ impl FakeWeChat {
             .route("/sns/jscode2session", get(code2session))
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/wxa/msg_sec_check", post(msg_sec_check))
+            .route("/cgi-bin/message/subscribe/send", post(subscribe_send))
             .with_state(fake.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
@@ -95,6 +108,25 @@ impl FakeWeChat {
     /// Makes `msg_sec_check` answer 40001 for this access token from now on.
     pub fn revoke_token(&self, token: &str) {
         lock(&self.fake.revoked).insert(token.to_owned());
+    }
+
+    /// Makes the next `subscribe/send` calls to `openid` answer these errcodes, in order.
+    pub fn script_send(&self, openid: &str, answers: &[i64]) {
+        lock(&self.fake.send_script)
+            .entry(openid.to_owned())
+            .or_default()
+            .extend(answers);
+    }
+
+    /// The bodies of the subscribe messages answered `ok`, in order, each with its token under
+    /// `access_token`.
+    pub fn sent(&self) -> Vec<Value> {
+        lock(&self.fake.sent).clone()
+    }
+
+    /// `subscribe/send` calls, whatever their answer.
+    pub fn send_calls(&self) -> usize {
+        self.fake.send_calls.load(Ordering::SeqCst)
     }
 
     /// The body of the last `msg_sec_check`, with the token under `access_token`.
@@ -213,4 +245,34 @@ async fn msg_sec_check(
         "detail": [{"strategy": "content_model", "errcode": 0, "suggest": suggest, "label": label, "prob": 90}]
     }))
     .into_response()
+}
+
+async fn subscribe_send(
+    State(fake): State<Arc<Fake>>,
+    Query(q): Query<HashMap<String, String>>,
+    Json(mut body): Json<Value>,
+) -> Response {
+    fake.send_calls.fetch_add(1, Ordering::SeqCst);
+    let token = q.get("access_token").cloned().unwrap_or_default();
+    if token.is_empty() || lock(&fake.revoked).contains(&token) {
+        return Json(json!({"errcode": 40001, "errmsg": "invalid credential, rid: fake"}))
+            .into_response();
+    }
+    let touser = body["touser"].as_str().unwrap_or_default().to_owned();
+    let scripted = lock(&fake.send_script)
+        .get_mut(&touser)
+        .and_then(std::collections::VecDeque::pop_front);
+    match scripted {
+        Some(HTTP_502) => (StatusCode::BAD_GATEWAY, "<html>bad gateway</html>").into_response(),
+        Some(errcode) if errcode != 0 => Json(json!({
+            "errcode": errcode,
+            "errmsg": format!("error {errcode}, rid: fake")
+        }))
+        .into_response(),
+        _ => {
+            body["access_token"] = json!(token);
+            lock(&fake.sent).push(body);
+            Json(json!({"errcode": 0, "errmsg": "ok"})).into_response()
+        }
+    }
 }

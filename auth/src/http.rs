@@ -30,6 +30,7 @@ pub fn app(state: AppState) -> Router {
         .route("/api/refresh", post(refresh))
         .route("/api/logout", post(logout))
         .route("/api/keys", get(keys))
+        .route("/api/notify/grants", post(crate::notify::grants::report))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -6,6 +6,9 @@
 //! The tokens themselves are the `token` crate's: gateways link that crate alone for
 //! [`token::KeySet::verify`], and make no call to this service per connection.
 //!
+//! With a subscribe-message template configured it also runs the notifier, which tells offline
+//! users of direct messages and mentions through WeChat ([`notify`]).
+//!
 //! The development login (`POST /api/login {"dev_user": …}`) is only there when the service is started
 //! with the explicit dev flag. See `docs/wechat.md`.
 
@@ -17,6 +20,7 @@ pub mod http;
 pub mod keyring;
 pub mod login;
 pub mod metrics;
+pub mod notify;
 pub mod state;
 pub mod store;
 pub mod wechat;
@@ -44,15 +48,29 @@ pub async fn start(config: Config) -> anyhow::Result<http::AppState> {
             .context("AUTH_NATS_URL")?;
         state.nats = Some(nats.client);
     }
-    if let (Some(settings), Some(nats), Some(store), Some(wechat)) = (
+    // One access token holder for the process: the content check and the notifier share it.
+    let tokens = state
+        .wechat
+        .clone()
+        .map(|w| Arc::new(wechat::TokenHolder::new(w)));
+    if let (Some(settings), Some(nats), Some(store), Some(tokens)) = (
+        state.config.notify.clone(),
+        state.nats.clone(),
+        state.store.clone(),
+        tokens.clone(),
+    ) {
+        let task = notify::spawn(settings, tokens, store, state.metrics.clone(), nats);
+        state.notifier = Some(task.abort_handle());
+    }
+    if let (Some(settings), Some(nats), Some(store), Some(tokens)) = (
         state.config.content_check.clone(),
         state.nats.clone(),
         state.store.clone(),
-        state.wechat.clone(),
+        tokens,
     ) {
         let checker = content::Checker {
             settings,
-            tokens: Arc::new(wechat::TokenHolder::new(wechat)),
+            tokens,
             store,
             metrics: state.metrics.clone(),
         };

@@ -1,6 +1,6 @@
 //! Prometheus metrics of the auth service. Labels are bounded: results and API names, never users.
 
-use prometheus::{HistogramOpts, HistogramVec, IntCounterVec, Opts, Registry};
+use prometheus::{HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry};
 
 pub struct Metrics {
     pub registry: Registry,
@@ -16,6 +16,14 @@ pub struct Metrics {
     pub content_checks: IntCounterVec,
     /// Time the content-check service takes to answer, by decision: the latency it adds to a send.
     pub content_check_seconds: HistogramVec,
+    /// Subscribe messages sent by the notifier.
+    pub notify_sent: IntCounter,
+    /// Notifications not sent, by reason (`online`, `recently_online`, `muted`, `coalesced`,
+    /// `no_grant`, `no_openid`, `sender`, `no_template`).
+    pub notify_skipped: IntCounterVec,
+    /// Notifications WeChat did not send, by errcode (`43101`, `47003`, `45009`, `43108`,
+    /// `token`, `network`, `other`).
+    pub notify_failed: IntCounterVec,
 }
 
 impl Metrics {
@@ -84,8 +92,29 @@ impl Metrics {
         registry
             .register(Box::new(build_info))
             .unwrap_or_else(|e| unreachable!("{e}"));
+        let notify_skipped = counter(
+            "auth_notify_skipped_total",
+            "Offline notifications not sent, by reason (online, recently_online, muted, coalesced, no_grant, no_openid, sender, no_template).",
+            &["reason"],
+        );
+        let notify_failed = counter(
+            "auth_notify_failed_total",
+            "Offline notifications WeChat did not send, by errcode (43101, 47003, 45009, 43108, token, network, other).",
+            &["errcode"],
+        );
+        let notify_sent = IntCounter::new(
+            "auth_notify_sent_total",
+            "Subscribe messages the notifier sent.",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
+        registry
+            .register(Box::new(notify_sent.clone()))
+            .unwrap_or_else(|e| unreachable!("{e}"));
         Self {
             registry,
+            notify_sent,
+            notify_skipped,
+            notify_failed,
             logins,
             refreshes,
             wechat_calls,

@@ -23,6 +23,8 @@ pub struct AppState {
     /// NATS, when `AUTH_NATS_URL` is set.
     pub nats: Option<async_nats::Client>,
     pub exchanges: Arc<Exchanges>,
+    /// The notifier's task, when it runs (`notify`): tests stop it to restart it.
+    pub notifier: Option<tokio::task::AbortHandle>,
 }
 
 impl AppState {
@@ -61,6 +63,7 @@ impl AppState {
             wechat,
             nats: None,
             exchanges: Arc::default(),
+            notifier: None,
         })
     }
 }

@@ -10,6 +10,8 @@
 //! | `auth:uf:<user>` | set of the user's families | refresh TTL |
 //! | `auth:rl:ip:<ip>` | login attempts this minute | 60 s |
 //! | `auth:rl:code:<sha256(code)>` | login attempts with this code | 300 s |
+//! | `auth:grants:<user>` | hash template id → one-time subscription grants left ([`MAX_GRANTS`] at most) | none |
+//! | `auth:notified:<user>:<conv>` | the user's `seen` time when they were last notified of the conversation | 30 days |
 //!
 //! Refresh tokens are stored only as hashes, so a copy of Redis holds no usable token.
 
@@ -28,6 +30,16 @@ pub const REDIS_TIMEOUT: Duration = Duration::from_secs(2);
 pub const IP_WINDOW_SECS: u64 = 60;
 /// Window of the per-code login limit: the life of a `wx.login` code.
 pub const CODE_WINDOW_SECS: u64 = 300;
+
+/// Most one-time grants kept per user and template: a user who taps "allow" a hundred times
+/// has a hundred notifications' worth, which is plenty.
+pub const MAX_GRANTS: u64 = 100;
+/// How long a conversation's "notified" mark lives without the user coming back.
+pub const NOTIFIED_TTL_SECS: u64 = 30 * 24 * 3600;
+
+/// Takes one grant if there is one: 1 when taken, 0 when none was left.
+const TAKE_GRANT: &str = "local n = tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') \
+    if n > 0 then redis.call('HINCRBY', KEYS[1], ARGV[1], -1) return 1 else return 0 end";
 
 /// Redis could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -271,6 +283,117 @@ impl Store {
             })
             .await?;
         Ok(families.len())
+    }
+}
+
+/// One-time subscription grants (`notify`).
+impl Store {
+    /// Records one accepted grant of each of `templates` for `user`; returns the counts after.
+    pub async fn add_grants(
+        &self,
+        user: &str,
+        templates: &[String],
+    ) -> Result<Vec<u64>, StoreError> {
+        let key = format!("auth:grants:{user}");
+        let counts: Vec<u64> = self
+            .run(|p| {
+                for t in templates {
+                    p.cmd("HINCRBY").arg(&key).arg(t).arg(1);
+                }
+            })
+            .await?;
+        let over: Vec<&String> = templates
+            .iter()
+            .zip(&counts)
+            .filter(|(_, n)| **n > MAX_GRANTS)
+            .map(|(t, _)| t)
+            .collect();
+        if !over.is_empty() {
+            let () = self
+                .run(|p| {
+                    for t in &over {
+                        p.cmd("HSET").arg(&key).arg(*t).arg(MAX_GRANTS).ignore();
+                    }
+                })
+                .await?;
+        }
+        Ok(counts.into_iter().map(|n| n.min(MAX_GRANTS)).collect())
+    }
+
+    /// The grants `user` has left for `template`.
+    pub async fn grants(&self, user: &str, template: &str) -> Result<u64, StoreError> {
+        let (n,): (Option<u64>,) = self
+            .run(|p| {
+                p.cmd("HGET")
+                    .arg(format!("auth:grants:{user}"))
+                    .arg(template);
+            })
+            .await?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Takes one grant of `template` from `user`, if any is left.
+    pub async fn take_grant(&self, user: &str, template: &str) -> Result<bool, StoreError> {
+        let (taken,): (i64,) = self
+            .run(|p| {
+                p.cmd("EVAL")
+                    .arg(TAKE_GRANT)
+                    .arg(1)
+                    .arg(format!("auth:grants:{user}"))
+                    .arg(template);
+            })
+            .await?;
+        Ok(taken == 1)
+    }
+
+    /// Gives back a grant taken for a send that WeChat did not make.
+    pub async fn return_grant(&self, user: &str, template: &str) -> Result<(), StoreError> {
+        let (_,): (i64,) = self
+            .run(|p| {
+                p.cmd("HINCRBY")
+                    .arg(format!("auth:grants:{user}"))
+                    .arg(template)
+                    .arg(1);
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Forgets every grant of `template`: WeChat says the user holds none (43101).
+    pub async fn drop_grants(&self, user: &str, template: &str) -> Result<(), StoreError> {
+        let (_,): (i64,) = self
+            .run(|p| {
+                p.cmd("HDEL")
+                    .arg(format!("auth:grants:{user}"))
+                    .arg(template);
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The `seen` time recorded when `user` was last notified of `conv`.
+    pub async fn notified(&self, user: &str, conv: &str) -> Result<Option<u64>, StoreError> {
+        let (v,): (Option<u64>,) = self
+            .run(|p| {
+                p.cmd("GET").arg(format!("auth:notified:{user}:{conv}"));
+            })
+            .await?;
+        Ok(v)
+    }
+
+    /// Records that `user`, last seen at `seen`, was notified of `conv`.
+    pub async fn set_notified(&self, user: &str, conv: &str, seen: u64) -> Result<(), StoreError> {
+        let () = self
+            .run(|p| {
+                p.cmd("SET")
+                    .arg(format!("auth:notified:{user}:{conv}"))
+                    .arg(seen)
+                    .arg("EX")
+                    .arg(NOTIFIED_TTL_SECS)
+                    .ignore();
+            })
+            .await?;
+        Ok(())
     }
 }
 

@@ -228,11 +228,25 @@ impl WeChatClient {
     }
 }
 
+impl WeChatClient {
+    /// `POST /cgi-bin/message/subscribe/send`: one subscribe message (`body` is its JSON:
+    /// `touser`, `template_id`, `page`, `data`, `miniprogram_state`).
+    pub async fn subscribe_send(&self, access_token: &str, body: &Value) -> Result<(), WxError> {
+        let url = format!("{}/cgi-bin/message/subscribe/send", self.config.api_base);
+        let req = self
+            .http
+            .post(url)
+            .query(&[("access_token", access_token)])
+            .json(body);
+        self.call("subscribe_send", req).await.map(|_| ())
+    }
+}
+
 /// The errcodes this service knows get their own label; others share one, so the metric stays bounded.
 fn bounded_errcode(errcode: i64) -> String {
-    const KNOWN: [i64; 16] = [
-        -1, 40001, 40013, 40014, 40029, 40125, 40163, 40164, 40226, 41002, 41004, 42001, 44991,
-        45009, 45011, 61010,
+    const KNOWN: [i64; 20] = [
+        -1, 40001, 40013, 40014, 40029, 40125, 40163, 40164, 40226, 41002, 41004, 42001, 43101,
+        43108, 44991, 45009, 45011, 47003, 61010, 40037,
     ];
     if KNOWN.contains(&errcode) {
         errcode.to_string()
