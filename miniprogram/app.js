@@ -14,6 +14,9 @@ App({
     // wx.login runs once; afterwards the stored refresh token is rotated, and wx.login runs again only if
     // the refresh is refused.
     const auth = new Auth({ transport, authUrl: config.authUrl, login: 'wechat', storage });
+    // Pages read these: the chat page asks for notification grants on a send tap (notify.js).
+    this.config = config;
+    this.auth = auth;
     this.client = new Client({ url: config.gatewayUrl, transport, auth, storage, options: config.options || {} });
     // wx.onAppHide closes the socket after the grace, wx.onAppShow resumes, wx.onNetworkStatusChange
     // reconnects at once: App.onShow and App.onHide have nothing left to do.

@@ -5,4 +5,7 @@ module.exports = {
   gatewayUrl: 'wss://chat.example.com/ws',
   // Client options of liaotian-client (CLIENT_DEFAULTS); empty keeps its defaults.
   options: {},
+  // One-time subscribe-message template ids to ask for when the user taps send (at most 5): the
+  // server's AUTH_NOTIFY_DM_TEMPLATE and AUTH_NOTIFY_MENTION_TEMPLATE. Empty asks for nothing.
+  notifyTemplates: [],
 };

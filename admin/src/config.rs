@@ -28,6 +28,8 @@ pub struct Config {
     pub access_ttl_secs: u64,
     /// The gateway settings this service shares (NATS, stream, groups, text limit).
     pub gateway: gateway::Config,
+    /// The webhook relay (`WEBHOOK_URL` and the rest), when set.
+    pub webhook: Option<crate::webhook::Settings>,
 }
 
 impl Config {
@@ -49,12 +51,14 @@ impl Config {
         let access_ttl_secs = env
             .positive("AUTH_ACCESS_TTL_SECS")
             .unwrap_or(auth::config::DEFAULT_ACCESS_TTL_SECS);
+        let webhook = crate::webhook::settings(&mut env);
         env.finish(Config {
             listen,
             keys,
             redis_url,
             access_ttl_secs,
             gateway,
+            webhook,
         })
     }
 }
@@ -106,5 +110,45 @@ mod tests {
         assert_eq!(c.gateway.group_max_members, 20);
         assert_eq!(c.access_ttl_secs, 60);
         assert_eq!(c.listen, DEFAULT_LISTEN);
+        assert!(c.webhook.is_none());
+        let hook = |vars: &[(&str, &str)]| {
+            let mut all = vec![("ADMIN_KEYS", long.as_str())];
+            all.extend_from_slice(vars);
+            cfg(&all)
+        };
+        assert_eq!(
+            hook(&[("WEBHOOK_URL", "https://app.example/hook")])
+                .unwrap_err()
+                .vars(),
+            ["WEBHOOK_SECRET"]
+        );
+        let secret = "s".repeat(32);
+        let w = hook(&[
+            ("WEBHOOK_URL", "https://app.example/hook"),
+            ("WEBHOOK_SECRET", &secret),
+            ("WEBHOOK_EVENTS", "message, presence"),
+            ("WEBHOOK_MAX_ATTEMPTS", "99"),
+        ])
+        .unwrap()
+        .webhook
+        .unwrap();
+        assert_eq!(w.kinds.len(), 2);
+        assert_eq!(w.max_attempts, 10, "bounded");
+        assert_eq!(
+            hook(&[("WEBHOOK_URL", "ftp://x"), ("WEBHOOK_SECRET", &secret)])
+                .unwrap_err()
+                .vars(),
+            ["WEBHOOK_URL"]
+        );
+        assert_eq!(
+            hook(&[
+                ("WEBHOOK_URL", "https://x"),
+                ("WEBHOOK_SECRET", &secret),
+                ("WEBHOOK_EVENTS", "typing")
+            ])
+            .unwrap_err()
+            .vars(),
+            ["WEBHOOK_EVENTS"]
+        );
     }
 }

@@ -6,10 +6,11 @@
 //! publishing, presence and history, so a change made here follows the same steps as a member's,
 //! and auth's for the access bucket and the refresh-token store. It is its own process so that the
 //! gateway holds no secret and no database, and auth, which holds the WeChat secret, takes no
-//! server key. See `docs/operations.md`, "Admin API".
+//! server key. With `WEBHOOK_URL` set it also runs the webhook relay ([`webhook`]), which sends
+//! events out to the app backend. See `docs/operations.md`, "Admin API" and "Webhooks".
 //!
 //! Map: [`routes`] (the `/v1` handlers), [`key`] (the server key check), [`doc`] (the OpenAPI
-//! document), [`config`], [`state`], [`metrics`].
+//! document), [`webhook`] (events out), [`config`], [`state`], [`metrics`].
 
 pub mod config;
 pub mod doc;
@@ -17,6 +18,7 @@ pub mod key;
 pub mod metrics;
 pub mod routes;
 pub mod state;
+pub mod webhook;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -37,6 +39,8 @@ pub use state::AppState;
 /// Connects to NATS and opens what the routes use. The buckets are created when absent, so the
 /// admin service may start before any gateway.
 pub async fn start(config: Config) -> anyhow::Result<AppState> {
+    // The webhook relay's HTTPS client needs the process-wide crypto provider.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let gw = &config.gateway;
     let svc::nats::Connection {
         client: nats,
@@ -97,6 +101,15 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
             )
         })
         .transpose()?;
+    let metrics = Arc::new(metrics::Metrics::new());
+    if let Some(settings) = config.webhook.clone() {
+        let relay = webhook::relay::Relay::new(settings, nats.clone(), metrics.clone())?;
+        tokio::spawn(async move {
+            if let Err(e) = relay.run().await {
+                tracing::error!(error = %format!("{e:#}"), "webhook relay stopped");
+            }
+        });
+    }
     Ok(AppState::new(state::Inner {
         config,
         nats,
@@ -105,7 +118,7 @@ pub async fn start(config: Config) -> anyhow::Result<AppState> {
         backlog,
         presence,
         store,
-        metrics: Arc::new(metrics::Metrics::new()),
+        metrics,
     }))
 }
 

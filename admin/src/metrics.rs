@@ -9,6 +9,12 @@ pub struct Metrics {
     pub requests: IntCounterVec,
     /// Messages the API stored (a repeated idempotency key included).
     pub published: IntCounter,
+    /// Webhook events the endpoint took (2xx), by type.
+    pub webhook_delivered: IntCounterVec,
+    /// Webhook requests made again after a failure.
+    pub webhook_retries: IntCounter,
+    /// Webhook events given up on after every attempt and stored in `WEBHOOK_DEAD`, by type.
+    pub webhook_dead_letters: IntCounterVec,
 }
 
 impl Metrics {
@@ -33,10 +39,30 @@ impl Metrics {
         )
         .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let vec = |name: &str, help: &str| {
+            IntCounterVec::new(Opts::new(name, help), &["type"])
+                .unwrap_or_else(|e| unreachable!("static metric definition: {e}"))
+        };
+        let webhook_delivered = vec(
+            "admin_webhook_delivered_total",
+            "Webhook events the endpoint took (2xx), by type.",
+        );
+        let webhook_dead_letters = vec(
+            "admin_webhook_dead_letters_total",
+            "Webhook events given up on after every attempt and kept in stream WEBHOOK_DEAD, by type.",
+        );
+        let webhook_retries = IntCounter::new(
+            "admin_webhook_retries_total",
+            "Webhook requests made again after a failure.",
+        )
+        .unwrap_or_else(|e| unreachable!("static metric definition: {e}"));
         for m in [
             Box::new(requests.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(published.clone()),
             Box::new(build),
+            Box::new(webhook_delivered.clone()),
+            Box::new(webhook_dead_letters.clone()),
+            Box::new(webhook_retries.clone()),
         ] {
             registry.register(m).unwrap_or_else(|e| unreachable!("{e}"));
         }
@@ -44,6 +70,9 @@ impl Metrics {
             registry,
             requests,
             published,
+            webhook_delivered,
+            webhook_retries,
+            webhook_dead_letters,
         }
     }
 }

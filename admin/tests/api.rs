@@ -27,6 +27,7 @@ impl Admin {
             redis_url: redis.map(|r| auth::config::Secret(r.url())),
             access_ttl_secs: 3600,
             gateway: stack.config(),
+            webhook: None,
         };
         let state = admin::start(config).await.expect("admin start");
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

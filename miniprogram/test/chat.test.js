@@ -319,3 +319,29 @@ test('the app lifecycle: hidden, the socket closes after the grace; shown, what 
   assert.equal(b.wx.live, 1);
   assert.ok(b.wx.maxLive <= 1 && a.wx.maxLive <= 1, `never two sockets at once (saw ${b.wx.maxLive})`);
 });
+
+test('a send tap asks for the notification templates, and the accepted ones are reported to auth as grants', async () => {
+  const a = user('grace', { notifyTemplates: ['tmpl-dm', 'tmpl-at'] });
+  const b = user('heidi');
+  await online(a, b);
+  a.wx.subscribeAnswers = { 'tmpl-at': 'reject' };
+  const pa = a.page('chat', { with: b.client.user });
+  type(pa, 'ping');
+  assert.deepEqual(a.wx.subscribeCalls, [['tmpl-dm', 'tmpl-at']], 'asked within the tap');
+  assert.deepEqual(await pa.notifyAsked, ['tmpl-dm'], 'only the accepted template is reported');
+  assert.ok(a.wx.requests.includes('/api/notify/grants'));
+  // The server counted it: a second report makes two.
+  const token = await a.app.auth.accessToken();
+  const r = await fetch(`${stack.authUrl}/api/notify/grants`, {
+    method: 'POST',
+    headers: { Authorization: `Bearer ${token}`, 'Content-Type': 'application/json' },
+    body: JSON.stringify({ template_ids: ['tmpl-dm'] }),
+  });
+  assert.equal((await r.json()).data.grants['tmpl-dm'], 2);
+  // Without templates configured, a tap asks for nothing.
+  const pb = b.page('chat', { with: a.client.user });
+  type(pb, 'pong');
+  assert.deepEqual(b.wx.subscribeCalls, []);
+  pa.onUnload();
+  pb.onUnload();
+});

@@ -30,11 +30,11 @@ function load(file, globals, modules = {}) {
  * Returns {wx, app, client, got, page(route, query)}; `got` holds every message and event the SDK
  * handed on, in order.
  */
-function launch({ name, stack, options = {}, wx }) {
+function launch({ name, stack, options = {}, wx, notifyTemplates = [] }) {
   let n = 0;
   const device = wx || createWx({ nextCode: () => `ok-${name}~${(n += 1)}` });
   let def = null;
-  const config = { authUrl: stack.authUrl, gatewayUrl: stack.wsUrl, options };
+  const config = { authUrl: stack.authUrl, gatewayUrl: stack.wsUrl, options, notifyTemplates };
   load(path.join(ROOT, 'app.js'), { wx: device, App: (d) => (def = d), console }, { './config': config });
   const app = def;
   app.onLaunch({ path: 'pages/list/list', scene: 1001 });

@@ -112,6 +112,9 @@ async function startStack() {
     AUTH_REDIS_URL: `redis://127.0.0.1:${redisPort}`,
     AUTH_NATS_URL: `nats://127.0.0.1:${natsPort}`,
     AUTH_LOGIN_PER_IP_PER_MIN: '1000',
+    // The notifier and the grants it counts (docs/wechat.md, "Offline notifications").
+    AUTH_NOTIFY_DM_TEMPLATE: 'tmpl-dm',
+    AUTH_NOTIFY_MENTION_TEMPLATE: 'tmpl-at',
   });
   await waitFor('auth', () => httpOk(`${authUrl}/healthz`));
 

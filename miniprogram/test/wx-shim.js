@@ -127,6 +127,15 @@ function createWx({ nextCode }) {
     offAppShow: off('appShow'),
     offNetworkStatusChange: off('network'),
 
+    /** What wx.requestSubscribeMessage answers per template id (`accept` when absent), and each call's ids. */
+    subscribeAnswers: {},
+    subscribeCalls: [],
+    requestSubscribeMessage({ tmplIds, success }) {
+      wx.subscribeCalls.push(tmplIds);
+      const res = { errMsg: 'requestSubscribeMessage:ok' };
+      for (const id of tmplIds) res[id] = wx.subscribeAnswers[id] || 'accept';
+      setImmediate(() => success(res));
+    },
     showToast: (o) => wx.toasts.push(o.title),
     navigateTo: (o) => wx.navigations.push(o.url),
     setNavigationBarTitle: () => {},

@@ -7,6 +7,7 @@
 'use strict';
 
 const { convKey } = require('liaotian-client');
+const { askForNotifications } = require('../../notify');
 
 /** Messages per history page. */
 const PAGE = 30;
@@ -183,6 +184,8 @@ Page({
   onSend() {
     const text = this.data.draft.trim();
     if (!text) return;
+    // Within the tap, as WeChat requires: ask to be told of replies while away.
+    this.notifyAsked = askForNotifications(wx, getApp());
     this.setData({ draft: '' });
     try {
       // The outbox keeps it, resent with its client_msg_id until acked; `outbox` events show its state.

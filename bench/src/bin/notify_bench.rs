@@ -1,0 +1,400 @@
+//! The notifier's throughput, and what it costs chat: auth in-process with the notifier, Redis and
+//! the local fake WeChat API (so WeChat's own time is not in the figures), a gateway in-process,
+//! one nats-server.
+//!
+//! 1. **send**: `recipients` offline users, each with a grant, get one direct message each; the
+//!    time until every one of them was sent gives decisions (with a WeChat send) per second.
+//! 2. **online**: 200 connected users get `5 × recipients` direct messages round robin; every
+//!    decision is "online, skip" (the most common one), per second.
+//! 3. **pairs**: `pairs` pairs of connected users send each other direct messages at 10 msgs/s
+//!    each for `secs` seconds, alternately without and with a notifier (off, on, off, on): send →
+//!    delivery latency and the CPU of this process (gateway and clients) per delivered message, so
+//!    each "on" run compares with the "off" run beside it. The notifier then runs as its own
+//!    process (`auth` from the same target directory, with a template), as in a deployment, and
+//!    its CPU per decision is reported apart. Every message of an "on" run is decided.
+//!
+//! ```text
+//! notify_bench [recipients] [pairs] [secs]
+//! ```
+
+// A benchmark binary prints its results on stdout for the operator.
+#![allow(clippy::print_stdout)]
+
+use std::time::Duration;
+use tokio::time::Instant;
+
+use anyhow::Context;
+use auth::config::{Notify, NotifyKind, Secret, Template, WeChat, parse_fields};
+use auth::fake_wechat::FakeWeChat;
+use futures_util::future::join_all;
+use serde_json::{Value, json};
+use testkit::{NatsServer, RedisServer, WsClient};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let arg = |i: usize, d: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|a| a.parse().ok())
+            .unwrap_or(d)
+    };
+    let (recipients, pairs, secs) = (arg(1, 2000), arg(2, 100), arg(3, 8));
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let nats = NatsServer::start()?;
+    let redis = RedisServer::start()?;
+    let fake = FakeWeChat::start().await;
+    let notify = Notify {
+        templates: vec![Template {
+            kind: NotifyKind::Dm,
+            id: "tmpl-dm".into(),
+            fields: parse_fields("thing1=sender,thing2=text,time3=time")
+                .map_err(anyhow::Error::msg)?,
+        }],
+        offline_after: Duration::from_secs(30),
+        page: "pages/chat/chat".into(),
+        miniprogram_state: "formal".into(),
+    };
+    let config = auth::Config {
+        wechat: Some(WeChat {
+            appid: "wx-bench".into(),
+            secret: Secret("bench-secret".into()),
+            api_base: fake.base_url(),
+            timeout: Duration::from_secs(2),
+            retry_delay: Duration::from_millis(50),
+        }),
+        user_id_secret: Some(Secret(b"bench-user-id-secret".to_vec())),
+        redis_url: Some(Secret(redis.url())),
+        nats_url: Some(nats.url()),
+        login_per_ip_per_min: 10_000_000,
+        login_per_code: 1000,
+        dev_login: true,
+        notify: Some(notify.clone()),
+        ..auth::Config::default()
+    };
+    let state = auth::start(config).await?;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let auth_url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(auth::serve(listener, state.clone(), std::future::pending()));
+    let gw_config = gateway::Config {
+        nats_url: nats.url(),
+        keys: gateway::config::KeySource::AuthUrl(auth_url.clone()),
+        rate_per_sec: 100_000.0,
+        rate_burst: 100_000.0,
+        user_sends_per_sec: 100_000.0,
+        user_send_burst: 100_000.0,
+        ..gateway::Config::default()
+    };
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let gw = listener.local_addr()?;
+    tokio::spawn(gateway::run(
+        listener,
+        gw_config,
+        token::KeySet::new("liaotian"),
+        std::future::pending(),
+    ));
+    let http = reqwest::Client::new();
+    let sender_token = login(&http, &auth_url, json!({"dev_user": "sender"})).await?;
+    let mut sender = connect(gw, &sender_token).await?;
+    // The notifier's consumer exists once auth saw stream CHAT, which the gateway created.
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await?);
+    for _ in 0..300 {
+        if let Ok(s) = js.get_stream("CHAT").await
+            && s.consumer_info(auth::notify::worker::CONSUMER)
+                .await
+                .is_ok()
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // 1. Offline recipients with a grant each: every decision sends.
+    let mut users = Vec::with_capacity(recipients);
+    for i in 0..recipients {
+        let (user, token) =
+            login_user(&http, &auth_url, json!({"code": format!("ok-r{i}")})).await?;
+        let r: Value = http
+            .post(format!("{auth_url}/api/notify/grants"))
+            .bearer_auth(&token)
+            .json(&json!({"template_ids": ["tmpl-dm"]}))
+            .send()
+            .await?
+            .json()
+            .await?;
+        anyhow::ensure!(r["code"] == 0, "grant: {r}");
+        users.push(user);
+    }
+    let m = state.metrics.clone();
+    let t = Instant::now();
+    let frames: Vec<Value> = users
+        .iter()
+        .enumerate()
+        .map(|(i, u)| json!({"type":"send","to":u,"text":"您有一条新消息","client_msg_id":format!("s{i}")}))
+        .collect();
+    send_all(&mut sender, frames).await?;
+    wait_until(
+        || m.notify_sent.get() >= recipients as u64,
+        Duration::from_secs(120),
+    )
+    .await?;
+    let send_rate = recipients as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "send: {recipients} decisions with a WeChat send in {:.2} s: {send_rate:.0} decisions/s (fake sends answered: {})",
+        t.elapsed().as_secs_f64(),
+        fake.sent().len()
+    );
+
+    // 2. Online recipients: every decision is "online".
+    let online: Vec<String> = (0..200).map(|i| format!("on{i}")).collect();
+    let mut conns = Vec::new();
+    for u in &online {
+        let token = login(&http, &auth_url, json!({"dev_user": u})).await?;
+        conns.push(connect(gw, &token).await?);
+    }
+    let n = recipients * 5;
+    let skipped = || m.notify_skipped.with_label_values(&["online"]).get();
+    let before = skipped();
+    let t = Instant::now();
+    let frames: Vec<Value> = (0..n)
+        .map(|i| json!({"type":"send","to":online[i % online.len()],"text":"hi","client_msg_id":format!("o{i}")}))
+        .collect();
+    send_all(&mut sender, frames).await?;
+    wait_until(|| skipped() - before >= n as u64, Duration::from_secs(120)).await?;
+    let online_rate = n as f64 / t.elapsed().as_secs_f64();
+    println!(
+        "online: {n} decisions (skip: online) in {:.2} s: {online_rate:.0} decisions/s",
+        t.elapsed().as_secs_f64()
+    );
+    drop(conns);
+
+    // 3. Pairs, with the notifier off and on, alternately.
+    let mut clients = Vec::new();
+    for i in 0..pairs {
+        for side in ["a", "b"] {
+            let token = login(&http, &auth_url, json!({"dev_user": format!("p{i}{side}")})).await?;
+            clients.push(connect(gw, &token).await?);
+        }
+    }
+    let mut clients: Vec<Option<WsClient>> = clients.into_iter().map(Some).collect();
+    // From here the notifier runs as a process of its own, as it does beside the gateways in a
+    // deployment: the in-process one stops, and each "on" round starts `auth` with a template.
+    if let Some(h) = &state.notifier {
+        h.abort();
+    }
+    let auth_bin = std::env::current_exe()?.with_file_name("auth");
+    anyhow::ensure!(
+        auth_bin.exists(),
+        "{} not found: build it with `cargo build --release -p auth`",
+        auth_bin.display()
+    );
+    let mut rows = Vec::new();
+    for (round, on) in [false, true, false, true].into_iter().enumerate() {
+        // A fresh consumer for each "on" round, so it decides this round's messages only.
+        let _ = js
+            .delete_consumer_from_stream(auth::notify::worker::CONSUMER, "CHAT")
+            .await;
+        let mut child = None;
+        let mut metrics_url = String::new();
+        if on {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            metrics_url = format!("http://127.0.0.1:{port}/metrics");
+            child = Some(
+                std::process::Command::new(&auth_bin)
+                    .env("AUTH_LISTEN", format!("127.0.0.1:{port}"))
+                    .env("AUTH_WECHAT_APPID", "wx-bench")
+                    .env("AUTH_WECHAT_SECRET", "bench-secret")
+                    .env("AUTH_WECHAT_API_BASE", fake.base_url())
+                    .env("AUTH_USER_ID_SECRET", "bench-user-id-secret")
+                    .env("AUTH_REDIS_URL", redis.url())
+                    .env("AUTH_NATS_URL", nats.url())
+                    .env("AUTH_NOTIFY_DM_TEMPLATE", "tmpl-dm")
+                    .env("RUST_LOG", "warn")
+                    .spawn()
+                    .context("starting the notifier")?,
+            );
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Ok(s) = js.get_stream("CHAT").await
+                    && s.consumer_info(auth::notify::worker::CONSUMER)
+                        .await
+                        .is_ok()
+                {
+                    break;
+                }
+                anyhow::ensure!(Instant::now() < deadline, "the notifier did not start");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        let pid = child.as_ref().map(std::process::Child::id);
+        let ncpu0 = pid
+            .and_then(bench::procstat::sample)
+            .map_or(0.0, |s| s.cpu_s);
+        let cpu0 = cpu();
+        let (lat, delivered) = pairs_round(&mut clients, secs, round).await?;
+        let cpu_s = cpu() - cpu0;
+        let ncpu = pid
+            .and_then(bench::procstat::sample)
+            .map_or(0.0, |s| s.cpu_s)
+            - ncpu0;
+        let decided = if on {
+            let text = http.get(&metrics_url).send().await?.text().await?;
+            text.lines()
+                .find(|l| l.starts_with("auth_notify_skipped_total{reason=\"online\"}"))
+                .and_then(|l| l.split_whitespace().last())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0) as u64
+        } else {
+            0
+        };
+        if let Some(mut c) = child {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
+        let per = |s: f64| s * 1e6 / delivered.max(1) as f64;
+        println!(
+            "pairs notifier={} pairs={pairs} secs={secs} delivered={delivered} decided={decided} p50_ms={:.2} p99_ms={:.2} gateway_and_clients_cpu_us_per_delivery={:.1} notifier_cpu_us_per_decision={:.1}",
+            if on { "on" } else { "off" },
+            q(0.5),
+            q(0.99),
+            per(cpu_s),
+            ncpu * 1e6 / decided.max(1) as f64
+        );
+        rows.push((on, q(0.99), per(cpu_s)));
+    }
+    for pair in rows.chunks(2) {
+        if let [(false, p99_off, cpu_off), (true, p99_on, cpu_on)] = pair {
+            println!(
+                "on / off: p99 {:.2}, cpu per delivery {:.2}",
+                p99_on / p99_off,
+                cpu_on / cpu_off
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One round: each client sends to its partner at 10 msgs/s for `secs` s; returns the send →
+/// delivery latencies (ms, sorted) and the deliveries.
+async fn pairs_round(
+    clients: &mut [Option<WsClient>],
+    secs: usize,
+    round: usize,
+) -> anyhow::Result<(Vec<f64>, usize)> {
+    let mut tasks = Vec::new();
+    for (i, slot) in clients.iter_mut().enumerate() {
+        let mut c = slot.take().context("client")?;
+        let pair = i / 2;
+        let partner = if i % 2 == 0 {
+            format!("p{pair}b")
+        } else {
+            format!("p{pair}a")
+        };
+        tasks.push(tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(secs as u64);
+            let mut tick = tokio::time::interval(Duration::from_millis(100));
+            let mut lat = Vec::new();
+            let mut n = 0u64;
+            loop {
+                tokio::select! {
+                    _ = tick.tick(), if Instant::now() < until => {
+                        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros();
+                        c.send(json!({"type":"send","to":partner,"text":now.to_string(),"client_msg_id":format!("r{round}-{i}-{n}")})).await?;
+                        n += 1;
+                    }
+                    v = c.recv_timeout(Duration::from_secs(2)) => {
+                        let Ok(v) = v else { break };
+                        if v["type"] == "message" && v["from"] == partner.as_str() {
+                            let sent: u128 = v["text"].as_str().and_then(|t| t.parse().ok()).unwrap_or(0);
+                            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_micros();
+                            lat.push(now.saturating_sub(sent) as f64 / 1000.0);
+                        }
+                        if Instant::now() > until + Duration::from_secs(1) { break; }
+                    }
+                }
+            }
+            anyhow::Ok((c, lat))
+        }));
+    }
+    let mut all = Vec::new();
+    for (i, r) in join_all(tasks).await.into_iter().enumerate() {
+        let (c, lat) = r??;
+        clients[i] = Some(c);
+        all.extend(lat);
+    }
+    all.sort_by(f64::total_cmp);
+    let n = all.len();
+    anyhow::ensure!(n > 0, "nothing delivered");
+    Ok((all, n))
+}
+
+/// Sends `frames` in windows of 256, reading each window's acks before the next, so the sender's
+/// queue of answers never fills.
+async fn send_all(c: &mut WsClient, frames: Vec<Value>) -> anyhow::Result<()> {
+    for window in frames.chunks(256) {
+        for f in window {
+            c.send(f.clone()).await?;
+        }
+        let mut acks = 0;
+        while acks < window.len() {
+            let v = c.recv().await?;
+            match v["type"].as_str() {
+                Some("ack") => acks += 1,
+                Some("error") => anyhow::bail!("send refused: {v}"),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cpu() -> f64 {
+    bench::procstat::sample(std::process::id()).map_or(0.0, |s| s.cpu_s)
+}
+
+async fn wait_until(cond: impl Fn() -> bool, max: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + max;
+    while !cond() {
+        anyhow::ensure!(Instant::now() < deadline, "not done within {max:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(())
+}
+
+async fn connect(addr: std::net::SocketAddr, token: &str) -> anyhow::Result<WsClient> {
+    for _ in 0..200 {
+        if let Ok((c, _)) = WsClient::connect(addr, token).await {
+            return Ok(c);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("gateway did not come up")
+}
+
+async fn login_user(
+    http: &reqwest::Client,
+    auth_url: &str,
+    body: Value,
+) -> anyhow::Result<(String, String)> {
+    let body: Value = http
+        .post(format!("{auth_url}/api/login"))
+        .json(&body)
+        .send()
+        .await?
+        .json()
+        .await?;
+    let d = &body["data"];
+    Ok((
+        d["user"].as_str().context("user")?.to_owned(),
+        d["access_token"]
+            .as_str()
+            .with_context(|| format!("login failed: {body}"))?
+            .to_owned(),
+    ))
+}
+
+async fn login(http: &reqwest::Client, auth_url: &str, body: Value) -> anyhow::Result<String> {
+    Ok(login_user(http, auth_url, body).await?.1)
+}
