@@ -11,7 +11,9 @@
 //!    delivery latency and the CPU of this process (gateway and clients) per delivered message, so
 //!    each "on" run compares with the "off" run beside it. The notifier then runs as its own
 //!    process (`auth` from the same target directory, with a template), as in a deployment, and
-//!    its CPU per decision is reported apart. Every message of an "on" run is decided.
+//!    its CPU per decision is reported apart; so does the webhook relay's (`admin` with
+//!    `WEBHOOK_URL` at a local endpoint that takes every event). Every message of an "on" run is
+//!    decided and relayed.
 //!
 //! ```text
 //! notify_bench [recipients] [pairs] [secs]
@@ -20,6 +22,7 @@
 // A benchmark binary prints its results on stdout for the operator.
 #![allow(clippy::print_stdout)]
 
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -182,6 +185,28 @@ async fn main() -> anyhow::Result<()> {
         h.abort();
     }
     let auth_bin = std::env::current_exe()?.with_file_name("auth");
+    let admin_bin = std::env::current_exe()?.with_file_name("admin");
+    anyhow::ensure!(
+        admin_bin.exists(),
+        "{} not found: build it with `cargo build --release -p admin`",
+        admin_bin.display()
+    );
+    // The webhook endpoint: takes every event at once.
+    let hooks = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let sink_url = format!("http://{}/hook", sink.local_addr()?);
+    let counted = hooks.clone();
+    let app = axum::Router::new().route(
+        "/hook",
+        axum::routing::post(move || {
+            let counted = counted.clone();
+            async move {
+                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                axum::http::StatusCode::NO_CONTENT
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(sink, app).await });
     anyhow::ensure!(
         auth_bin.exists(),
         "{} not found: build it with `cargo build --release -p auth`",
@@ -193,7 +218,9 @@ async fn main() -> anyhow::Result<()> {
         let _ = js
             .delete_consumer_from_stream(auth::notify::worker::CONSUMER, "CHAT")
             .await;
+        let _ = js.delete_consumer_from_stream("webhook", "CHAT").await;
         let mut child = None;
+        let mut relay = None;
         let mut metrics_url = String::new();
         if on {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -214,12 +241,28 @@ async fn main() -> anyhow::Result<()> {
                     .spawn()
                     .context("starting the notifier")?,
             );
+            let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
+                .local_addr()?
+                .port();
+            relay = Some(
+                std::process::Command::new(&admin_bin)
+                    .env("ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+                    .env("ADMIN_KEYS", "bench-admin-key-0123456789abcdef0123")
+                    .env("NATS_URL", nats.url())
+                    .env("WEBHOOK_URL", &sink_url)
+                    .env("WEBHOOK_SECRET", "bench-webhook-secret-0123456789abcdef")
+                    .env("WEBHOOK_EVENTS", "message,membership")
+                    .env("RUST_LOG", "warn")
+                    .spawn()
+                    .context("starting the webhook relay")?,
+            );
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(s) = js.get_stream("CHAT").await
                     && s.consumer_info(auth::notify::worker::CONSUMER)
                         .await
                         .is_ok()
+                    && s.consumer_info("webhook").await.is_ok()
                 {
                     break;
                 }
@@ -228,6 +271,11 @@ async fn main() -> anyhow::Result<()> {
             }
         }
         let pid = child.as_ref().map(std::process::Child::id);
+        let rpid = relay.as_ref().map(std::process::Child::id);
+        let rcpu0 = rpid
+            .and_then(bench::procstat::sample)
+            .map_or(0.0, |s| s.cpu_s);
+        let hooks0 = hooks.load(std::sync::atomic::Ordering::Relaxed);
         let ncpu0 = pid
             .and_then(bench::procstat::sample)
             .map_or(0.0, |s| s.cpu_s);
@@ -238,6 +286,13 @@ async fn main() -> anyhow::Result<()> {
             .and_then(bench::procstat::sample)
             .map_or(0.0, |s| s.cpu_s)
             - ncpu0;
+        let rcpu = rpid
+            .and_then(bench::procstat::sample)
+            .map_or(0.0, |s| s.cpu_s)
+            - rcpu0;
+        // The relay finishes this round's events before they are counted.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let relayed = hooks.load(std::sync::atomic::Ordering::Relaxed) - hooks0;
         let decided = if on {
             let text = http.get(&metrics_url).send().await?.text().await?;
             text.lines()
@@ -248,19 +303,20 @@ async fn main() -> anyhow::Result<()> {
         } else {
             0
         };
-        if let Some(mut c) = child {
+        for mut c in [child, relay].into_iter().flatten() {
             let _ = c.kill();
             let _ = c.wait();
         }
         let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
         let per = |s: f64| s * 1e6 / delivered.max(1) as f64;
         println!(
-            "pairs notifier={} pairs={pairs} secs={secs} delivered={delivered} decided={decided} p50_ms={:.2} p99_ms={:.2} gateway_and_clients_cpu_us_per_delivery={:.1} notifier_cpu_us_per_decision={:.1}",
+            "pairs notifier_and_relay={} pairs={pairs} secs={secs} delivered={delivered} decided={decided} relayed={relayed} p50_ms={:.2} p99_ms={:.2} gateway_and_clients_cpu_us_per_delivery={:.1} notifier_cpu_us_per_decision={:.1} relay_cpu_us_per_event={:.1}",
             if on { "on" } else { "off" },
             q(0.5),
             q(0.99),
             per(cpu_s),
-            ncpu * 1e6 / decided.max(1) as f64
+            ncpu * 1e6 / decided.max(1) as f64,
+            rcpu * 1e6 / relayed.max(1) as f64
         );
         rows.push((on, q(0.99), per(cpu_s)));
     }
