@@ -164,12 +164,17 @@ pub async fn run_with_metrics(
     )
     .await?;
     let groups_watch = groups.start_watch(reconnects.clone());
-    let mutes = mutes::Mutes::ensure(&js, config.stream.replicas).await?;
+    // One reply subscription for every batched KV read of this gateway (`svc::kv`).
+    let live_keys = svc::kv::LiveKeys::new(nats.clone())
+        .await
+        .context("subscribing the KV read replies")?;
+    let mutes = mutes::Mutes::ensure(&js, config.stream.replicas, live_keys.clone()).await?;
     let mut hub = hub::Hub::new(nats.clone(), backlog.clone(), reconnects, metrics.clone());
     hub.set_departure_hook(presence.departure_hook());
     let shared_dm = hub.start_dm(config.dm_subscription);
     let user_limits = userlimit::UserLimits::new(
         nats.clone(),
+        live_keys,
         userlimit::Settings {
             max_connections: config.max_conns_per_user,
             sends_per_sec: config.user_sends_per_sec,

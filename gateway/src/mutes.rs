@@ -1,6 +1,6 @@
 //! Muted conversations at the edge: `conversation_mute` writes or deletes the user's key in KV
 //! bucket `mutes` (`protocol::mute`), and the conversation list marks the muted ones, read with
-//! one batched direct get per list (`svc::kv::live_keys`). The notifier reads the same keys.
+//! one batched direct get per list (`svc::kv::LiveKeys`). The notifier reads the same keys.
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -17,12 +17,16 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 #[derive(Clone)]
 pub struct Mutes {
     kv: kv::Store,
-    nats: async_nats::Client,
+    live: svc::kv::LiveKeys,
 }
 
 impl Mutes {
     /// Opens bucket `mutes`, creating it when absent.
-    pub async fn ensure(js: &jetstream::Context, replicas: usize) -> anyhow::Result<Self> {
+    pub async fn ensure(
+        js: &jetstream::Context,
+        replicas: usize,
+        live: svc::kv::LiveKeys,
+    ) -> anyhow::Result<Self> {
         let kv = svc::retry::with_attempts(
             "bucket mutes",
             5,
@@ -46,10 +50,7 @@ impl Mutes {
         )
         .await
         .map_err(|e| anyhow::anyhow!("bucket {BUCKET}: {e}"))?;
-        Ok(Self {
-            kv,
-            nats: js.client(),
-        })
+        Ok(Self { kv, live })
     }
 
     /// Mutes or unmutes `target` for `user`.
@@ -75,13 +76,10 @@ impl Mutes {
         if items.is_empty() {
             return;
         }
-        let keys = match svc::kv::live_keys(
-            &self.nats,
-            BUCKET,
-            &mute::user_filter(user),
-            mute::MAX_PER_USER,
-        )
-        .await
+        let keys = match self
+            .live
+            .read(BUCKET, &mute::user_filter(user), mute::MAX_PER_USER)
+            .await
         {
             Ok(keys) => keys,
             Err(e) => {

@@ -72,14 +72,16 @@ pub struct UserLimits {
     entries: Arc<Mutex<HashMap<UserId, Entry>>>,
     settings: Settings,
     nats: async_nats::Client,
+    live: svc::kv::LiveKeys,
 }
 
 impl UserLimits {
-    pub fn new(nats: async_nats::Client, settings: Settings) -> Self {
+    pub fn new(nats: async_nats::Client, live: svc::kv::LiveKeys, settings: Settings) -> Self {
         Self {
             entries: Arc::default(),
             settings,
             nats,
+            live,
         }
     }
 
@@ -92,7 +94,7 @@ impl UserLimits {
     /// When the count cannot be read (NATS away), the connection is admitted: the limit is a guard
     /// against abuse, not a reason to refuse everyone while the presence bucket is unreachable.
     pub async fn check(&self, user: &UserId) -> Result<Option<usize>, TooMany> {
-        let counted = match crate::presence::count::live_connections(&self.nats, user).await {
+        let counted = match crate::presence::count::live_connections(&self.live, user).await {
             Ok(n) => Some(n),
             Err(e) => {
                 tracing::debug!(%user, error = %e, "counting connections failed; admitting");
@@ -197,7 +199,7 @@ impl UserLimits {
     fn spawn_recount(&self, user: UserId) {
         let limits = self.clone();
         tokio::spawn(async move {
-            let counted = crate::presence::count::live_connections(&limits.nats, &user)
+            let counted = crate::presence::count::live_connections(&limits.live, &user)
                 .await
                 .ok();
             let now = Instant::now();

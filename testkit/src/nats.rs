@@ -42,6 +42,11 @@ impl NatsServer {
         self.port
     }
 
+    /// The server's process id, while it runs (for benchmarks that read its CPU time).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(std::process::Child::id)
+    }
+
     /// Kills the server abruptly (SIGKILL), keeping its store, as a crash would.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {

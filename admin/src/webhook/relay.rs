@@ -223,7 +223,7 @@ impl Relay {
                 16,
             )
             .await?;
-        let nats = self.js.client();
+        let live = svc::kv::LiveKeys::new(self.js.client()).await?;
         let mut conns: HashMap<String, HashSet<String>> = HashMap::new();
         loop {
             let mut msgs = match consumer.messages().await {
@@ -257,15 +257,10 @@ impl Relay {
                         Some("DEL" | "PURGE")
                     );
                 let live = || async {
-                    svc::kv::live_keys(
-                        &nats,
-                        protocol::presence::BUCKET,
-                        &format!("conn.{user}.*"),
-                        256,
-                    )
-                    .await
-                    .map(|k| k.len())
-                    .unwrap_or(1)
+                    live.read(protocol::presence::BUCKET, &format!("conn.{user}.*"), 256)
+                        .await
+                        .map(|k| k.len())
+                        .unwrap_or(1)
                 };
                 let event = if gone {
                     let set = conns.entry(user.clone()).or_default();

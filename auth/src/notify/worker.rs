@@ -72,6 +72,7 @@ pub struct Notifier {
     pub metrics: Arc<Metrics>,
     pub nats: async_nats::Client,
     presence: kv::Store,
+    live: svc::kv::LiveKeys,
     mutes: kv::Store,
     groups: kv::Store,
     locks: Arc<Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>>,
@@ -107,6 +108,7 @@ impl Notifier {
         let js = jetstream::new(nats.clone());
         Ok(Self {
             presence: bucket(&js, protocol::presence::BUCKET).await?,
+            live: svc::kv::LiveKeys::new(nats.clone()).await?,
             mutes: bucket(&js, protocol::mute::BUCKET).await?,
             groups: bucket(&js, protocol::group::BUCKET).await?,
             settings: Arc::new(settings),
@@ -236,13 +238,10 @@ impl Notifier {
         };
         let _serial = self.lock(user).await;
         // Online now, or lately?
-        match svc::kv::live_keys(
-            &self.nats,
-            protocol::presence::BUCKET,
-            &format!("conn.{user}.*"),
-            256,
-        )
-        .await
+        match self
+            .live
+            .read(protocol::presence::BUCKET, &format!("conn.{user}.*"), 256)
+            .await
         {
             Ok(keys) if !keys.is_empty() => return Decision::Skipped("online"),
             Ok(_) => {}

@@ -22,7 +22,6 @@
 // A benchmark binary prints its results on stdout for the operator.
 #![allow(clippy::print_stdout)]
 
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -191,27 +190,33 @@ async fn main() -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p admin`",
         admin_bin.display()
     );
-    // The webhook endpoint: takes every event at once.
-    let hooks = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    let sink = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let sink_url = format!("http://{}/hook", sink.local_addr()?);
-    let counted = hooks.clone();
-    let app = axum::Router::new().route(
-        "/hook",
-        axum::routing::post(move || {
-            let counted = counted.clone();
-            async move {
-                counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                axum::http::StatusCode::NO_CONTENT
-            }
-        }),
-    );
-    tokio::spawn(async move { axum::serve(sink, app).await });
-    anyhow::ensure!(
-        auth_bin.exists(),
-        "{} not found: build it with `cargo build --release -p auth`",
-        auth_bin.display()
-    );
+    // The webhook endpoint, a process of its own (so its CPU is not this one's): takes every
+    // event at once, and counts them in a file.
+    let sink_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let sink_url = format!("http://127.0.0.1:{sink_port}/hook");
+    let count_file =
+        std::env::temp_dir().join(format!("notify-bench-hooks-{}", std::process::id()));
+    let mut sink = std::process::Command::new("python3")
+        .args([
+            "-c",
+            SINK,
+            &sink_port.to_string(),
+            &count_file.display().to_string(),
+        ])
+        .spawn()
+        .context("starting the webhook sink (python3)")?;
+    let hooks = {
+        let f = count_file.clone();
+        move || {
+            std::fs::read_to_string(&f)
+                .ok()
+                .and_then(|s| s.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        }
+    };
+    let nats_pid = nats.pid().context("nats-server pid")?;
     let mut rows = Vec::new();
     for (round, on) in [false, true, false, true].into_iter().enumerate() {
         // A fresh consumer for each "on" round, so it decides this round's messages only.
@@ -275,7 +280,8 @@ async fn main() -> anyhow::Result<()> {
         let rcpu0 = rpid
             .and_then(bench::procstat::sample)
             .map_or(0.0, |s| s.cpu_s);
-        let hooks0 = hooks.load(std::sync::atomic::Ordering::Relaxed);
+        let hooks0 = hooks();
+        let nats0 = bench::procstat::sample(nats_pid).map_or(0.0, |s| s.cpu_s);
         let ncpu0 = pid
             .and_then(bench::procstat::sample)
             .map_or(0.0, |s| s.cpu_s);
@@ -292,7 +298,8 @@ async fn main() -> anyhow::Result<()> {
             - rcpu0;
         // The relay finishes this round's events before they are counted.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let relayed = hooks.load(std::sync::atomic::Ordering::Relaxed) - hooks0;
+        let relayed = hooks() - hooks0;
+        let nats_cpu = bench::procstat::sample(nats_pid).map_or(0.0, |s| s.cpu_s) - nats0;
         let decided = if on {
             let text = http.get(&metrics_url).send().await?.text().await?;
             text.lines()
@@ -310,27 +317,57 @@ async fn main() -> anyhow::Result<()> {
         let q = |p: f64| lat[((lat.len() as f64 - 1.0) * p) as usize];
         let per = |s: f64| s * 1e6 / delivered.max(1) as f64;
         println!(
-            "pairs notifier_and_relay={} pairs={pairs} secs={secs} delivered={delivered} decided={decided} relayed={relayed} p50_ms={:.2} p99_ms={:.2} gateway_and_clients_cpu_us_per_delivery={:.1} notifier_cpu_us_per_decision={:.1} relay_cpu_us_per_event={:.1}",
+            "pairs notifier_and_relay={} pairs={pairs} secs={secs} delivered={delivered} decided={decided} relayed={relayed} p50_ms={:.2} p99_ms={:.2} gateway_and_clients_cpu_us_per_delivery={:.1} nats_cpu_us_per_delivery={:.1} notifier_cpu_us_per_decision={:.1} relay_cpu_us_per_event={:.1}",
             if on { "on" } else { "off" },
             q(0.5),
             q(0.99),
             per(cpu_s),
+            per(nats_cpu),
             ncpu * 1e6 / decided.max(1) as f64,
             rcpu * 1e6 / relayed.max(1) as f64
         );
-        rows.push((on, q(0.99), per(cpu_s)));
+        rows.push((on, q(0.99), per(cpu_s), per(nats_cpu)));
     }
+    let _ = sink.kill();
+    let _ = sink.wait();
+    let _ = std::fs::remove_file(&count_file);
     for pair in rows.chunks(2) {
-        if let [(false, p99_off, cpu_off), (true, p99_on, cpu_on)] = pair {
+        if let [
+            (false, p99_off, cpu_off, nats_off),
+            (true, p99_on, cpu_on, nats_on),
+        ] = pair
+        {
             println!(
-                "on / off: p99 {:.2}, cpu per delivery {:.2}",
+                "on / off: p99 {:.2}, gateway and clients cpu per delivery {:.2}, nats-server cpu per delivery {:.2}",
                 p99_on / p99_off,
-                cpu_on / cpu_off
+                cpu_on / cpu_off,
+                nats_on / nats_off
             );
         }
     }
     Ok(())
 }
+
+/// The webhook sink: HTTP/1.1 with keep-alive, 204 to every POST, the count written to a file.
+const SINK: &str = r#"
+import sys, http.server, threading
+port, path = int(sys.argv[1]), sys.argv[2]
+n = [0]
+lock = threading.Lock()
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_POST(self):
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        self.send_response(204)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        with lock:
+            n[0] += 1
+            open(path, "w").write(str(n[0]))
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"#;
 
 /// One round: each client sends to its partner at 10 msgs/s for `secs` s; returns the send →
 /// delivery latencies (ms, sorted) and the deliveries.

@@ -1,6 +1,6 @@
 //! Counting a user's open connections across the cluster in one round trip: the live
 //! `conn.<user>.*` keys of the presence bucket, read with one batched direct get
-//! (`svc::kv::live_keys`). This is what the per-user connection limit reads at each handshake
+//! (`svc::kv::LiveKeys`). This is what the per-user connection limit reads at each handshake
 //! (`userlimit.rs`).
 
 use protocol::UserId;
@@ -11,8 +11,9 @@ use protocol::presence as keys;
 pub const MAX_COUNTED: usize = 256;
 
 /// The number of `user`'s live connection keys, at most [`MAX_COUNTED`].
-pub async fn live_connections(nats: &async_nats::Client, user: &UserId) -> anyhow::Result<usize> {
-    let keys =
-        svc::kv::live_keys(nats, keys::BUCKET, &format!("conn.{user}.*"), MAX_COUNTED).await?;
+pub async fn live_connections(live: &svc::kv::LiveKeys, user: &UserId) -> anyhow::Result<usize> {
+    let keys = live
+        .read(keys::BUCKET, &format!("conn.{user}.*"), MAX_COUNTED)
+        .await?;
     Ok(keys.len())
 }
