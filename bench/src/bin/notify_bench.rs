@@ -227,7 +227,9 @@ async fn main() -> anyhow::Result<()> {
         let mut child = None;
         let mut relay = None;
         let mut metrics_url = String::new();
-        if on {
+        // `NOTIFY_BENCH_ONLY=notifier` or `=relay` runs one of the two in the "on" rounds.
+        let only = std::env::var("NOTIFY_BENCH_ONLY").unwrap_or_default();
+        if on && only != "relay" {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
@@ -246,6 +248,8 @@ async fn main() -> anyhow::Result<()> {
                     .spawn()
                     .context("starting the notifier")?,
             );
+        }
+        if on && only != "notifier" {
             let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
@@ -261,13 +265,16 @@ async fn main() -> anyhow::Result<()> {
                     .spawn()
                     .context("starting the webhook relay")?,
             );
+        }
+        if on {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(s) = js.get_stream("CHAT").await
-                    && s.consumer_info(auth::notify::worker::CONSUMER)
-                        .await
-                        .is_ok()
-                    && s.consumer_info("webhook").await.is_ok()
+                    && (only == "relay"
+                        || s.consumer_info(auth::notify::worker::CONSUMER)
+                            .await
+                            .is_ok())
+                    && (only == "notifier" || s.consumer_info("webhook").await.is_ok())
                 {
                     break;
                 }
@@ -300,7 +307,7 @@ async fn main() -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let relayed = hooks() - hooks0;
         let nats_cpu = bench::procstat::sample(nats_pid).map_or(0.0, |s| s.cpu_s) - nats0;
-        let decided = if on {
+        let decided = if !metrics_url.is_empty() {
             let text = http.get(&metrics_url).send().await?.text().await?;
             text.lines()
                 .find(|l| l.starts_with("auth_notify_skipped_total{reason=\"online\"}"))
