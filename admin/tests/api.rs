@@ -234,7 +234,7 @@ async fn a_system_message_reaches_a_group_in_sequence() {
         .await;
     assert_eq!(added["members"].as_array().unwrap().len(), 3);
 
-    // A sender gets an `ack` for their own message, not the message itself.
+    // Alice's own copy of her message came before her ack, and `ask` passed over it.
     let theirs = next_item(&mut bob).await;
     assert_eq!(
         (theirs["seq"].as_u64(), theirs["from"].as_str()),
