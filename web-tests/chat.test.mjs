@@ -103,8 +103,9 @@ function cutter_(port) {
 before(async () => {
   rmSync(outDir, { recursive: true, force: true });
   mkdirSync(outDir, { recursive: true });
-  const [gw, auth, nats, monitor, persister] =
-    [await freePort(), await freePort(), await freePort(), await freePort(), await freePort()];
+  const [gw, auth, nats, monitor, persister, admin] = [
+    await freePort(), await freePort(), await freePort(), await freePort(), await freePort(), await freePort(),
+  ];
   dataDir = mkdtempSync(path.join(tmpdir(), "liaotian-web-"));
   gatewayPort = gw;
   gatewayUrl = `http://127.0.0.1:${gw}`;
@@ -119,6 +120,7 @@ before(async () => {
       LIAOTIAN_NATS_PORT: String(nats),
       LIAOTIAN_NATS_MONITOR_PORT: String(monitor),
       LIAOTIAN_PERSISTER_ADDR: `127.0.0.1:${persister}`,
+      LIAOTIAN_ADMIN_ADDR: `127.0.0.1:${admin}`,
       LIAOTIAN_DATA_DIR: dataDir,
     },
     stdio: ["ignore", "pipe", "pipe"],
