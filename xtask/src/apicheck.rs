@@ -19,6 +19,12 @@ const SCHEMATHESIS: &str = "schemathesis==4.32.5";
 const REQUEST_TIMEOUT_SECS: &str = "5";
 /// Generated cases per operation and phase: with 11 operations, about 700 requests, 10 s here.
 const MAX_EXAMPLES: &str = "30";
+/// The phases run. Not `coverage`: in schemathesis 4.32.5 it crashed now and then in its own code
+/// (a `KeyError` in its coverage module, reported as an error while every case passed; a fixed
+/// seed did not help), and a check that fails at random is not one. The fuzzing phase still
+/// generates malformed requests (`--mode all`, the default), and `admin/tests/api.rs` has the
+/// hand-written ones.
+const PHASES: &str = "examples,fuzzing,stateful";
 /// The stack's server key (a test key, never a deployment's).
 const KEY: &str = "apicheck-server-key-0123456789abcdef";
 
@@ -79,6 +85,8 @@ pub fn schemathesis(root: &Path, nats_bin: &Path) -> anyhow::Result<()> {
             MAX_EXAMPLES,
             "--workers",
             "2",
+            "--phases",
+            PHASES,
         ]))
     })();
     // `dev` stops its services on SIGINT, as on Ctrl-C.
