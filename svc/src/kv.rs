@@ -17,6 +17,8 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
 
+/// Most filters one request carries.
+pub const MAX_FILTERS: usize = 64;
 /// Longest wait for the whole answer.
 const TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -88,6 +90,24 @@ impl LiveKeys {
         filter: &str,
         max: usize,
     ) -> anyhow::Result<Vec<String>> {
+        self.read_many(bucket, std::slice::from_ref(&filter), max)
+            .await
+    }
+
+    /// [`LiveKeys::read`] for several filters in one request (at most [`MAX_FILTERS`]): the live
+    /// keys matching any of them, at most `max` messages read in all. A truncated answer (more
+    /// keys than `max`) returns the keys read.
+    pub async fn read_many(
+        &self,
+        bucket: &str,
+        filters: &[impl AsRef<str>],
+        max: usize,
+    ) -> anyhow::Result<Vec<String>> {
+        anyhow::ensure!(
+            !filters.is_empty() && filters.len() <= MAX_FILTERS,
+            "1 to {MAX_FILTERS} filters, not {}",
+            filters.len()
+        );
         let key_prefix = format!("$KV.{bucket}.");
         let id = self.next.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::channel(max + 2);
@@ -97,7 +117,10 @@ impl LiveKeys {
             .insert(id, tx);
         let _route = Route(&self.pending, id);
         let body = serde_json::json!({
-            "multi_last": [format!("{key_prefix}{filter}")],
+            "multi_last": filters
+                .iter()
+                .map(|f| format!("{key_prefix}{}", f.as_ref()))
+                .collect::<Vec<_>>(),
             "batch": max,
         });
         self.nats

@@ -1,9 +1,11 @@
 //! Plumbing shared by the services (`auth`, `gateway`, `persister`, `admin`), written once so that
 //! each behaves the same: tracing, the shutdown signal, the NATS connection ([`nats`]) and its final
-//! flush, live KV keys in one round trip ([`kv`]), the environment ([`env`]), retries with jittered backoff ([`retry`]), and HTTP answers
-//! in the envelope ([`http`]). Each `main.rs` stays the same four steps: tracing → config → bind →
+//! flush, live KV keys in one round trip ([`kv`]), consumers pulled in bursts ([`bursts`]), the
+//! environment ([`env`]), retries with jittered backoff ([`retry`]), and HTTP answers in the
+//! envelope ([`http`]). Each `main.rs` stays the same four steps: tracing → config → bind →
 //! run.
 
+pub mod bursts;
 pub mod env;
 pub mod http;
 pub mod kv;

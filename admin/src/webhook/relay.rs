@@ -5,9 +5,14 @@
 //! Delivery is at least once: an event's message is acked only once the endpoint answered 2xx, or
 //! once it was dead-lettered. A failed request is retried after 1 s, 2 s, 4 s, … up to
 //! `WEBHOOK_MAX_ATTEMPTS` requests in all; then the event goes to stream `WEBHOOK_DEAD` (kept 7
-//! days, 256 MiB at most), with the last error, and is counted. The consumers' `ack_wait` is longer
-//! than the longest retry sequence, so an event is never redelivered while it is being retried;
-//! after a restart, the events in flight are redelivered once their `ack_wait` has passed.
+//! days, 256 MiB at most), with the last error, and is counted.
+//!
+//! Stream `CHAT` is pulled in bursts (`svc::bursts`): every [`BURST_EVERY`] while caught up, at most
+//! `BURST_SLOTS × WEBHOOK_CONCURRENCY` events a pull, which then wait for one of the
+//! `WEBHOOK_CONCURRENCY` slots. The consumers' `ack_wait` is longer than the last event of a burst
+//! can take (`BURST_SLOTS` longest retry sequences, plus 30 s), so an event is never redelivered
+//! while it waits or is retried; after a restart, the events in flight are redelivered once their
+//! `ack_wait` has passed.
 //!
 //! A slow or failing endpoint never slows chat: the relay reads the stream like any consumer, the
 //! retention guard does not wait for it, and at most `WEBHOOK_CONCURRENCY` events are in flight. An
@@ -18,7 +23,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_nats::jetstream::{self, consumer, stream};
+use async_nats::jetstream::{self, AckKind, consumer, stream};
 use futures_util::StreamExt;
 use protocol::StoredMessage;
 use tokio::sync::Semaphore;
@@ -37,6 +42,11 @@ pub const DEAD_SUBJECTS: &str = "webhook.dead.>";
 /// How long dead letters are kept, and how many bytes at most.
 pub const DEAD_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 pub const DEAD_MAX_BYTES: i64 = 256 * 1024 * 1024;
+/// How often stream `CHAT` is pulled while the relay is caught up: the longest an event waits
+/// before its first request (see `svc::bursts`).
+pub const BURST_EVERY: Duration = Duration::from_millis(100);
+/// A pull takes up to this many events per slot of `WEBHOOK_CONCURRENCY`.
+pub const BURST_SLOTS: usize = 4;
 /// First pause between two requests of one event; doubles, up to [`MAX_BACKOFF`].
 pub const FIRST_BACKOFF: Duration = Duration::from_secs(1);
 pub const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -66,8 +76,19 @@ impl Settings {
         total
     }
 
+    /// Longer than the time the last event of a burst can take: it waits for the
+    /// `BURST_SLOTS - 1` slots' worth of events before it, then takes its own worst case.
     fn ack_wait(&self) -> Duration {
-        self.worst_case() + Duration::from_secs(30)
+        self.worst_case() * u32::try_from(BURST_SLOTS).unwrap_or(u32::MAX) + Duration::from_secs(30)
+    }
+
+    /// Stream `CHAT` is pulled every [`BURST_EVERY`], at most `BURST_SLOTS ×
+    /// WEBHOOK_CONCURRENCY` messages (its consumer's `max_ack_pending`) a pull.
+    fn bursts(&self) -> svc::bursts::Bursts {
+        svc::bursts::Bursts {
+            every: BURST_EVERY,
+            max: self.concurrency * BURST_SLOTS,
+        }
     }
 }
 
@@ -173,7 +194,7 @@ impl Relay {
                 protocol::subject::STREAM,
                 CHAT_CONSUMER,
                 protocol::subject::INGEST_WILDCARD,
-                i64::try_from(n * 4).unwrap_or(i64::MAX),
+                i64::try_from(n * BURST_SLOTS).unwrap_or(i64::MAX),
             )
             .await?;
         let limit = Arc::new(Semaphore::new(n));
@@ -181,8 +202,11 @@ impl Relay {
             self.settings.kinds.contains(&Kind::Message),
             self.settings.kinds.contains(&Kind::Membership),
         );
+        let bursts = self.settings.bursts();
+        let mut reader = svc::bursts::Reader::new(consumer, bursts, bursts.max);
+        let acks = reader.acks();
         loop {
-            let mut msgs = match consumer.messages().await {
+            let msgs = match reader.next().await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "webhook: consumer unavailable; retrying");
@@ -190,10 +214,9 @@ impl Relay {
                     continue;
                 }
             };
-            while let Some(msg) = msgs.next().await {
-                let Ok(msg) = msg else { continue };
+            for msg in msgs {
                 let permit = limit.clone().acquire_owned().await?;
-                let this = self.clone();
+                let (this, acks) = (self.clone(), acks.clone());
                 tokio::spawn(async move {
                     let seq = msg.info().map(|i| i.stream_sequence).unwrap_or(0);
                     let event = StoredMessage::decode(&msg.payload)
@@ -202,9 +225,7 @@ impl Relay {
                     if let Some(event) = event {
                         this.deliver(&event).await;
                     }
-                    if let Err(e) = msg.ack().await {
-                        tracing::debug!(error = %e, "webhook: ack failed; the event comes again");
-                    }
+                    acks.send(msg, AckKind::Ack).await;
                     drop(permit);
                 });
             }

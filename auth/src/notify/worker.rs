@@ -20,13 +20,16 @@
 //! docs/wechat.md's table says: 43101 drops the grants, 47003 is counted and not retried, a
 //! stale access token is refreshed once, 45009 and network failures are retried with backoff a
 //! bounded number of times.
+//!
+//! The consumer is pulled in bursts ([`BURSTS`], `svc::bursts`), and the online check of step 2 is
+//! one presence read for a burst's recipients (up to 64 at once): nearly every recipient in a busy
+//! stream is online, and the decision ends there.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_nats::jetstream::{self, AckKind, consumer, kv};
-use futures_util::StreamExt;
 use protocol::{StoredMessage, UserId};
 use serde_json::json;
 use tokio::sync::Semaphore;
@@ -43,6 +46,12 @@ pub const CONSUMER: &str = "notifier";
 pub const MAX_IN_FLIGHT: usize = 64;
 /// Unacked messages the consumer holds out at most.
 pub const MAX_ACK_PENDING: i64 = 1024;
+/// How the consumer is pulled: every 250 ms, at most 512 messages a pull (below
+/// [`MAX_ACK_PENDING`], so a pull never waits on its own unacked messages).
+pub const BURSTS: svc::bursts::Bursts = svc::bursts::Bursts {
+    every: Duration::from_millis(250),
+    max: 512,
+};
 /// Deliveries of one message before it is given up (a user who keeps coming back shortly before
 /// each redelivery).
 pub const MAX_DELIVER: i64 = 20;
@@ -150,11 +159,16 @@ impl Notifier {
             .await?)
     }
 
-    /// Decides every message the consumer delivers, [`MAX_IN_FLIGHT`] at once, until it ends.
+    /// Decides every message the consumer delivers, [`MAX_IN_FLIGHT`] at once, until it ends. The
+    /// consumer is pulled in bursts ([`BURSTS`]): a notification waits for its recipient to be
+    /// offline for `offline_after` anyway, and nats-server then writes one burst per tick.
     pub async fn run(self, consumer: consumer::PullConsumer) -> anyhow::Result<()> {
         let limit = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
+        let limit_pending = usize::try_from(MAX_ACK_PENDING).unwrap_or(1);
+        let mut reader = svc::bursts::Reader::new(consumer, BURSTS, limit_pending);
+        let acks = reader.acks();
         loop {
-            let mut messages = match consumer.messages().await {
+            let msgs = match reader.next().await {
                 Ok(m) => m,
                 Err(e) => {
                     tracing::warn!(error = %e, "notifier: consumer unavailable; retrying");
@@ -162,44 +176,78 @@ impl Notifier {
                     continue;
                 }
             };
-            while let Some(msg) = messages.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "notifier: delivery error");
-                        continue;
-                    }
-                };
-                let permit = limit.clone().acquire_owned().await?;
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.handle(msg).await;
-                    drop(permit);
-                });
+            for chunk in msgs.chunks(svc::kv::MAX_FILTERS) {
+                let online = Arc::new(self.online_among(chunk).await);
+                for msg in chunk.iter().cloned() {
+                    let permit = limit.clone().acquire_owned().await?;
+                    let (this, online, acks) = (self.clone(), online.clone(), acks.clone());
+                    tokio::spawn(async move {
+                        this.handle(msg, &online, &acks).await;
+                        drop(permit);
+                    });
+                }
             }
         }
     }
 
-    async fn handle(&self, msg: jetstream::Message) {
+    /// The recipients of `msgs` who have a connection now, in one read of the presence bucket
+    /// (one request for up to [`svc::kv::MAX_FILTERS`] of them): in a busy conversation nearly
+    /// every recipient is online, and the decision ends there. Empty when the read fails or
+    /// there are too many recipients; each decision then reads presence itself.
+    async fn online_among(&self, msgs: &[jetstream::Message]) -> HashSet<UserId> {
+        let mut users: Vec<UserId> = msgs
+            .iter()
+            .filter_map(|m| StoredMessage::decode(&m.payload).ok())
+            .flat_map(|m| recipients(&m).into_iter().map(|(u, _)| u))
+            .collect();
+        users.sort_unstable();
+        users.dedup();
+        if users.is_empty() || users.len() > svc::kv::MAX_FILTERS {
+            return HashSet::new();
+        }
+        let filters: Vec<String> = users.iter().map(|u| format!("conn.{u}.*")).collect();
+        // A user's connections are capped per user; a truncated answer only leaves some
+        // recipients to their own read.
+        let max = filters.len() * 16;
+        match self
+            .live
+            .read_many(protocol::presence::BUCKET, &filters, max)
+            .await
+        {
+            Ok(keys) => keys
+                .iter()
+                .filter_map(|k| k.strip_prefix("conn.")?.split_once('.'))
+                .filter_map(|(u, _)| UserId::parse(u).ok())
+                .collect(),
+            Err(e) => {
+                tracing::debug!(error = %e, "notifier: batched presence read failed");
+                HashSet::new()
+            }
+        }
+    }
+
+    async fn handle(
+        &self,
+        msg: jetstream::Message,
+        online: &HashSet<UserId>,
+        acks: &svc::bursts::Acks,
+    ) {
         let Ok(stored) = StoredMessage::decode(&msg.payload) else {
-            let _ = msg.ack().await;
+            acks.send(msg, AckKind::Ack).await;
             return;
         };
         let mut later: Option<Duration> = None;
         for (recipient, kind) in recipients(&stored) {
-            let decision = self.decide(&stored, &recipient, kind).await;
+            let decision = self
+                .decide(&stored, &recipient, kind, online.contains(&recipient))
+                .await;
             self.count(decision);
             if let Decision::Later(d) = decision {
                 later = Some(later.map_or(d, |l| l.min(d)));
             }
         }
-        let ack = match later {
-            Some(delay) => msg.ack_with(AckKind::Nak(Some(delay))).await,
-            None => msg.ack().await,
-        };
-        if let Err(e) = ack {
-            tracing::debug!(error = %e, "notifier: ack failed; the message comes again");
-        }
+        let kind = later.map_or(AckKind::Ack, |delay| AckKind::Nak(Some(delay)));
+        acks.send(msg, kind).await;
     }
 
     fn count(&self, d: Decision) {
@@ -228,14 +276,24 @@ impl Notifier {
         m.lock_owned().await
     }
 
-    /// The decision for one recipient, sending when it is to be sent.
-    pub async fn decide(&self, m: &StoredMessage, user: &UserId, kind: NotifyKind) -> Decision {
+    /// The decision for one recipient, sending when it is to be sent. `online_now`: the burst's
+    /// presence read found a connection of theirs.
+    pub async fn decide(
+        &self,
+        m: &StoredMessage,
+        user: &UserId,
+        kind: NotifyKind,
+        online_now: bool,
+    ) -> Decision {
         if *user == m.from || user.is_system() {
             return Decision::Skipped("sender");
         }
         let Some(template) = self.settings.template(kind) else {
             return Decision::Skipped("no_template");
         };
+        if online_now {
+            return Decision::Skipped("online");
+        }
         let _serial = self.lock(user).await;
         // Online now, or lately?
         match self

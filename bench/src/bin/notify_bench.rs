@@ -18,6 +18,11 @@
 //! ```text
 //! notify_bench [recipients] [pairs] [secs]
 //! ```
+//!
+//! `NOTIFY_BENCH_CPUS=split` places the parts as a deployment does, on a 2-core machine: chat (this
+//! process and nats-server) on CPU 0, the notifier, the relay and the webhook endpoint on CPU 1, as
+//! if on hosts of their own. The off and on rounds are then compared for what the two cost chat
+//! through nats-server alone. Unset, nothing is pinned and everything shares both cores.
 
 // A benchmark binary prints its results on stdout for the operator.
 #![allow(clippy::print_stdout)]
@@ -190,6 +195,29 @@ async fn main() -> anyhow::Result<()> {
         "{} not found: build it with `cargo build --release -p admin`",
         admin_bin.display()
     );
+    let nats_pid = nats.pid().context("nats-server pid")?;
+    let split = std::env::var("NOTIFY_BENCH_CPUS").as_deref() == Ok("split");
+    if split {
+        for pid in [std::process::id(), nats_pid] {
+            let ok = std::process::Command::new("taskset")
+                .args(["-a", "-p", "-c", "0", &pid.to_string()])
+                .stdout(std::process::Stdio::null())
+                .status()
+                .context("taskset")?
+                .success();
+            anyhow::ensure!(ok, "taskset could not pin pid {pid}");
+        }
+    }
+    // The notifier, the relay and the endpoint: on CPU 1 when split.
+    let reach = |bin: &std::path::Path| {
+        if split {
+            let mut c = std::process::Command::new("taskset");
+            c.args(["-c", "1"]).arg(bin);
+            c
+        } else {
+            std::process::Command::new(bin)
+        }
+    };
     // The webhook endpoint, a process of its own (so its CPU is not this one's): takes every
     // event at once, and counts them in a file.
     let sink_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -198,7 +226,7 @@ async fn main() -> anyhow::Result<()> {
     let sink_url = format!("http://127.0.0.1:{sink_port}/hook");
     let count_file =
         std::env::temp_dir().join(format!("notify-bench-hooks-{}", std::process::id()));
-    let mut sink = std::process::Command::new("python3")
+    let mut sink = reach(std::path::Path::new("python3"))
         .args([
             "-c",
             SINK,
@@ -216,7 +244,6 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(0)
         }
     };
-    let nats_pid = nats.pid().context("nats-server pid")?;
     let mut rows = Vec::new();
     for (round, on) in [false, true, false, true].into_iter().enumerate() {
         // A fresh consumer for each "on" round, so it decides this round's messages only.
@@ -235,7 +262,7 @@ async fn main() -> anyhow::Result<()> {
                 .port();
             metrics_url = format!("http://127.0.0.1:{port}/metrics");
             child = Some(
-                std::process::Command::new(&auth_bin)
+                reach(&auth_bin)
                     .env("AUTH_LISTEN", format!("127.0.0.1:{port}"))
                     .env("AUTH_WECHAT_APPID", "wx-bench")
                     .env("AUTH_WECHAT_SECRET", "bench-secret")
@@ -254,13 +281,19 @@ async fn main() -> anyhow::Result<()> {
                 .local_addr()?
                 .port();
             relay = Some(
-                std::process::Command::new(&admin_bin)
+                reach(&admin_bin)
                     .env("ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
                     .env("ADMIN_KEYS", "bench-admin-key-0123456789abcdef0123")
                     .env("NATS_URL", nats.url())
                     .env("WEBHOOK_URL", &sink_url)
                     .env("WEBHOOK_SECRET", "bench-webhook-secret-0123456789abcdef")
-                    .env("WEBHOOK_EVENTS", "message,membership")
+                    // `NOTIFY_BENCH_WEBHOOK_EVENTS=membership`: the relay reads every message
+                    // and sends none of them (the cost of its consumer alone).
+                    .env(
+                        "WEBHOOK_EVENTS",
+                        std::env::var("NOTIFY_BENCH_WEBHOOK_EVENTS")
+                            .unwrap_or_else(|_| "message,membership".into()),
+                    )
                     .env("RUST_LOG", "warn")
                     .spawn()
                     .context("starting the webhook relay")?,
@@ -345,35 +378,52 @@ async fn main() -> anyhow::Result<()> {
         ] = pair
         {
             println!(
-                "on / off: p99 {:.2}, gateway and clients cpu per delivery {:.2}, nats-server cpu per delivery {:.2}",
+                "on / off: p99 {:.2}, gateway and clients cpu per delivery {:.2}, nats-server cpu per delivery {:.2}, chat (both) cpu per delivery {:.2}",
                 p99_on / p99_off,
                 cpu_on / cpu_off,
-                nats_on / nats_off
+                nats_on / nats_off,
+                (cpu_on + nats_on) / (cpu_off + nats_off)
             );
         }
     }
     Ok(())
 }
 
-/// The webhook sink: HTTP/1.1 with keep-alive, 204 to every POST, the count written to a file.
+/// The webhook sink: HTTP/1.1 with keep-alive, 204 to every POST, the count written to a file
+/// every 50 ms. Asyncio on raw sockets, so that it keeps up with the relay on one shared core.
 const SINK: &str = r#"
-import sys, http.server, threading
+import sys, asyncio
 port, path = int(sys.argv[1]), sys.argv[2]
 n = [0]
-lock = threading.Lock()
-class H(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_POST(self):
-        self.rfile.read(int(self.headers.get("Content-Length", 0)))
-        self.send_response(204)
-        self.send_header("Content-Length", "0")
-        self.end_headers()
-        with lock:
+class Conn(asyncio.Protocol):
+    def connection_made(self, t):
+        self.t, self.buf = t, b""
+    def data_received(self, data):
+        self.buf += data
+        while True:
+            head_end = self.buf.find(b"\r\n\r\n")
+            if head_end < 0:
+                return
+            head = self.buf[:head_end].lower()
+            length = 0
+            i = head.find(b"content-length:")
+            if i >= 0:
+                length = int(head[i + 15:].split(b"\r\n", 1)[0])
+            end = head_end + 4 + length
+            if len(self.buf) < end:
+                return
+            self.buf = self.buf[end:]
             n[0] += 1
-            open(path, "w").write(str(n[0]))
-    def log_message(self, *a):
-        pass
-http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+            self.t.write(b"HTTP/1.1 204 No Content\r\nContent-Length: 0\r\n\r\n")
+async def count():
+    while True:
+        await asyncio.sleep(0.05)
+        open(path, "w").write(str(n[0]))
+async def main():
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(Conn, "127.0.0.1", port)
+    await asyncio.gather(server.serve_forever(), count())
+asyncio.run(main())
 "#;
 
 /// One round: each client sends to its partner at 10 msgs/s for `secs` s; returns the send →
