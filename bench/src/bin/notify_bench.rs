@@ -19,9 +19,11 @@
 //! notify_bench [recipients] [pairs] [secs]
 //! ```
 //!
+//! A persister (its own process, SQLite) runs in every round, as in any deployment.
+//!
 //! `NOTIFY_BENCH_CPUS=split` places the parts as a deployment does, on a 2-core machine: chat (this
-//! process and nats-server) on CPU 0, the notifier, the relay and the webhook endpoint on CPU 1, as
-//! if on hosts of their own. The off and on rounds are then compared for what the two cost chat
+//! process and nats-server) on CPU 0, the persister, the notifier, the relay and the webhook
+//! endpoint on CPU 1, as if on hosts of their own. The off and on rounds are then compared for what the two cost chat
 //! through nats-server alone. Unset, nothing is pinned and everything shares both cores.
 
 // A benchmark binary prints its results on stdout for the operator.
@@ -218,6 +220,26 @@ async fn main() -> anyhow::Result<()> {
             std::process::Command::new(bin)
         }
     };
+    // A persister in every round, as in any deployment (its consumer is part of what nats-server
+    // does per message without the notifier and the relay); on CPU 1 when split, like the other
+    // readers of the stream that run on hosts of their own.
+    let persister_bin = std::env::current_exe()?.with_file_name("persister");
+    anyhow::ensure!(
+        persister_bin.exists(),
+        "{} not found: build it with `cargo build --release -p persister`",
+        persister_bin.display()
+    );
+    let history = std::env::temp_dir().join(format!("notify-bench-{}.db", std::process::id()));
+    let persister_port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut persister = reach(&persister_bin)
+        .env("PERSISTER_LISTEN", format!("127.0.0.1:{persister_port}"))
+        .env("NATS_URL", nats.url())
+        .env("PERSISTER_STORE", format!("sqlite://{}", history.display()))
+        .env("RUST_LOG", "warn")
+        .spawn()
+        .context("starting the persister")?;
     // The webhook endpoint, a process of its own (so its CPU is not this one's): takes every
     // event at once, and counts them in a file.
     let sink_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -338,7 +360,7 @@ async fn main() -> anyhow::Result<()> {
             - rcpu0;
         // The relay finishes this round's events before they are counted.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let relayed = hooks() - hooks0;
+        let relayed = hooks().saturating_sub(hooks0);
         let nats_cpu = bench::procstat::sample(nats_pid).map_or(0.0, |s| s.cpu_s) - nats0;
         let decided = if !metrics_url.is_empty() {
             let text = http.get(&metrics_url).send().await?.text().await?;
@@ -368,8 +390,11 @@ async fn main() -> anyhow::Result<()> {
         );
         rows.push((on, q(0.99), per(cpu_s), per(nats_cpu)));
     }
-    let _ = sink.kill();
-    let _ = sink.wait();
+    for c in [&mut sink, &mut persister] {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
+    let _ = std::fs::remove_file(&history);
     let _ = std::fs::remove_file(&count_file);
     for pair in rows.chunks(2) {
         if let [
@@ -390,9 +415,9 @@ async fn main() -> anyhow::Result<()> {
 }
 
 /// The webhook sink: HTTP/1.1 with keep-alive, 204 to every POST, the count written to a file
-/// every 50 ms. Asyncio on raw sockets, so that it keeps up with the relay on one shared core.
+/// every 50 ms (replaced whole, so a read never sees it half written). Asyncio on raw sockets, so that it keeps up with the relay on one shared core.
 const SINK: &str = r#"
-import sys, asyncio
+import sys, os, asyncio
 port, path = int(sys.argv[1]), sys.argv[2]
 n = [0]
 class Conn(asyncio.Protocol):
@@ -418,7 +443,8 @@ class Conn(asyncio.Protocol):
 async def count():
     while True:
         await asyncio.sleep(0.05)
-        open(path, "w").write(str(n[0]))
+        open(path + ".tmp", "w").write(str(n[0]))
+        os.replace(path + ".tmp", path)
 async def main():
     loop = asyncio.get_running_loop()
     server = await loop.create_server(Conn, "127.0.0.1", port)
