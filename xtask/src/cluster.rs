@@ -473,8 +473,8 @@ mod tests {
         }
         assert_eq!(
             compose.matches("CHAT_REPLICAS: \"3\"").count(),
-            2,
-            "both gateways at three replicas"
+            3,
+            "both gateways and the admin service (which may create a bucket) at three replicas"
         );
     }
 }
