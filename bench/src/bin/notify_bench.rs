@@ -266,6 +266,17 @@ async fn main() -> anyhow::Result<()> {
                 .unwrap_or(0)
         }
     };
+    // `NOTIFY_BENCH_ONLY=notifier` or `=relay` runs one of the two in the "on" rounds; `=cursor`
+    // runs neither but `bench/scripts/cursor_reader.py`, a reader of stream CHAT without a
+    // consumer (batched direct gets, its position in a KV key): an experiment for issue 19.
+    let only = std::env::var("NOTIFY_BENCH_ONLY").unwrap_or_default();
+    let cursor_file = count_file.with_extension("cursor");
+    if only == "cursor" {
+        let mut chat = js.get_stream("CHAT").await?;
+        let mut config = chat.info().await?.config.clone();
+        config.allow_direct = true;
+        js.update_stream(config).await?;
+    }
     let mut rows = Vec::new();
     for (round, on) in [false, true, false, true].into_iter().enumerate() {
         // A fresh consumer for each "on" round, so it decides this round's messages only.
@@ -276,9 +287,20 @@ async fn main() -> anyhow::Result<()> {
         let mut child = None;
         let mut relay = None;
         let mut metrics_url = String::new();
-        // `NOTIFY_BENCH_ONLY=notifier` or `=relay` runs one of the two in the "on" rounds.
-        let only = std::env::var("NOTIFY_BENCH_ONLY").unwrap_or_default();
-        if on && only != "relay" {
+        if on && only == "cursor" {
+            let script =
+                std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/cursor_reader.py");
+            relay = Some(
+                reach(std::path::Path::new("python3"))
+                    .arg(script)
+                    .arg(nats.url())
+                    .arg(&cursor_file)
+                    .spawn()
+                    .context("starting the cursor reader (python3 with nats-py)")?,
+            );
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        if on && !matches!(only.as_str(), "relay" | "cursor") {
             let port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
@@ -298,7 +320,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("starting the notifier")?,
             );
         }
-        if on && only != "notifier" {
+        if on && !matches!(only.as_str(), "notifier" | "cursor") {
             let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
                 .local_addr()?
                 .port();
@@ -321,7 +343,7 @@ async fn main() -> anyhow::Result<()> {
                     .context("starting the webhook relay")?,
             );
         }
-        if on {
+        if on && only != "cursor" {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 if let Ok(s) = js.get_stream("CHAT").await
@@ -372,6 +394,12 @@ async fn main() -> anyhow::Result<()> {
         } else {
             0
         };
+        if on && only == "cursor" {
+            println!(
+                "cursor reader: {} messages read in all so far",
+                std::fs::read_to_string(&cursor_file).unwrap_or_default()
+            );
+        }
         for mut c in [child, relay].into_iter().flatten() {
             let _ = c.kill();
             let _ = c.wait();
@@ -395,6 +423,7 @@ async fn main() -> anyhow::Result<()> {
         let _ = c.wait();
     }
     let _ = std::fs::remove_file(&history);
+    let _ = std::fs::remove_file(&cursor_file);
     let _ = std::fs::remove_file(&count_file);
     for pair in rows.chunks(2) {
         if let [
