@@ -180,29 +180,20 @@ impl Access {
 /// Opens bucket `access`, creating it when absent (gateways and the admin service starting
 /// together race to; the loser reads the winner's).
 pub async fn ensure_bucket(js: &jetstream::Context, replicas: usize) -> anyhow::Result<kv::Store> {
-    svc::retry::with_attempts(
-        "bucket access",
-        ENSURE_ATTEMPTS,
-        svc::retry::Backoff::constant(Duration::from_millis(100)),
-        || async {
-            match js.get_key_value(BUCKET).await {
-                Ok(kv) => Ok(kv),
-                Err(_) => {
-                    js.create_key_value(kv::Config {
-                        bucket: BUCKET.into(),
-                        description: "liaotian access records (protocol::access)".into(),
-                        history: 1,
-                        storage: stream::StorageType::File,
-                        num_replicas: replicas,
-                        // Per-key TTLs (revocations expire with their tokens).
-                        limit_markers: Some(MARKER_TTL),
-                        ..Default::default()
-                    })
-                    .await
-                }
-            }
+    svc::kv::open_or_create(
+        js,
+        kv::Config {
+            bucket: BUCKET.into(),
+            description: "liaotian access records (protocol::access)".into(),
+            history: 1,
+            storage: stream::StorageType::File,
+            num_replicas: replicas,
+            // Per-key TTLs (revocations expire with their tokens).
+            limit_markers: Some(MARKER_TTL),
+            ..Default::default()
         },
+        ENSURE_ATTEMPTS,
+        Duration::from_millis(100),
     )
     .await
-    .map_err(|e| anyhow::anyhow!("bucket {BUCKET}: {e}"))
 }

@@ -27,29 +27,20 @@ impl Mutes {
         replicas: usize,
         live: svc::kv::LiveKeys,
     ) -> anyhow::Result<Self> {
-        let kv = svc::retry::with_attempts(
-            "bucket mutes",
-            5,
-            svc::retry::Backoff::constant(Duration::from_millis(100)),
-            || async {
-                match js.get_key_value(BUCKET).await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => {
-                        js.create_key_value(kv::Config {
-                            bucket: BUCKET.into(),
-                            description: "liaotian muted conversations (protocol::mute)".into(),
-                            history: 1,
-                            storage: stream::StorageType::File,
-                            num_replicas: replicas,
-                            ..Default::default()
-                        })
-                        .await
-                    }
-                }
+        let kv = svc::kv::open_or_create(
+            js,
+            kv::Config {
+                bucket: BUCKET.into(),
+                description: "liaotian muted conversations (protocol::mute)".into(),
+                history: 1,
+                storage: stream::StorageType::File,
+                num_replicas: replicas,
+                ..Default::default()
             },
+            5,
+            Duration::from_millis(100),
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("bucket {BUCKET}: {e}"))?;
+        .await?;
         Ok(Self { kv, live })
     }
 

@@ -1,4 +1,5 @@
-//! Reading the live keys of a KV bucket that match a subject filter in one round trip: a batched
+//! Opening a bucket that several processes may be first to create ([`open_or_create`]), and
+//! reading the live keys of a KV bucket that match a subject filter in one round trip: a batched
 //! direct get of the last message of every matching subject (`multi_last`), which creates no
 //! consumer. A key whose last message is a delete, a purge or an expiry marker is gone; the others
 //! are live. The per-user connection count (gateway presence), the mute list, the notifier's
@@ -16,6 +17,31 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use tokio::sync::mpsc;
+
+/// Opens bucket `config.bucket`, creating it with `config` when absent. Processes starting
+/// together race to create it: the loser's create fails and its next attempt reads the winner's,
+/// so this tries `attempts` times, `pause` apart.
+pub async fn open_or_create(
+    js: &async_nats::jetstream::Context,
+    config: async_nats::jetstream::kv::Config,
+    attempts: u32,
+    pause: Duration,
+) -> anyhow::Result<async_nats::jetstream::kv::Store> {
+    let name = config.bucket.clone();
+    crate::retry::with_attempts(
+        &format!("bucket {name}"),
+        attempts,
+        crate::retry::Backoff::constant(pause),
+        || async {
+            match js.get_key_value(&name).await {
+                Ok(kv) => Ok(kv),
+                Err(_) => js.create_key_value(config.clone()).await,
+            }
+        },
+    )
+    .await
+    .map_err(|e| anyhow::anyhow!("bucket {name}: {e}"))
+}
 
 /// Most filters one request carries.
 pub const MAX_FILTERS: usize = 64;

@@ -114,28 +114,19 @@ impl Groups {
         limits: Limits,
     ) -> anyhow::Result<Self> {
         // Gateways starting together race to create it: the loser reads the winner's.
-        let kv = svc::retry::with_attempts(
-            "bucket groups",
-            ENSURE_ATTEMPTS,
-            svc::retry::Backoff::constant(CAS_PAUSE),
-            || async {
-                match js.get_key_value(group::BUCKET).await {
-                    Ok(kv) => Ok(kv),
-                    Err(_) => {
-                        js.create_key_value(kv::Config {
-                            bucket: group::BUCKET.into(),
-                            description: "liaotian group records (protocol::group)".into(),
-                            history: 1,
-                            num_replicas: replicas,
-                            ..Default::default()
-                        })
-                        .await
-                    }
-                }
+        let kv = svc::kv::open_or_create(
+            js,
+            kv::Config {
+                bucket: group::BUCKET.into(),
+                description: "liaotian group records (protocol::group)".into(),
+                history: 1,
+                num_replicas: replicas,
+                ..Default::default()
             },
+            ENSURE_ATTEMPTS,
+            CAS_PAUSE,
         )
-        .await
-        .map_err(|e| anyhow::anyhow!("bucket {}: {e}", group::BUCKET))?;
+        .await?;
         Ok(Self {
             kv,
             publisher,
