@@ -82,8 +82,8 @@ pub fn nats_conf(i: u16, data: &Path) -> String {
     )
 }
 
-/// The processes, in the order they start.
-pub fn plan(data: &Path) -> Vec<Proc> {
+/// The processes, in the order they start; the admin API takes `admin_key` as its server key.
+pub fn plan(data: &Path, admin_key: &str) -> Vec<Proc> {
     let mut procs = Vec::new();
     for i in 0..NODES {
         procs.push(Proc {
@@ -151,6 +151,19 @@ pub fn plan(data: &Path) -> Vec<Proc> {
             addr: local(port),
         });
     }
+    procs.push(Proc {
+        name: "admin".into(),
+        program: Program::Service("admin"),
+        args: vec![],
+        env: vec![
+            ("ADMIN_LISTEN", "127.0.0.1:8090".into()),
+            ("ADMIN_KEYS", admin_key.to_owned()),
+            ("NATS_URL", nats_urls(2)),
+            // It may be the first to create a bucket (access, groups).
+            ("CHAT_REPLICAS", REPLICAS.to_string()),
+        ],
+        addr: local(8090),
+    });
     procs
 }
 
@@ -191,7 +204,7 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
             }
         }
     } else {
-        println!("xtask: building auth, gateway and persister");
+        println!("xtask: building auth, gateway, persister and admin");
         build_services(&root)?;
     }
     let data = data_dir();
@@ -205,7 +218,7 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
     })
     .context("installing the Ctrl-C handler")?;
 
-    let plan = plan(&data);
+    let plan = plan(&data, &crate::dev_admin_key(&data)?);
     let mut stack = Stack::default();
     let result = (|| -> anyhow::Result<()> {
         for p in &plan {
@@ -221,6 +234,10 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
         println!("xtask: auth on http://127.0.0.1:8081 (dev login on)");
         println!(
             "xtask: gateways on http://127.0.0.1:8080 and http://127.0.0.1:8180, persisters on 8082 and 8182 (one SQLite file)"
+        );
+        println!(
+            "xtask: admin API on http://127.0.0.1:8090 (server key in {})",
+            data.join("admin.key").display()
         );
         println!(
             "xtask: pids in {}; kill any, then `cargo xtask cluster restart <name>`; Ctrl-C stops everything",
@@ -255,7 +272,7 @@ pub fn cluster(args: &[String]) -> anyhow::Result<()> {
 /// Starts `name` again with the command the cluster started it with.
 fn restart(name: &str) -> anyhow::Result<()> {
     let data = data_dir();
-    let plan = plan(&data);
+    let plan = plan(&data, &crate::dev_admin_key(&data)?);
     let p = plan.iter().find(|p| p.name == name).with_context(|| {
         let names: Vec<&str> = plan.iter().map(|p| p.name.as_str()).collect();
         format!("no process {name} in the cluster; one of {names:?}")
@@ -356,7 +373,7 @@ mod tests {
 
     #[test]
     fn the_plan_has_the_names_and_ports_the_docs_give() {
-        let plan = plan(Path::new("/d"));
+        let plan = plan(Path::new("/d"), "k");
         let names: Vec<&str> = plan.iter().map(|p| p.name.as_str()).collect();
         assert_eq!(
             names,
@@ -368,7 +385,8 @@ mod tests {
                 "gateway-0",
                 "gateway-1",
                 "persister-0",
-                "persister-1"
+                "persister-1",
+                "admin"
             ]
         );
         let port = |n: &str| plan.iter().find(|p| p.name == n).unwrap().addr.port();
@@ -377,10 +395,18 @@ mod tests {
             [4222, 4223, 4224]
         );
         assert_eq!(
-            [port("auth"), port("gateway-0"), port("gateway-1")],
-            [8081, 8080, 8180]
+            [
+                port("auth"),
+                port("gateway-0"),
+                port("gateway-1"),
+                port("admin")
+            ],
+            [8081, 8080, 8180, 8090]
         );
-        for p in plan.iter().filter(|p| p.name.starts_with("gateway")) {
+        for p in plan
+            .iter()
+            .filter(|p| p.name.starts_with("gateway") || p.name == "admin")
+        {
             assert!(p.env.contains(&("CHAT_REPLICAS", "3".into())), "{p:?}");
             let urls = &p.env.iter().find(|(k, _)| *k == "NATS_URL").unwrap().1;
             assert_eq!(urls.split(',').count(), 3, "{urls}");
@@ -464,7 +490,7 @@ mod tests {
     #[test]
     fn docker_compose_has_the_same_processes() {
         let compose = std::fs::read_to_string(root().join("docker-compose.yml")).unwrap();
-        for p in plan(Path::new("/d")) {
+        for p in plan(Path::new("/d"), "k") {
             assert!(
                 compose.contains(&format!("\n  {}:\n", p.name)),
                 "docker-compose.yml has no service {}",
