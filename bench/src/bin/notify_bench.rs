@@ -25,6 +25,10 @@
 //! process and nats-server) on CPU 0, the persister, the notifier, the relay and the webhook
 //! endpoint on CPU 1, as if on hosts of their own. The off and on rounds are then compared for what the two cost chat
 //! through nats-server alone. Unset, nothing is pinned and everything shares both cores.
+//!
+//! `NOTIFY_BENCH_ONLY=notifier` or `=relay` runs one of the two in the "on" rounds;
+//! `=cursor` runs neither, but `bench/scripts/cursor_reader.py` (Python with `nats-py`), a reader
+//! of stream `CHAT` without a consumer (docs/benchmarks.md, eleventh round, run L).
 
 // A benchmark binary prints its results on stdout for the operator.
 #![allow(clippy::print_stdout)]
