@@ -49,9 +49,9 @@ pub struct Reader {
     /// Messages handed out and not yet acked (their acks not yet sent).
     held: Arc<AtomicUsize>,
     acks: Acks,
-    started: bool,
-    /// The last pull got all it asked for: more may be waiting, so the next one is now.
-    full: bool,
+    /// The next pull is now, not a tick later: the first one, and the one after a pull that got
+    /// all it asked for (more may be waiting).
+    now: bool,
 }
 
 impl Reader {
@@ -65,8 +65,7 @@ impl Reader {
             bursts,
             limit: limit.max(1),
             held,
-            started: false,
-            full: false,
+            now: true,
         }
     }
 
@@ -81,12 +80,9 @@ impl Reader {
     /// time, without asking the server. An error (the server gone, the consumer deleted) is the
     /// caller's to log; the next call tries again a tick later.
     pub async fn next(&mut self) -> Result<Vec<Message>, async_nats::Error> {
-        if !self.started {
-            self.started = true;
-        } else if !self.full {
+        if !std::mem::take(&mut self.now) {
             tokio::time::sleep(self.bursts.every).await;
         }
-        self.full = false;
         let mut room = self.limit.saturating_sub(self.held.load(Ordering::Relaxed));
         while room == 0 {
             tokio::time::sleep(self.bursts.every / 10).await;
@@ -107,7 +103,7 @@ impl Reader {
             }
         }
         self.held.fetch_add(msgs.len(), Ordering::Relaxed);
-        self.full = msgs.len() >= ask;
+        self.now = msgs.len() >= ask;
         Ok(msgs)
     }
 }

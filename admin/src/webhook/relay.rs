@@ -188,21 +188,21 @@ impl Relay {
     }
 
     async fn relay_chat(self) -> anyhow::Result<()> {
-        let n = self.settings.concurrency;
+        // A pull takes at most what the consumer lets out unacked: one number for both.
+        let bursts = self.settings.bursts();
         let consumer = self
             .consumer(
                 protocol::subject::STREAM,
                 CHAT_CONSUMER,
                 protocol::subject::INGEST_WILDCARD,
-                i64::try_from(n * BURST_SLOTS).unwrap_or(i64::MAX),
+                i64::try_from(bursts.max).unwrap_or(i64::MAX),
             )
             .await?;
-        let limit = Arc::new(Semaphore::new(n));
+        let limit = Arc::new(Semaphore::new(self.settings.concurrency));
         let (message, membership) = (
             self.settings.kinds.contains(&Kind::Message),
             self.settings.kinds.contains(&Kind::Membership),
         );
-        let bursts = self.settings.bursts();
         let mut reader = svc::bursts::Reader::new(consumer, bursts, bursts.max);
         let acks = reader.acks();
         loop {

@@ -176,13 +176,22 @@ impl Notifier {
                     continue;
                 }
             };
-            for chunk in msgs.chunks(svc::kv::MAX_FILTERS) {
-                let online = Arc::new(self.online_among(chunk).await);
-                for msg in chunk.iter().cloned() {
+            // Each payload decoded once, for the burst's presence read and for its decision.
+            let mut msgs = msgs.into_iter().map(|m| {
+                let stored = StoredMessage::decode(&m.payload).ok();
+                (m, stored)
+            });
+            loop {
+                let chunk: Vec<_> = msgs.by_ref().take(svc::kv::MAX_FILTERS).collect();
+                if chunk.is_empty() {
+                    break;
+                }
+                let online = Arc::new(self.online_among(&chunk).await);
+                for (msg, stored) in chunk {
                     let permit = limit.clone().acquire_owned().await?;
                     let (this, online, acks) = (self.clone(), online.clone(), acks.clone());
                     tokio::spawn(async move {
-                        this.handle(msg, &online, &acks).await;
+                        this.handle(msg, stored, &online, &acks).await;
                         drop(permit);
                     });
                 }
@@ -194,11 +203,14 @@ impl Notifier {
     /// (one request for up to [`svc::kv::MAX_FILTERS`] of them): in a busy conversation nearly
     /// every recipient is online, and the decision ends there. Empty when the read fails or
     /// there are too many recipients; each decision then reads presence itself.
-    async fn online_among(&self, msgs: &[jetstream::Message]) -> HashSet<UserId> {
+    async fn online_among(
+        &self,
+        msgs: &[(jetstream::Message, Option<StoredMessage>)],
+    ) -> HashSet<UserId> {
         let mut users: Vec<UserId> = msgs
             .iter()
-            .filter_map(|m| StoredMessage::decode(&m.payload).ok())
-            .flat_map(|m| recipients(&m).into_iter().map(|(u, _)| u))
+            .filter_map(|(_, stored)| stored.as_ref())
+            .flat_map(|m| recipients(m).into_iter().map(|(u, _)| u))
             .collect();
         users.sort_unstable();
         users.dedup();
@@ -229,10 +241,11 @@ impl Notifier {
     async fn handle(
         &self,
         msg: jetstream::Message,
+        stored: Option<StoredMessage>,
         online: &HashSet<UserId>,
         acks: &svc::bursts::Acks,
     ) {
-        let Ok(stored) = StoredMessage::decode(&msg.payload) else {
+        let Some(stored) = stored else {
             acks.send(msg, AckKind::Ack).await;
             return;
         };
